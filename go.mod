@@ -1,0 +1,3 @@
+module github.com/edgecanary/edgecanary
+
+go 1.21

@@ -1,0 +1,429 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"math/rand"
+	"net"
+	"net/http"
+	"net/textproto"
+	"sort"
+	"strings"
+)
+
+// route is one version as the request path sees it.
+type route struct {
+	name    string
+	primary bool
+	handler http.Handler
+}
+
+// canary is the handler that New returns.
+type canary struct {
+	next http.Handler
+	name string
+
+	routes   []*route          // non-primary versions sorted by name, then the primary
+	byName   map[string]*route // version names plus "always" and "never"
+	byBucket []http.Handler    // bucket -> handler of the version that owns it
+	bucketOf []*route          // bucket -> route, for the slow path
+
+	signed     *signedBuckets
+	cookieName string
+	cookieTmpl http.Cookie
+	key        []byte // HMAC key for sticky.header
+
+	stickyHeader   string // canonical header name, or ""
+	overrideHeader string // canonical header name, or ""
+	overrideCookie string
+	trusted        []*net.IPNet
+	slowPath       bool // sticky.header or override.cookie set: every request takes serveSlow
+}
+
+var _ http.Handler = (*canary)(nil)
+
+// New builds the middleware. Traefik calls it for every router that uses the
+// middleware and again on every reload, with the same cfg each time: New must
+// not modify cfg.
+func New(ctx context.Context, next http.Handler, cfg *Config, name string) (http.Handler, error) {
+	if cfg == nil {
+		return nil, errors.New("edgecanary: no configuration")
+	}
+	if next == nil {
+		return nil, errors.New("edgecanary: no next handler")
+	}
+	c := &canary{next: next, name: name}
+	if err := c.setupVersions(cfg.Versions); err != nil {
+		return nil, fmt.Errorf("edgecanary %s: %w", name, err)
+	}
+	if err := c.setupSticky(cfg.Sticky); err != nil {
+		return nil, fmt.Errorf("edgecanary %s: %w", name, err)
+	}
+	if err := c.setupOverride(cfg.Override); err != nil {
+		return nil, fmt.Errorf("edgecanary %s: %w", name, err)
+	}
+	return c, nil
+}
+
+func (c *canary) setupVersions(versions map[string]VersionConfig) error {
+	if len(versions) == 0 {
+		return errors.New("versions: at least one version is required")
+	}
+	names := make([]string, 0, len(versions))
+	for n := range versions {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+
+	var primary *route
+	var total int64
+	weights := map[string]int{}
+	c.byName = map[string]*route{}
+	for _, n := range names {
+		v := versions[n]
+		field := "versions." + n
+		if !validVersionName(n) {
+			return fmt.Errorf("%s: invalid version name %q: use lowercase letters, digits and dashes", field, n)
+		}
+		if n == "always" || n == "never" {
+			return fmt.Errorf("%s: %q is reserved for overrides", field, n)
+		}
+		if v.Weight < 0 {
+			return fmt.Errorf("%s.weight: must not be negative, got %d", field, v.Weight)
+		}
+		if v.Weight > 1000000 {
+			return fmt.Errorf("%s.weight: must be at most 1000000, got %d", field, v.Weight)
+		}
+		total += int64(v.Weight)
+		weights[n] = v.Weight
+		r := &route{name: n}
+		h, err := c.versionHandler(field, v)
+		if err != nil {
+			return err
+		}
+		if h == nil {
+			if primary != nil {
+				return fmt.Errorf("%s: more than one primary version (%q and %q have no url); exactly one version must have no url", field, primary.name, n)
+			}
+			r.primary = true
+			r.handler = c.next
+			primary = r
+		} else {
+			r.handler = h
+			c.routes = append(c.routes, r)
+		}
+		c.byName[n] = r
+	}
+	if primary == nil {
+		return errors.New("versions: no primary version: exactly one version must have no url (it is served by the router's service)")
+	}
+	if total == 0 {
+		return errors.New("versions: all weights are zero: at least one weight must be above 0")
+	}
+	c.routes = append(c.routes, primary)
+	c.byName["never"] = primary
+	if len(c.routes) > 1 {
+		c.byName["always"] = c.routes[0]
+	} else {
+		c.byName["always"] = primary
+	}
+
+	// Non-primary versions take the low buckets in name order, the primary the
+	// rest. Cut points come from cumulative weights, so raising one weight
+	// only moves buckets into that version.
+	c.byBucket = make([]http.Handler, numBuckets)
+	c.bucketOf = make([]*route, numBuckets)
+	var cum int64
+	b := 0
+	for _, r := range c.routes {
+		end := numBuckets
+		if !r.primary {
+			cum += int64(weights[r.name])
+			end = int(cum * numBuckets / total)
+		}
+		for ; b < end; b++ {
+			c.byBucket[b] = r.handler
+			c.bucketOf[b] = r
+		}
+	}
+	return nil
+}
+
+// versionHandler returns the proxy of a version, or nil for the primary.
+func (c *canary) versionHandler(field string, v VersionConfig) (http.Handler, error) {
+	urls := v.URLs
+	if v.URL != "" {
+		if len(v.URLs) > 0 {
+			return nil, fmt.Errorf("%s: set either url or urls, not both", field)
+		}
+		urls = []string{v.URL}
+	}
+	if len(urls) == 0 {
+		if v.Timeout != "" {
+			return nil, fmt.Errorf("%s.timeout: only proxied versions (with url or urls) take a timeout", field)
+		}
+		return nil, nil
+	}
+	timeout := defaultVersionTimeout
+	if v.Timeout != "" {
+		d, err := parseDuration(field+".timeout", v.Timeout)
+		if err != nil {
+			return nil, err
+		}
+		timeout = d
+	}
+	transport := sharedTransport(timeout)
+	backends := make([]http.Handler, 0, len(urls))
+	for i, raw := range urls {
+		f := field + ".url"
+		if v.URL == "" {
+			f = fmt.Sprintf("%s.urls[%d]", field, i)
+		}
+		u, err := parseUpstream(f, raw)
+		if err != nil {
+			return nil, err
+		}
+		backends = append(backends, newProxy(u, transport))
+	}
+	if len(backends) == 1 {
+		return backends[0], nil
+	}
+	return &roundRobin{backends: backends}, nil
+}
+
+func (c *canary) setupSticky(s StickyConfig) error {
+	ck := s.Cookie
+	if ck.Name == "" {
+		return errors.New("sticky.cookie.name: must not be empty")
+	}
+	if !validCookieName(ck.Name) {
+		return fmt.Errorf("sticky.cookie.name: invalid cookie name %q", ck.Name)
+	}
+	if ck.MaxAge < 0 {
+		return fmt.Errorf("sticky.cookie.maxAge: must not be negative, got %d", ck.MaxAge)
+	}
+	if strings.ContainsAny(ck.Path, ";\r\n") || strings.ContainsAny(ck.Domain, ";\r\n ") {
+		return errors.New("sticky.cookie: path and domain must not contain ';', spaces or line breaks")
+	}
+	var sameSite http.SameSite
+	switch strings.ToLower(ck.SameSite) {
+	case "", "lax":
+		sameSite = http.SameSiteLaxMode
+	case "strict":
+		sameSite = http.SameSiteStrictMode
+	case "none":
+		if !ck.Secure {
+			return errors.New("sticky.cookie.sameSite: none requires sticky.cookie.secure: true (browsers reject it otherwise)")
+		}
+		sameSite = http.SameSiteNoneMode
+	default:
+		return fmt.Errorf("sticky.cookie.sameSite: invalid value %q: want lax, strict or none", ck.SameSite)
+	}
+	if len(ck.PreviousSecrets) > 8 {
+		return fmt.Errorf("sticky.cookie.previousSecrets: at most 8 previous secrets, got %d", len(ck.PreviousSecrets))
+	}
+	previous := make([]string, 0, len(ck.PreviousSecrets))
+	for i, p := range ck.PreviousSecrets {
+		if p == "" {
+			return fmt.Errorf("sticky.cookie.previousSecrets[%d]: must not be empty", i)
+		}
+		if p != ck.Secret {
+			previous = append(previous, p)
+		}
+	}
+	secret := ck.Secret
+	if secret == "" {
+		secret = randomProcessSecret()
+		processSecret.warn.Do(func() {
+			log.Printf("edgecanary %s: WARNING: sticky.cookie.secret is empty: using a random per-process key, so stickiness does not survive restarts and is not shared across replicas", c.name)
+		})
+	}
+	c.signed = getSignedBuckets(secret, previous)
+	c.key = []byte(secret)
+	c.cookieName = ck.Name
+	path := ck.Path
+	if path == "" {
+		path = "/"
+	}
+	c.cookieTmpl = http.Cookie{
+		Name:     ck.Name,
+		Path:     path,
+		Domain:   ck.Domain,
+		MaxAge:   ck.MaxAge,
+		Secure:   ck.Secure,
+		HttpOnly: true,
+		SameSite: sameSite,
+	}
+	if s.Header != "" {
+		if !validHeaderName(s.Header) {
+			return fmt.Errorf("sticky.header: invalid header name %q", s.Header)
+		}
+		c.stickyHeader = textproto.CanonicalMIMEHeaderKey(s.Header)
+		c.slowPath = true
+	}
+	return nil
+}
+
+func (c *canary) setupOverride(o OverrideConfig) error {
+	if o.Header != "" {
+		if !validHeaderName(o.Header) {
+			return fmt.Errorf("override.header: invalid header name %q", o.Header)
+		}
+		c.overrideHeader = textproto.CanonicalMIMEHeaderKey(o.Header)
+	}
+	if o.Cookie != "" {
+		if !validCookieName(o.Cookie) {
+			return fmt.Errorf("override.cookie: invalid cookie name %q", o.Cookie)
+		}
+		c.overrideCookie = o.Cookie
+		c.slowPath = true
+	}
+	nets, err := parseCIDRs("override.trustedIPs", o.TrustedIPs)
+	if err != nil {
+		return err
+	}
+	c.trusted = nets
+	return nil
+}
+
+// parseCIDRs accepts CIDRs and single addresses.
+func parseCIDRs(field string, list []string) ([]*net.IPNet, error) {
+	nets := make([]*net.IPNet, 0, len(list))
+	for i, s := range list {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		if !strings.Contains(s, "/") {
+			ip := net.ParseIP(s)
+			if ip == nil {
+				return nil, fmt.Errorf("%s[%d]: invalid IP or CIDR %q", field, i, s)
+			}
+			bits := 128
+			if ip4 := ip.To4(); ip4 != nil {
+				ip, bits = ip4, 32
+			}
+			nets = append(nets, &net.IPNet{IP: ip, Mask: net.CIDRMask(bits, bits)})
+			continue
+		}
+		_, n, err := net.ParseCIDR(s)
+		if err != nil {
+			return nil, fmt.Errorf("%s[%d]: invalid IP or CIDR %q", field, i, s)
+		}
+		nets = append(nets, n)
+	}
+	return nets, nil
+}
+
+func validHeaderName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte("\"(),/:;<=>?@[\\]{}", c) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func validCookieName(s string) bool { return validHeaderName(s) }
+
+// ServeHTTP routes the request. The common case, a returning client with a
+// valid cookie and no override, is one cookie parse and two lookups; every
+// other case goes through serveSlow.
+func (c *canary) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
+	if _, ok := req.Header[c.overrideHeader]; ok || c.slowPath {
+		c.serveSlow(rw, req)
+		return
+	}
+	if ck, err := req.Cookie(c.cookieName); err == nil {
+		if b, ok := c.signed.lookup[ck.Value]; ok && b < numBuckets {
+			c.byBucket[b].ServeHTTP(rw, req)
+			return
+		}
+	}
+	c.serveSlow(rw, req)
+}
+
+func (c *canary) serveSlow(rw http.ResponseWriter, req *http.Request) {
+	c.choose(rw, req).handler.ServeHTTP(rw, req)
+}
+
+// choose picks the version for a request: a trusted override first, then the
+// sticky header, then the cookie, and a fresh random bucket (with a new
+// cookie) when none of them is valid.
+func (c *canary) choose(rw http.ResponseWriter, req *http.Request) *route {
+	if r := c.overridden(req); r != nil {
+		return r
+	}
+	if c.stickyHeader != "" {
+		if v := req.Header.Get(c.stickyHeader); v != "" {
+			return c.bucketOf[headerBucket(c.key, v)]
+		}
+	}
+	if ck, err := req.Cookie(c.cookieName); err == nil {
+		if b, ok := c.signed.lookup[ck.Value]; ok {
+			if b >= numBuckets { // signed with a previous secret: re-sign
+				b -= numBuckets
+				c.setCookie(rw, b)
+			}
+			return c.bucketOf[b]
+		}
+	}
+	b := rand.Intn(numBuckets)
+	c.setCookie(rw, b)
+	return c.bucketOf[b]
+}
+
+func (c *canary) setCookie(rw http.ResponseWriter, b int) {
+	ck := c.cookieTmpl
+	ck.Value = c.signed.values[b]
+	http.SetCookie(rw, &ck)
+}
+
+// overridden returns the version forced by a trusted peer, or nil. The
+// override header is removed whoever sent it, so it never reaches upstream.
+func (c *canary) overridden(req *http.Request) *route {
+	var want string
+	if c.overrideHeader != "" {
+		if vs, ok := req.Header[c.overrideHeader]; ok {
+			if len(vs) > 0 {
+				want = vs[0]
+			}
+			req.Header.Del(c.overrideHeader)
+		}
+	}
+	if want == "" && c.overrideCookie != "" {
+		if ck, err := req.Cookie(c.overrideCookie); err == nil {
+			want = ck.Value
+		}
+	}
+	if want == "" || len(c.trusted) == 0 || !c.trustedPeer(req.RemoteAddr) {
+		return nil
+	}
+	return c.byName[strings.ToLower(strings.TrimSpace(want))]
+}
+
+func (c *canary) trustedPeer(remoteAddr string) bool {
+	host, _, err := net.SplitHostPort(remoteAddr)
+	if err != nil {
+		host = remoteAddr
+	}
+	if i := strings.IndexByte(host, '%'); i >= 0 {
+		host = host[:i]
+	}
+	ip := net.ParseIP(host)
+	if ip == nil {
+		return false
+	}
+	for _, n := range c.trusted {
+		if n.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}

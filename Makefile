@@ -1,0 +1,67 @@
+# edgecanary: see README.md. Every target runs on loopback only.
+SHELL := /bin/bash
+.DEFAULT_GOAL := check
+
+TRAEFIK_VERSION := v3.6.12
+YAEGI_VERSION   := v0.16.1
+CACHE   ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/edgecanary
+TRAEFIK := $(CACHE)/traefik-$(TRAEFIK_VERSION)
+YAEGI   := $(CACHE)/bin/yaegi-$(YAEGI_VERSION)
+GOPATH_TREE := $(CACHE)/yaegi-gopath
+MODULE  := github.com/edgecanary/edgecanary
+export EDGECANARY_TRAEFIK := $(TRAEFIK)
+
+.PHONY: check test unit yaegi_test lint vendor traefik e2e e2e-short demo bench sidecar clean
+
+## check: everything CI runs (lint, unit and Yaegi tests, the real-Traefik e2e suite)
+check: lint test e2e
+
+## test: unit tests, compiled and through the Yaegi interpreter
+test: unit yaegi_test
+
+unit:
+	go test -count=1 ./...
+	go test -count=1 -race -short ./...
+
+$(YAEGI):
+	mkdir -p $(CACHE)/bin
+	GOBIN=$(CACHE)/bin/tmp-yaegi go install github.com/traefik/yaegi/cmd/yaegi@$(YAEGI_VERSION)
+	mv $(CACHE)/bin/tmp-yaegi/yaegi $(YAEGI) && rmdir $(CACHE)/bin/tmp-yaegi
+
+## yaegi_test: run plugin/'s tests in Yaegi, from a GOPATH tree as Traefik lays it out
+yaegi_test: $(YAEGI)
+	rm -rf $(GOPATH_TREE) && mkdir -p $(GOPATH_TREE)/src/$(dir $(MODULE))
+	ln -s $(CURDIR) $(GOPATH_TREE)/src/$(MODULE)
+	cd $(GOPATH_TREE)/src/$(MODULE)/plugin && GOPATH=$(GOPATH_TREE) GO111MODULE=off $(YAEGI) test -v . 2>&1 | tee $(CACHE)/yaegi-test.log | grep -E '^(--- |PASS|FAIL|ok)' ; \
+	  ! grep -qE '^(--- FAIL|FAIL)|panic:' $(CACHE)/yaegi-test.log && grep -q '^PASS' $(CACHE)/yaegi-test.log
+
+lint:
+	gofmt -l plugin sidecar e2e | tee /dev/stderr | (! read)
+	go vet ./...
+	cd e2e && go vet ./...
+	go mod tidy -diff
+	go mod verify
+
+vendor:
+	go mod tidy
+	go mod vendor
+
+## traefik: build the real Traefik once from the Go module proxy and cache it
+traefik: $(TRAEFIK)
+$(TRAEFIK):
+	mkdir -p $(CACHE)
+	go mod download github.com/traefik/traefik/v3@$(TRAEFIK_VERSION)
+	cd "$$(go env GOMODCACHE)/github.com/traefik/traefik/v3@$(TRAEFIK_VERSION)" && \
+	  GOFLAGS=-mod=mod go build -trimpath -o $(TRAEFIK).tmp ./cmd/traefik
+	mv $(TRAEFIK).tmp $(TRAEFIK)
+
+## e2e: the Yaegi loader and the tests against the real Traefik
+e2e: $(TRAEFIK)
+	cd e2e && go test -count=1 -timeout 30m -v ./... 2>&1 | tee $(CACHE)/e2e.log | grep -E '^(\s*--- |PASS|FAIL|ok|\s+\w+_test.go)'; \
+	  test $${PIPESTATUS[0]} -eq 0
+
+e2e-short: $(TRAEFIK)
+	cd e2e && go test -count=1 -short -timeout 20m ./...
+
+clean:
+	rm -rf bin

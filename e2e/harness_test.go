@@ -1,0 +1,436 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// moduleName is the plugin's module, as registered in Traefik's static config.
+const moduleName = "github.com/edgecanary/edgecanary"
+
+// traefikVersion is the Traefik that the end-to-end tests run.
+const traefikVersion = "v3.6.12"
+
+// repoRoot is the root of the edgecanary module.
+func repoRoot(t testing.TB) string {
+	t.Helper()
+	root, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
+// stagePlugin lays the plugin out as Traefik expects a local plugin (and as a
+// GOPATH for Yaegi): <dir>/src/<moduleName>/{.traefik.yml,go.mod,plugin,vendor}.
+// It copies only what Traefik would see, never the tests.
+func stagePlugin(t testing.TB, dir string) {
+	t.Helper()
+	root := repoRoot(t)
+	dst := filepath.Join(dir, "src", filepath.FromSlash(moduleName))
+	for _, f := range []string{".traefik.yml", "go.mod", "go.sum"} {
+		if _, err := os.Stat(filepath.Join(root, f)); err == nil {
+			copyFile(t, filepath.Join(root, f), filepath.Join(dst, f))
+		}
+	}
+	err := filepath.Walk(root, func(path string, info os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, path)
+		top := strings.SplitN(rel, string(filepath.Separator), 2)[0]
+		if info.IsDir() {
+			if rel != "." && top != "plugin" && top != "vendor" {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if rel == "." || (top != "plugin" && top != "vendor") || strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		copyFile(t, path, filepath.Join(dst, rel))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func copyFile(t testing.TB, src, dst string) {
+	t.Helper()
+	data, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// traefikBinary is the cached Traefik build (make traefik).
+func traefikBinary(t testing.TB) string {
+	t.Helper()
+	if p := os.Getenv("EDGECANARY_TRAEFIK"); p != "" {
+		return p
+	}
+	cache := os.Getenv("XDG_CACHE_HOME")
+	if cache == "" {
+		home, _ := os.UserHomeDir()
+		cache = filepath.Join(home, ".cache")
+	}
+	p := filepath.Join(cache, "edgecanary", "traefik-"+traefikVersion)
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("no Traefik %s at %s: run `make traefik` first (or set EDGECANARY_TRAEFIK)", traefikVersion, p)
+	}
+	return p
+}
+
+// freePort returns a free TCP port on 127.0.0.1.
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// traefikProc is a running Traefik with the plugin as a local plugin.
+type traefikProc struct {
+	t       testing.TB
+	dir     string
+	web     string // http://127.0.0.1:port of the web entry point
+	api     string // http://127.0.0.1:port of the API (and pprof)
+	cmd     *exec.Cmd
+	logs    *syncBuffer
+	dynamic string
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// traefikOptions shape the static configuration.
+type traefikOptions struct {
+	// forwardedTrustedIPs are the entry point's forwardedHeaders.trustedIPs.
+	forwardedTrustedIPs []string
+	// extraStatic is appended to the static configuration (YAML).
+	extraStatic string
+}
+
+// startTraefik starts Traefik with the given dynamic configuration. The
+// dynamic configuration may use {{WEB}} for nothing; it is written as is.
+func startTraefik(t testing.TB, dynamic string, opts traefikOptions) *traefikProc {
+	t.Helper()
+	bin := traefikBinary(t)
+	dir := t.TempDir()
+	stagePlugin(t, filepath.Join(dir, "plugins-local"))
+	webPort, apiPort := freePort(t), freePort(t)
+	p := &traefikProc{
+		t:       t,
+		dir:     dir,
+		web:     fmt.Sprintf("http://127.0.0.1:%d", webPort),
+		api:     fmt.Sprintf("http://127.0.0.1:%d", apiPort),
+		logs:    &syncBuffer{},
+		dynamic: filepath.Join(dir, "dynamic.yml"),
+	}
+	trusted := ""
+	if len(opts.forwardedTrustedIPs) > 0 {
+		trusted = fmt.Sprintf("\n    forwardedHeaders:\n      trustedIPs: [%s]", quoteList(opts.forwardedTrustedIPs))
+	}
+	static := fmt.Sprintf(`global:
+  checkNewVersion: false
+  sendAnonymousUsage: false
+log:
+  level: INFO
+entryPoints:
+  web:
+    address: "127.0.0.1:%d"%s
+  traefik:
+    address: "127.0.0.1:%d"
+api:
+  insecure: true
+  debug: true
+  dashboard: false
+ping:
+  entryPoint: traefik
+providers:
+  providersThrottleDuration: 100ms
+  file:
+    filename: %q
+    watch: true
+experimental:
+  localPlugins:
+    edgecanary:
+      moduleName: %s
+%s`, webPort, trusted, apiPort, p.dynamic, moduleName, opts.extraStatic)
+	if err := os.WriteFile(filepath.Join(dir, "traefik.yml"), []byte(static), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.writeDynamic(dynamic)
+
+	p.cmd = exec.Command(bin, "--configFile="+filepath.Join(dir, "traefik.yml"))
+	p.cmd.Dir = dir
+	p.cmd.Stdout = p.logs
+	p.cmd.Stderr = p.logs
+	p.cmd.Env = append(os.Environ(), "HOME="+dir)
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = p.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = p.cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("Traefik logs:\n%s", p.logs.String())
+		}
+	})
+	p.waitFor(60*time.Second, "Traefik ping", func() bool {
+		res, err := http.Get(p.api + "/ping")
+		if err != nil {
+			return false
+		}
+		res.Body.Close()
+		return res.StatusCode == http.StatusOK
+	})
+	return p
+}
+
+func quoteList(list []string) string {
+	q := make([]string, len(list))
+	for i, s := range list {
+		q[i] = strconv.Quote(s)
+	}
+	return strings.Join(q, ", ")
+}
+
+// writeDynamic replaces the watched dynamic configuration atomically.
+func (p *traefikProc) writeDynamic(content string) {
+	p.t.Helper()
+	tmp := p.dynamic + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		p.t.Fatal(err)
+	}
+	if err := os.Rename(tmp, p.dynamic); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func (p *traefikProc) waitFor(timeout time.Duration, what string, cond func() bool) {
+	p.t.Helper()
+	waitFor(p.t, timeout, what, cond)
+}
+
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if cond() {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+// waitRouter waits until the API shows the router and its middlewares enabled.
+func (p *traefikProc) waitRouter(router string) {
+	p.t.Helper()
+	p.waitFor(30*time.Second, "router "+router, func() bool {
+		res, err := http.Get(p.api + "/api/http/routers/" + router + "@file")
+		if err != nil {
+			return false
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		return res.StatusCode == http.StatusOK && strings.Contains(string(body), `"status":"enabled"`)
+	})
+}
+
+// goroutines reads Traefik's goroutine count from /debug/pprof.
+func (p *traefikProc) goroutines() int {
+	p.t.Helper()
+	res, err := http.Get(p.api + "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	defer res.Body.Close()
+	line, _ := bufio.NewReader(res.Body).ReadString('\n')
+	m := regexp.MustCompile(`total (\d+)`).FindStringSubmatch(line)
+	if m == nil {
+		p.t.Fatalf("no goroutine total in %q", line)
+	}
+	n, _ := strconv.Atoi(m[1])
+	return n
+}
+
+// rss is Traefik's resident memory in bytes.
+func (p *traefikProc) rss() int64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	m := regexp.MustCompile(`VmRSS:\s+(\d+) kB`).FindSubmatch(data)
+	if m == nil {
+		return 0
+	}
+	kb, _ := strconv.ParseInt(string(m[1]), 10, 64)
+	return kb * 1024
+}
+
+// backend is one version of the demo service.
+type backend struct {
+	*httptest.Server
+	version  string
+	requests atomic.Int64
+	overSeen atomic.Int64 // requests that arrived with an X-Canary header
+}
+
+var upgrader = websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}
+
+func newBackend(t testing.TB, version string) *backend {
+	t.Helper()
+	b := &backend{version: version}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/ws", func(rw http.ResponseWriter, req *http.Request) {
+		conn, err := upgrader.Upgrade(rw, req, nil)
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		for {
+			mt, msg, err := conn.ReadMessage()
+			if err != nil {
+				return
+			}
+			if err := conn.WriteMessage(mt, append([]byte(version+":"), msg...)); err != nil {
+				return
+			}
+		}
+	})
+	mux.HandleFunc("/sse", func(rw http.ResponseWriter, req *http.Request) {
+		rw.Header().Set("Content-Type", "text/event-stream")
+		rw.Header().Set("Cache-Control", "no-cache")
+		fmt.Fprintf(rw, "data: hello from %s\n\n", version)
+		http.NewResponseController(rw).Flush()
+		select {
+		case <-time.After(1500 * time.Millisecond):
+		case <-req.Context().Done():
+			return
+		}
+		fmt.Fprintf(rw, "data: bye\n\n")
+	})
+	mux.HandleFunc("/", func(rw http.ResponseWriter, req *http.Request) {
+		b.requests.Add(1)
+		if req.Header.Get("X-Canary") != "" {
+			b.overSeen.Add(1)
+		}
+		rw.Header().Set("X-Version", version)
+		rw.Header().Set("X-Seen-Canary", req.Header.Get("X-Canary"))
+		rw.Header().Set("X-Seen-Host", req.Host)
+		_, _ = io.WriteString(rw, version)
+	})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Server = &httptest.Server{Listener: l, Config: &http.Server{Handler: mux}}
+	b.Start()
+	t.Cleanup(b.Close)
+	return b
+}
+
+// client is an HTTP client with no cookie jar, from a chosen loopback address.
+func client(localIP string) *http.Client {
+	dialer := &net.Dialer{Timeout: 5 * time.Second}
+	if localIP != "" {
+		dialer.LocalAddr = &net.TCPAddr{IP: net.ParseIP(localIP)}
+	}
+	return &http.Client{
+		Timeout: 10 * time.Second,
+		Transport: &http.Transport{
+			Proxy:               nil,
+			DialContext:         dialer.DialContext,
+			MaxIdleConnsPerHost: 64,
+		},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+}
+
+// get sends a GET with optional cookie and headers and returns the version that
+// answered, the response and the body.
+func get(t testing.TB, c *http.Client, url string, cookie *http.Cookie, headers map[string]string) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(context.Background(), http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cookie != nil {
+		req.AddCookie(cookie)
+	}
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	res, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	return res, string(body)
+}
+
+func cookieNamed(res *http.Response, name string) *http.Cookie {
+	for _, c := range res.Cookies() {
+		if c.Name == name {
+			return c
+		}
+	}
+	return nil
+}

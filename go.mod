@@ -1,3 +1,5 @@
 module github.com/edgecanary/edgecanary
 
-go 1.21
+go 1.26.0
+
+require golang.org/x/time v0.16.0

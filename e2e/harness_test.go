@@ -21,14 +21,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgecanary/edgecanary/e2e/stage"
 	"github.com/gorilla/websocket"
 )
 
-// moduleName is the plugin's module, as registered in Traefik's static config.
-const moduleName = "github.com/edgecanary/edgecanary"
-
-// traefikVersion is the Traefik that the end-to-end tests run.
-const traefikVersion = "v3.6.12"
+const moduleName = stage.ModuleName
 
 // repoRoot is the root of the edgecanary module.
 func repoRoot(t testing.TB) string {
@@ -40,69 +37,20 @@ func repoRoot(t testing.TB) string {
 	return root
 }
 
-// stagePlugin lays the plugin out as Traefik expects a local plugin (and as a
-// GOPATH for Yaegi): <dir>/src/<moduleName>/{.traefik.yml,go.mod,plugin,vendor}.
-// It copies only what Traefik would see, never the tests.
+// stagePlugin lays the plugin out under dir as Traefik's plugins-local (and a
+// Yaegi GOPATH).
 func stagePlugin(t testing.TB, dir string) {
 	t.Helper()
-	root := repoRoot(t)
-	dst := filepath.Join(dir, "src", filepath.FromSlash(moduleName))
-	for _, f := range []string{".traefik.yml", "go.mod", "go.sum"} {
-		if _, err := os.Stat(filepath.Join(root, f)); err == nil {
-			copyFile(t, filepath.Join(root, f), filepath.Join(dst, f))
-		}
-	}
-	err := filepath.Walk(root, func(path string, info os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, path)
-		top := strings.SplitN(rel, string(filepath.Separator), 2)[0]
-		if info.IsDir() {
-			if rel != "." && top != "plugin" && top != "vendor" {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if rel == "." || (top != "plugin" && top != "vendor") || strings.HasSuffix(path, "_test.go") {
-			return nil
-		}
-		copyFile(t, path, filepath.Join(dst, rel))
-		return nil
-	})
-	if err != nil {
+	if err := stage.Plugin(repoRoot(t), dir); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func copyFile(t testing.TB, src, dst string) {
-	t.Helper()
-	data, err := os.ReadFile(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(dst, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// traefikBinary is the cached Traefik build (make traefik).
 func traefikBinary(t testing.TB) string {
 	t.Helper()
-	if p := os.Getenv("EDGECANARY_TRAEFIK"); p != "" {
-		return p
-	}
-	cache := os.Getenv("XDG_CACHE_HOME")
-	if cache == "" {
-		home, _ := os.UserHomeDir()
-		cache = filepath.Join(home, ".cache")
-	}
-	p := filepath.Join(cache, "edgecanary", "traefik-"+traefikVersion)
-	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("no Traefik %s at %s: run `make traefik` first (or set EDGECANARY_TRAEFIK)", traefikVersion, p)
+	p, err := stage.TraefikBinary()
+	if err != nil {
+		t.Fatal(err)
 	}
 	return p
 }

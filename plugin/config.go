@@ -26,6 +26,8 @@ type Config struct {
 	Sticky StickyConfig `json:"sticky,omitempty"`
 	// Override lets trusted peers force a version.
 	Override OverrideConfig `json:"override,omitempty"`
+	// RateLimit is a token bucket per client. Off while Average is 0.
+	RateLimit RateLimitConfig `json:"rateLimit,omitempty"`
 }
 
 // VersionConfig is one version of the service.
@@ -102,6 +104,7 @@ func CreateConfig() *Config {
 			Header:     "X-Canary",
 			TrustedIPs: []string{},
 		},
+		RateLimit: defaultRateLimitConfig(),
 	}
 }
 

@@ -40,6 +40,9 @@ type canary struct {
 	overrideCookie string
 	trusted        []*net.IPNet
 	slowPath       bool // sticky.header or override.cookie set: every request takes serveSlow
+	single         bool // one version: no bucket, no cookie
+
+	rl *limiter // nil when rate limiting is off
 }
 
 var _ http.Handler = (*canary)(nil)
@@ -64,6 +67,11 @@ func New(ctx context.Context, next http.Handler, cfg *Config, name string) (http
 	if err := c.setupOverride(cfg.Override); err != nil {
 		return nil, fmt.Errorf("edgecanary %s: %w", name, err)
 	}
+	rl, err := newLimiter(name, cfg.RateLimit)
+	if err != nil {
+		return nil, fmt.Errorf("edgecanary %s: %w", name, err)
+	}
+	c.rl = rl
 	return c, nil
 }
 
@@ -123,6 +131,7 @@ func (c *canary) setupVersions(versions map[string]VersionConfig) error {
 		return errors.New("versions: all weights are zero: at least one weight must be above 0")
 	}
 	c.routes = append(c.routes, primary)
+	c.single = len(c.routes) == 1
 	c.byName["never"] = primary
 	if len(c.routes) > 1 {
 		c.byName["always"] = c.routes[0]
@@ -336,8 +345,15 @@ func validCookieName(s string) bool { return validHeaderName(s) }
 // valid cookie and no override, is one cookie parse and two lookups; every
 // other case goes through serveSlow.
 func (c *canary) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
+	if c.rl != nil && !c.rl.allow(rw, req) {
+		return
+	}
 	if _, ok := req.Header[c.overrideHeader]; ok || c.slowPath {
 		c.serveSlow(rw, req)
+		return
+	}
+	if c.single {
+		c.next.ServeHTTP(rw, req)
 		return
 	}
 	if ck, err := req.Cookie(c.cookieName); err == nil {
@@ -359,6 +375,9 @@ func (c *canary) serveSlow(rw http.ResponseWriter, req *http.Request) {
 func (c *canary) choose(rw http.ResponseWriter, req *http.Request) *route {
 	if r := c.overridden(req); r != nil {
 		return r
+	}
+	if c.single {
+		return c.routes[0]
 	}
 	if c.stickyHeader != "" {
 		if v := req.Header.Get(c.stickyHeader); v != "" {

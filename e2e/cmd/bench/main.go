@@ -1,0 +1,441 @@
+// Command bench measures what edgecanary costs per request inside the real
+// Traefik, side by side with Traefik alone and with Traefik's native
+// middlewares, in one run on one Traefik instance, interleaved across rounds.
+// It writes BENCHMARKS.md. It is a report, not a test: it never fails on a
+// slow machine. Everything listens and talks on 127.0.0.1 only.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/edgecanary/edgecanary/e2e/stage"
+)
+
+func main() { os.Exit(run()) }
+
+type options struct {
+	rounds      int
+	duration    time.Duration
+	warmup      time.Duration
+	connections int
+	threads     int
+	out         string
+	root        string
+	sidecar     string
+	memoryKeys  int
+	only        string
+}
+
+// router is one line of the table: a Host on the shared Traefik.
+type router struct {
+	name  string // Host is <name>.bench
+	label string
+	// cookie names the sticky cookie a returning client sends, if any.
+	cookie string
+}
+
+var routers = []router{
+	{name: "plain", label: "1. Traefik, no middleware (the limit)"},
+	{name: "native", label: "2. Traefik native: weighted sticky service + RateLimit + CircuitBreaker", cookie: "native_sticky"},
+	{name: "canary", label: "3a. edgecanary: canary routing only", cookie: "edgecanary"},
+	{name: "ratelimit", label: "3b. edgecanary: rate limit only"},
+	{name: "breaker", label: "3c. edgecanary: circuit breaker only"},
+	{name: "reporting", label: "3d. edgecanary: reporting only (to the sidecar)"},
+	{name: "all", label: "4. edgecanary: everything on, reporting to the sidecar", cookie: "edgecanary"},
+}
+
+func run() int {
+	var o options
+	flag.IntVar(&o.rounds, "rounds", 5, "interleaved rounds (the table reports medians)")
+	flag.DurationVar(&o.duration, "duration", 5*time.Second, "wrk duration per router per round")
+	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "warm-up per router before the rounds")
+	flag.IntVar(&o.connections, "connections", 32, "wrk connections")
+	flag.IntVar(&o.threads, "threads", 2, "wrk threads")
+	flag.StringVar(&o.out, "out", "BENCHMARKS.md", "Markdown report to write")
+	flag.StringVar(&o.root, "root", "..", "root of the edgecanary module")
+	flag.StringVar(&o.sidecar, "sidecar", "", "sidecar binary (built from sidecar/ when empty)")
+	flag.IntVar(&o.memoryKeys, "memory-keys", 1000000, "distinct rate-limit keys in the memory run (0: skip)")
+	flag.StringVar(&o.only, "only", "", "comma-separated router names to run (default: all)")
+	flag.Parse()
+	if err := bench(o); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
+	return 0
+}
+
+// backendHandler is the fast local upstream: a small fixed body.
+var backendBody = []byte("ok\n")
+
+func startBackend(version string) (string, func(), error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) {
+		rw.Header().Set("Content-Type", "text/plain")
+		rw.Header().Set("X-Served-By", version)
+		_, _ = rw.Write(backendBody)
+	})}
+	go func() { _ = srv.Serve(l) }()
+	return "http://" + l.Addr().String(), func() { _ = srv.Close() }, nil
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// result is one wrk run.
+type result struct {
+	rps      float64
+	p50, p99 float64 // microseconds
+	errors   int
+	rss      int64
+}
+
+func bench(o options) error {
+	root, err := filepath.Abs(o.root)
+	if err != nil {
+		return err
+	}
+	bin, err := stage.TraefikBinary()
+	if err != nil {
+		return err
+	}
+	wrk, err := exec.LookPath("wrk")
+	if err != nil {
+		return errors.New("wrk not found: apt-get install --no-install-recommends wrk")
+	}
+	selected := routers
+	if o.only != "" {
+		selected = nil
+		for _, r := range routers {
+			if r.name == "plain" || strings.Contains(","+o.only+",", ","+r.name+",") {
+				selected = append(selected, r)
+			}
+		}
+	}
+
+	stable, stopStable, err := startBackend("stable")
+	if err != nil {
+		return err
+	}
+	defer stopStable()
+	canary, stopCanary, err := startBackend("canary")
+	if err != nil {
+		return err
+	}
+	defer stopCanary()
+
+	dir, err := os.MkdirTemp("", "edgecanary-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+
+	sidecarIngest := ""
+	if contains(selected, "reporting") || contains(selected, "all") {
+		ingest, stopSidecar, err := startSidecar(o, root, dir)
+		if err != nil {
+			return err
+		}
+		defer stopSidecar()
+		sidecarIngest = ingest
+	}
+
+	if err := stage.Plugin(root, filepath.Join(dir, "plugins-local")); err != nil {
+		return err
+	}
+	webPort, err := freePort()
+	if err != nil {
+		return err
+	}
+	apiPort, err := freePort()
+	if err != nil {
+		return err
+	}
+	static := fmt.Sprintf(`global:
+  checkNewVersion: false
+  sendAnonymousUsage: false
+log:
+  level: ERROR
+entryPoints:
+  web:
+    address: "127.0.0.1:%d"
+  traefik:
+    address: "127.0.0.1:%d"
+ping:
+  entryPoint: traefik
+api:
+  insecure: true
+  dashboard: false
+providers:
+  file:
+    filename: %q
+experimental:
+  localPlugins:
+    edgecanary:
+      moduleName: %s
+`, webPort, apiPort, filepath.Join(dir, "dynamic.yml"), stage.ModuleName)
+	if err := os.WriteFile(filepath.Join(dir, "traefik.yml"), []byte(static), 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "dynamic.yml"), []byte(dynamicConfig(stable, canary, sidecarIngest)), 0o644); err != nil {
+		return err
+	}
+	logs := &bytes.Buffer{}
+	cmd := exec.Command(bin, "--configFile="+filepath.Join(dir, "traefik.yml"))
+	cmd.Dir = dir
+	cmd.Stdout, cmd.Stderr = logs, logs
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	defer func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+	}()
+	web := fmt.Sprintf("http://127.0.0.1:%d", webPort)
+	api := fmt.Sprintf("http://127.0.0.1:%d", apiPort)
+	if err := waitReady(api, selected, web); err != nil {
+		return fmt.Errorf("%w\nTraefik logs:\n%s", err, logs.String())
+	}
+
+	cookies := map[string]string{}
+	for _, r := range selected {
+		if r.cookie != "" {
+			c, err := primaryCookie(web, r)
+			if err != nil {
+				return err
+			}
+			cookies[r.name] = c
+		}
+	}
+
+	runOne := func(r router, d time.Duration) (result, error) {
+		args := []string{"-t", strconv.Itoa(o.threads), "-c", strconv.Itoa(o.connections), "-d", fmt.Sprintf("%ds", int(d.Seconds())),
+			"--latency", "-H", "Host: " + r.name + ".bench"}
+		if c := cookies[r.name]; c != "" {
+			args = append(args, "-H", "Cookie: "+c)
+		}
+		args = append(args, web+"/")
+		out, err := exec.Command(wrk, args...).CombinedOutput()
+		if err != nil {
+			return result{}, fmt.Errorf("wrk %v: %v\n%s", args, err, out)
+		}
+		res, err := parseWrk(string(out))
+		res.rss = rss(cmd.Process.Pid)
+		return res, err
+	}
+
+	fmt.Fprintf(os.Stderr, "warming up %d routers for %v each\n", len(selected), o.warmup)
+	for _, r := range selected {
+		if _, err := runOne(r, o.warmup); err != nil {
+			return err
+		}
+	}
+	rssStart := rss(cmd.Process.Pid)
+	results := map[string][]result{}
+	for round := 0; round < o.rounds; round++ {
+		// Rotate the order each round so no router always runs first or last.
+		for i := range selected {
+			r := selected[(i+round)%len(selected)]
+			res, err := runOne(r, o.duration)
+			if err != nil {
+				return err
+			}
+			results[r.name] = append(results[r.name], res)
+			fmt.Fprintf(os.Stderr, "round %d %-10s %9.0f req/s p50 %7.0fus p99 %7.0fus errors %d\n", round+1, r.name, res.rps, res.p50, res.p99, res.errors)
+		}
+	}
+	rssEnd := rss(cmd.Process.Pid)
+
+	var mem *memoryResult
+	if o.memoryKeys > 0 && contains(selected, "ratelimit") {
+		mem, err = memoryRun(wrk, web, cmd.Process.Pid, o.memoryKeys, dir)
+		if err != nil {
+			return err
+		}
+	}
+	return writeReport(o, selected, results, rssStart, rssEnd, mem)
+}
+
+func contains(rs []router, name string) bool {
+	for _, r := range rs {
+		if r.name == name {
+			return true
+		}
+	}
+	return false
+}
+
+func waitReady(api string, selected []router, web string) error {
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		ok := true
+		for _, r := range selected {
+			req, _ := http.NewRequest(http.MethodGet, web+"/", nil)
+			req.Host = r.name + ".bench"
+			res, err := http.DefaultClient.Do(req)
+			if err != nil {
+				ok = false
+				break
+			}
+			_, _ = io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+			if res.StatusCode != http.StatusOK {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return errors.New("routers not ready after 60s")
+}
+
+// primaryCookie returns a sticky cookie that a returning client of the
+// primary version (stable) sends.
+func primaryCookie(web string, r router) (string, error) {
+	for i := 0; i < 200; i++ {
+		req, _ := http.NewRequest(http.MethodGet, web+"/", nil)
+		req.Host = r.name + ".bench"
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return "", err
+		}
+		_, _ = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		for _, c := range res.Cookies() {
+			if c.Name == r.cookie && res.Header.Get("X-Served-By") == "stable" {
+				return c.Name + "=" + c.Value, nil
+			}
+		}
+	}
+	return "", fmt.Errorf("%s: no cookie for the stable version in 200 tries", r.name)
+}
+
+var (
+	reLatency = regexp.MustCompile(`(?m)^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$`)
+	reRPS     = regexp.MustCompile(`(?m)^Requests/sec:\s+([\d.]+)`)
+	reNon2xx  = regexp.MustCompile(`(?m)^\s+Non-2xx or 3xx responses:\s+(\d+)`)
+	reSockErr = regexp.MustCompile(`(?m)^\s+Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`)
+)
+
+func parseWrk(out string) (result, error) {
+	var r result
+	m := reRPS.FindStringSubmatch(out)
+	if m == nil {
+		return r, fmt.Errorf("no Requests/sec in wrk output:\n%s", out)
+	}
+	r.rps, _ = strconv.ParseFloat(m[1], 64)
+	for _, l := range reLatency.FindAllStringSubmatch(out, -1) {
+		v, _ := strconv.ParseFloat(l[2], 64)
+		switch l[3] {
+		case "ms":
+			v *= 1000
+		case "s":
+			v *= 1e6
+		}
+		if l[1] == "50" {
+			r.p50 = v
+		} else {
+			r.p99 = v
+		}
+	}
+	if m := reNon2xx.FindStringSubmatch(out); m != nil {
+		r.errors, _ = strconv.Atoi(m[1])
+	}
+	if m := reSockErr.FindStringSubmatch(out); m != nil {
+		for _, s := range m[1:] {
+			n, _ := strconv.Atoi(s)
+			r.errors += n
+		}
+	}
+	return r, nil
+}
+
+func rss(pid int) int64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	m := regexp.MustCompile(`VmRSS:\s+(\d+) kB`).FindSubmatch(data)
+	if m == nil {
+		return 0
+	}
+	kb, _ := strconv.ParseInt(string(m[1]), 10, 64)
+	return kb * 1024
+}
+
+func median(xs []float64) float64 {
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	n := len(s)
+	if n == 0 {
+		return 0
+	}
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+func minMax(xs []float64) (float64, float64) {
+	lo, hi := xs[0], xs[0]
+	for _, x := range xs {
+		if x < lo {
+			lo = x
+		}
+		if x > hi {
+			hi = x
+		}
+	}
+	return lo, hi
+}
+
+func machine() string {
+	model := "unknown CPU"
+	if f, err := os.Open("/proc/cpuinfo"); err == nil {
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "model name") {
+				model = strings.TrimSpace(strings.SplitN(sc.Text(), ":", 2)[1])
+				break
+			}
+		}
+		f.Close()
+	}
+	return fmt.Sprintf("%s, %d cores, %s/%s", model, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH)
+}
+
+func wrkVersion(wrk string) string {
+	out, _ := exec.CommandContext(context.Background(), wrk, "-v").CombinedOutput()
+	line := strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)[0]
+	return line
+}

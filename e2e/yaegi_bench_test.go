@@ -1,0 +1,113 @@
+package e2e
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+)
+
+// Micro-benchmarks of the per-request path, run through the Yaegi
+// interpreter exactly as Traefik runs the plugin. They show where the
+// interpreted time goes; `make bench` measures the real Traefik.
+//
+//	cd e2e && go test -run '^$' -bench Yaegi -benchtime 20000x
+
+// nopWriter is a ResponseWriter that discards everything, so the benchmark
+// measures the plugin, not the recorder.
+type nopWriter struct{ h http.Header }
+
+func (w *nopWriter) Header() http.Header         { return w.h }
+func (w *nopWriter) Write(p []byte) (int, error) { return len(p), nil }
+func (w *nopWriter) WriteHeader(int)             {}
+
+var nopNext = http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) { rw.WriteHeader(http.StatusOK) })
+
+// benchHandler builds the plugin in Yaegi from a raw config.
+func benchHandler(b *testing.B, raw map[string]any) http.Handler {
+	b.Helper()
+	p := loadYaegiPlugin(b)
+	cfg, err := p.config(raw)
+	if err != nil {
+		b.Fatal(err)
+	}
+	h, err := p.handler(context.Background(), nopNext, cfg, "bench@file")
+	if err != nil {
+		b.Fatal(err)
+	}
+	return h
+}
+
+func runServe(b *testing.B, h http.Handler, req *http.Request) {
+	b.Helper()
+	w := &nopWriter{h: http.Header{}}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for k := range w.h {
+			delete(w.h, k)
+		}
+		h.ServeHTTP(w, req)
+	}
+}
+
+var benchVersions = map[string]any{
+	"stable": map[string]any{"weight": 80},
+	"canary": map[string]any{"weight": 20, "url": "http://127.0.0.1:1"},
+}
+
+// stableCookie returns a cookie of the primary version for h.
+func stableCookie(b *testing.B, h http.Handler) *http.Cookie {
+	b.Helper()
+	for i := 0; i < 1000; i++ {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "http://bench.test/", nil))
+		if rec.Code == http.StatusOK {
+			for _, c := range rec.Result().Cookies() {
+				if c.Name == "edgecanary" {
+					return c
+				}
+			}
+		}
+	}
+	b.Fatal("no stable cookie")
+	return nil
+}
+
+// BenchmarkYaegiBaselineNext is a handler that only calls next, for scale.
+func BenchmarkYaegiBaselineNext(b *testing.B) {
+	runServe(b, nopNext, httptest.NewRequest(http.MethodGet, "http://bench.test/", nil))
+}
+
+// BenchmarkYaegiSingleVersion: one version, nothing else on: the plugin only
+// forwards.
+func BenchmarkYaegiSingleVersion(b *testing.B) {
+	h := benchHandler(b, map[string]any{"versions": map[string]any{"stable": map[string]any{"weight": 1}}})
+	runServe(b, h, httptest.NewRequest(http.MethodGet, "http://bench.test/", nil))
+}
+
+// BenchmarkYaegiCookieCheck: a returning client's cookie is verified and its
+// version chosen.
+func BenchmarkYaegiCookieCheck(b *testing.B) {
+	h := benchHandler(b, map[string]any{"versions": benchVersions, "sticky": map[string]any{"cookie": map[string]any{"secret": "s"}}})
+	req := httptest.NewRequest(http.MethodGet, "http://bench.test/", nil)
+	req.AddCookie(stableCookie(b, h))
+	runServe(b, h, req)
+}
+
+// BenchmarkYaegiNewClient: a client without a cookie gets a bucket and a cookie.
+func BenchmarkYaegiNewClient(b *testing.B) {
+	h := benchHandler(b, map[string]any{"versions": map[string]any{"stable": map[string]any{"weight": 100}, "canary": map[string]any{"weight": 0, "url": "http://127.0.0.1:1"}}})
+	runServe(b, h, httptest.NewRequest(http.MethodGet, "http://bench.test/", nil))
+}
+
+// BenchmarkYaegiStickyHeader: the bucket is an HMAC of a header.
+func BenchmarkYaegiStickyHeader(b *testing.B) {
+	h := benchHandler(b, map[string]any{
+		"versions": map[string]any{"stable": map[string]any{"weight": 100}, "canary": map[string]any{"weight": 0, "url": "http://127.0.0.1:1"}},
+		"sticky":   map[string]any{"header": "X-User-ID"},
+	})
+	req := httptest.NewRequest(http.MethodGet, "http://bench.test/", nil)
+	req.Header.Set("X-User-ID", "user-42")
+	runServe(b, h, req)
+}

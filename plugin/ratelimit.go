@@ -1,0 +1,499 @@
+package plugin
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// RateLimitConfig is a token bucket per client, with the meaning of Traefik's
+// RateLimit middleware for the keys they share.
+type RateLimitConfig struct {
+	// Average is the number of tokens per Period. 0 disables the limiter.
+	Average int64 `json:"average,omitempty"`
+	// Period is a duration ("1s", "1m") or a number of seconds. Default 1s.
+	Period string `json:"period,omitempty"`
+	// Burst is the bucket size. 0 or less is treated as 1, as in Traefik.
+	Burst int64 `json:"burst,omitempty"`
+	// SourceCriterion says what identifies a client: exactly one of
+	// ipStrategy, requestHeaderName or requestHost. Default: the peer's IP.
+	SourceCriterion SourceCriterion `json:"sourceCriterion,omitempty"`
+	// MaxSources bounds the number of clients tracked. Default 65536.
+	MaxSources int `json:"maxSources,omitempty"`
+	// Headers sends RateLimit-Policy and RateLimit on every response, and
+	// Retry-After on a 429. Default true.
+	Headers bool `json:"headers,omitempty"`
+	// DryRun counts what would be rejected but lets it through. Default false.
+	DryRun bool `json:"dryRun,omitempty"`
+}
+
+// SourceCriterion identifies a client, as in Traefik.
+type SourceCriterion struct {
+	IPStrategy        *IPStrategy `json:"ipStrategy,omitempty"`
+	RequestHeaderName string      `json:"requestHeaderName,omitempty"`
+	RequestHost       bool        `json:"requestHost,omitempty"`
+}
+
+// IPStrategy picks the client address, as Traefik's ipStrategy does.
+type IPStrategy struct {
+	// Depth takes the Nth address from the right of X-Forwarded-For.
+	// 0: the peer's address.
+	Depth int `json:"depth,omitempty"`
+	// ExcludedIPs are skipped when walking X-Forwarded-For from the right.
+	ExcludedIPs []string `json:"excludedIPs,omitempty"`
+	// IPv6Subnet groups IPv6 clients by this prefix length (e.g. 64).
+	IPv6Subnet int `json:"ipv6Subnet,omitempty"`
+}
+
+func defaultRateLimitConfig() RateLimitConfig {
+	return RateLimitConfig{
+		Period:     "1s",
+		Burst:      1,
+		MaxSources: 65536,
+		Headers:    true,
+	}
+}
+
+// Key sources.
+const (
+	sourcePeer = iota
+	sourceDepth
+	sourceExcluded
+	sourceHeader
+	sourceHost
+)
+
+// maxKeyLen bounds a key kept in memory; longer header values are hashed.
+const maxKeyLen = 128
+
+// limiter is a token bucket per client, in the form of the generic cell rate
+// algorithm: each bucket is one int64, its theoretical arrival time (tat),
+// the instant at which it is full again. It admits exactly what
+// golang.org/x/time/rate admits with Reserve (and Cancel past maxDelay), the
+// reference that the tests compare it with, at a fraction of the interpreted
+// cost. A bucket whose tat is in the past is full, the same as no bucket, so
+// idle entries carry no state and can be dropped at any time.
+//
+// Concurrency: one mutex guards the map and the buckets; every decision is
+// made under it, so N concurrent requests on one key admit exactly burst.
+type limiter struct {
+	mu       sync.Mutex
+	buckets  map[string]*bucket
+	max      int
+	interval int64 // nanoseconds per token
+	window   int64 // burst * interval: how far tat may run ahead of now
+	maxDelay int64 // waits up to this are absorbed by delaying the request
+
+	burst    int64
+	epoch    time.Time
+	dryRun   bool
+	headers  bool
+	policy   []string // RateLimit-Policy value
+	rlPrefix string   // `"<policy>";r=`
+
+	source     int
+	header     string // canonical header name, for sourceHeader
+	depth      int
+	excluded   []*net.IPNet
+	ipv6Subnet int
+
+	// Counters, read by telemetry.
+	rejected    uint64
+	dryRejected uint64
+	evictions   uint64
+}
+
+type bucket struct {
+	tat  int64
+	hits uint32
+}
+
+// limiters keeps one limiter per middleware name across reloads, replaced
+// when its settings change.
+var limiters = struct {
+	sync.Mutex
+	m map[string]*limiterEntry
+}{m: map[string]*limiterEntry{}}
+
+type limiterEntry struct {
+	settings string
+	l        *limiter
+}
+
+const maxLimiters = 4096
+
+func newLimiter(name string, cfg RateLimitConfig) (*limiter, error) {
+	if cfg.Average < 0 {
+		return nil, fmt.Errorf("rateLimit.average: must not be negative, got %d", cfg.Average)
+	}
+	period := time.Second
+	if cfg.Period != "" {
+		d, err := parseDuration("rateLimit.period", cfg.Period)
+		if err != nil {
+			return nil, err
+		}
+		if d > 0 {
+			period = d
+		}
+	}
+	if cfg.MaxSources < 0 {
+		return nil, fmt.Errorf("rateLimit.maxSources: must not be negative, got %d", cfg.MaxSources)
+	}
+	sc := cfg.SourceCriterion
+	set := 0
+	if sc.IPStrategy != nil {
+		set++
+	}
+	if sc.RequestHeaderName != "" {
+		set++
+	}
+	if sc.RequestHost {
+		set++
+	}
+	if set > 1 {
+		return nil, errors.New("rateLimit.sourceCriterion: set only one of ipStrategy, requestHeaderName and requestHost")
+	}
+	if cfg.Average == 0 {
+		return nil, nil
+	}
+	l := &limiter{max: cfg.MaxSources, dryRun: cfg.DryRun, headers: cfg.Headers, epoch: time.Now()}
+	if l.max == 0 {
+		l.max = 65536
+	}
+	if sc.RequestHeaderName != "" {
+		if !validHeaderName(sc.RequestHeaderName) {
+			return nil, fmt.Errorf("rateLimit.sourceCriterion.requestHeaderName: invalid header name %q", sc.RequestHeaderName)
+		}
+		l.source = sourceHeader
+		l.header = http.CanonicalHeaderKey(sc.RequestHeaderName)
+	} else if sc.RequestHost {
+		l.source = sourceHost
+	} else if s := sc.IPStrategy; s != nil {
+		if s.Depth < 0 {
+			return nil, fmt.Errorf("rateLimit.sourceCriterion.ipStrategy.depth: must not be negative, got %d", s.Depth)
+		}
+		if s.IPv6Subnet < 0 || s.IPv6Subnet > 128 {
+			return nil, fmt.Errorf("rateLimit.sourceCriterion.ipStrategy.ipv6Subnet: must be between 0 and 128, got %d", s.IPv6Subnet)
+		}
+		nets, err := parseCIDRs("rateLimit.sourceCriterion.ipStrategy.excludedIPs", s.ExcludedIPs)
+		if err != nil {
+			return nil, err
+		}
+		l.depth, l.excluded, l.ipv6Subnet = s.Depth, nets, s.IPv6Subnet
+		switch {
+		case s.Depth > 0:
+			l.source = sourceDepth
+		case len(nets) > 0:
+			l.source = sourceExcluded
+		}
+	}
+
+	burst := cfg.Burst
+	if burst < 1 {
+		burst = 1
+	}
+	rate := float64(cfg.Average) * float64(time.Second) / float64(period) // tokens per second
+	l.burst = burst
+	l.interval = int64(math.Round(float64(period) / float64(cfg.Average)))
+	if l.interval < 1 {
+		l.interval = 1
+	}
+	if burst > math.MaxInt64/l.interval {
+		return nil, fmt.Errorf("rateLimit.burst: %d is too large for this rate", burst)
+	}
+	l.window = burst * l.interval
+	// Traefik's maxDelay: half a token's interval, or 500ms below 1/s.
+	if rate < 1 {
+		l.maxDelay = int64(500 * time.Millisecond)
+	} else {
+		l.maxDelay = int64(time.Second) / (int64(rate) * 2)
+	}
+
+	// The policy as quota q per window w whole seconds: q/w is the sustained
+	// rate; the window is the period rounded up to whole seconds.
+	w := int64(math.Ceil(period.Seconds()))
+	if w < 1 {
+		w = 1
+	}
+	q := int64(math.Round(rate * float64(w)))
+	pname := strings.NewReplacer(`"`, "", `\`, "").Replace(name)
+	l.policy = []string{fmt.Sprintf(`"%s";q=%d;w=%d`, pname, q, w)}
+	l.rlPrefix = `"` + pname + `";r=`
+
+	excluded := ""
+	if sc.IPStrategy != nil {
+		excluded = strings.Join(sc.IPStrategy.ExcludedIPs, ",")
+	}
+	settings := fmt.Sprintf("%d|%d|%d|%d|%d|%s|%d|%s|%d|%v|%v", l.interval, l.window, l.maxDelay, l.max, l.source, l.header, l.depth, excluded, l.ipv6Subnet, l.dryRun, l.headers)
+	limiters.Lock()
+	defer limiters.Unlock()
+	if e, ok := limiters.m[name]; ok && e.settings == settings {
+		return e.l, nil
+	}
+	l.buckets = make(map[string]*bucket)
+	if len(limiters.m) >= maxLimiters {
+		for k := range limiters.m {
+			delete(limiters.m, k)
+			break
+		}
+	}
+	limiters.m[name] = &limiterEntry{settings: settings, l: l}
+	return l, nil
+}
+
+// take reserves one token for key at now (nanoseconds since l.epoch). It
+// returns how long the request must wait for its token and the bucket's tat
+// afterwards. A wait above maxDelay is a rejection: nothing is reserved, as
+// when x/time/rate's reservation is cancelled. In dry-run mode too.
+func (l *limiter) take(key string, now int64) (wait, tat int64) {
+	l.mu.Lock()
+	b := l.buckets[key]
+	if b == nil {
+		b = l.insert(key, now)
+	}
+	tat = b.tat
+	if tat < now {
+		tat = now
+	}
+	tat += l.interval
+	wait = tat - now - l.window
+	if wait > l.maxDelay {
+		tat = b.tat
+		l.mu.Unlock()
+		return wait, tat
+	}
+	b.tat = tat
+	b.hits++
+	l.mu.Unlock()
+	return wait, tat
+}
+
+// insert adds key, keeping the map within max entries. Called with l.mu held.
+// A bucket whose tat has passed is full and carries no state: a few are
+// dropped on every insert, so idle clients expire. When the map is full, a
+// sample of entries is examined and the least used is evicted, so a busy
+// client is not pushed out by a flood of one-shot keys.
+func (l *limiter) insert(key string, now int64) *bucket {
+	checked := 0
+	for k, b := range l.buckets {
+		if b.tat <= now {
+			delete(l.buckets, k)
+		}
+		checked++
+		if checked >= 2 {
+			break
+		}
+	}
+	if len(l.buckets) >= l.max {
+		var victim string
+		var victimHits uint32 = math.MaxUint32
+		checked = 0
+		for k, b := range l.buckets {
+			if b.tat <= now {
+				victim = k
+				victimHits = 0
+				break
+			}
+			if b.hits < victimHits {
+				victim, victimHits = k, b.hits
+			}
+			checked++
+			if checked >= 8 {
+				break
+			}
+		}
+		if victimHits != 0 {
+			atomic.AddUint64(&l.evictions, 1)
+		}
+		delete(l.buckets, victim)
+	}
+	b := &bucket{}
+	l.buckets[key] = b
+	return b
+}
+
+// allow runs the limiter for a request. It answers the request itself (429)
+// and returns false when the request is rejected.
+func (l *limiter) allow(rw http.ResponseWriter, req *http.Request) bool {
+	var key string
+	if l.source == sourcePeer {
+		key = req.RemoteAddr
+		if i := strings.LastIndexByte(key, ':'); i > 0 && key[0] != '[' && strings.IndexByte(key[:i], ':') < 0 {
+			key = key[:i]
+		} else {
+			key = l.normalize(key, key)
+		}
+	} else {
+		key = l.sourceKey(req)
+	}
+	now := int64(time.Since(l.epoch))
+	wait, tat := l.take(key, now)
+	if wait > l.maxDelay {
+		if l.dryRun {
+			atomic.AddUint64(&l.dryRejected, 1)
+			return true
+		}
+		atomic.AddUint64(&l.rejected, 1)
+		l.reject(rw, wait, now, tat)
+		return false
+	}
+	if l.headers {
+		remaining := (l.window - (tat - now)) / l.interval
+		if remaining < 0 { // a delayed request: the bucket is in debt
+			remaining = 0
+		}
+		h := rw.Header()
+		h["Ratelimit-Policy"] = l.policy
+		h["Ratelimit"] = []string{l.rlPrefix + strconv.FormatInt(remaining, 10) + ";t=" + strconv.FormatInt((tat-now+999999999)/1e9, 10)}
+	}
+	if wait > 0 {
+		// At most maxDelay (500ms). A plain sleep: Yaegi's select with an
+		// empty case body does not proceed (traefik/yaegi#887), and under
+		// concurrency we saw it take the wrong case.
+		time.Sleep(time.Duration(wait))
+	}
+	return true
+}
+
+// reject answers 429 with Retry-After (whole seconds, rounded up) and
+// X-Retry-In, as Traefik does, plus the RateLimit fields.
+func (l *limiter) reject(rw http.ResponseWriter, wait, now, tat int64) {
+	h := rw.Header()
+	if l.headers {
+		h["Ratelimit-Policy"] = l.policy
+		h["Ratelimit"] = []string{l.rlPrefix + "0;t=" + strconv.FormatInt((tat-now+999999999)/1e9, 10)}
+	}
+	h.Set("Retry-After", strconv.FormatInt(retryAfterSeconds(wait), 10))
+	h.Set("X-Retry-In", time.Duration(wait).String())
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	rw.WriteHeader(http.StatusTooManyRequests)
+	_, _ = rw.Write([]byte("Too Many Requests\n"))
+}
+
+// retryAfterSeconds rounds a wait up to whole seconds, never below 0.
+func retryAfterSeconds(wait int64) int64 {
+	if wait <= 0 {
+		return 0
+	}
+	return (wait + int64(time.Second) - 1) / int64(time.Second)
+}
+
+// sourceKey extracts the client key for every source but the plain peer.
+// Keys from a header are prefixed so they can never equal an address key, and
+// hashed past maxKeyLen so memory stays bounded.
+func (l *limiter) sourceKey(req *http.Request) string {
+	peer := req.RemoteAddr
+	switch l.source {
+	case sourceHeader:
+		v := req.Header.Get(l.header)
+		if v == "" {
+			return l.normalize(peer, peer)
+		}
+		if len(v) > maxKeyLen {
+			sum := sha256.Sum256([]byte(v))
+			v = "sha256:" + hex.EncodeToString(sum[:])
+		}
+		return "h:" + v
+	case sourceHost:
+		if req.Host == "" {
+			return l.normalize(peer, peer)
+		}
+		h := strings.ToLower(req.Host)
+		if len(h) > maxKeyLen {
+			sum := sha256.Sum256([]byte(h))
+			h = "sha256:" + hex.EncodeToString(sum[:])
+		}
+		return "host:" + h
+	}
+	return l.forwardedKey(req.Header.Values("X-Forwarded-For"), peer)
+}
+
+// forwardedKey applies depth or excludedIPs to X-Forwarded-For, as Traefik's
+// ipStrategy does, with two deliberate differences that keep the key honest:
+// with fewer than depth entries it takes the leftmost entry (the farthest
+// address a trusted proxy recorded) instead of an empty key shared by all such
+// clients, and an entry that is not an IP address, or no entry at all, falls
+// back to the peer's address.
+func (l *limiter) forwardedKey(values []string, peer string) string {
+	var xff []string
+	for _, v := range values {
+		for _, p := range strings.Split(v, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				xff = append(xff, p)
+			}
+		}
+	}
+	if len(xff) == 0 {
+		return l.normalize(peer, peer)
+	}
+	if l.source == sourceDepth {
+		i := len(xff) - l.depth
+		if i < 0 {
+			i = 0
+		}
+		return l.normalize(xff[i], peer)
+	}
+	for i := len(xff) - 1; i >= 0; i-- {
+		addr, err := netip.ParseAddr(stripPort(xff[i]))
+		if err != nil {
+			return l.normalize(peer, peer)
+		}
+		ip := net.IP(addr.Unmap().WithZone("").AsSlice())
+		excluded := false
+		for _, n := range l.excluded {
+			if n.Contains(ip) {
+				excluded = true
+				break
+			}
+		}
+		if !excluded {
+			return l.normalize(xff[i], peer)
+		}
+	}
+	return l.normalize(peer, peer)
+}
+
+// normalize turns an address (with or without port, brackets or zone) into
+// its canonical key: IPv4-mapped IPv6 becomes IPv4, the zone and port go, and
+// IPv6 is masked to ipv6Subnet. Anything that is not an address yields the
+// normalised fallback (the peer), which is always an address.
+func (l *limiter) normalize(s, fallback string) string {
+	addr, err := netip.ParseAddr(stripPort(s))
+	if err != nil {
+		if s == fallback {
+			return s // the peer itself is not an address (a unix socket): use it as is
+		}
+		return l.normalize(fallback, fallback)
+	}
+	addr = addr.Unmap().WithZone("")
+	if addr.Is6() && l.ipv6Subnet > 0 {
+		if p, err := addr.Prefix(l.ipv6Subnet); err == nil {
+			return p.String()
+		}
+	}
+	return addr.String()
+}
+
+// stripPort removes a port and IPv6 brackets: "1.2.3.4:5", "[::1]:5", "[::1]".
+func stripPort(s string) string {
+	if strings.HasPrefix(s, "[") {
+		if i := strings.IndexByte(s, ']'); i > 0 {
+			return s[1:i]
+		}
+		return s
+	}
+	if i := strings.LastIndexByte(s, ':'); i > 0 && strings.IndexByte(s[:i], ':') < 0 {
+		return s[:i]
+	}
+	return s
+}

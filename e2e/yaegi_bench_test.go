@@ -111,3 +111,26 @@ func BenchmarkYaegiStickyHeader(b *testing.B) {
 	req.Header.Set("X-User-ID", "user-42")
 	runServe(b, h, req)
 }
+
+// BenchmarkYaegiRateLimit: one client's token bucket, with the RateLimit
+// headers, never limited.
+func BenchmarkYaegiRateLimit(b *testing.B) {
+	h := benchHandler(b, map[string]any{
+		"versions":  map[string]any{"stable": map[string]any{"weight": 1}},
+		"rateLimit": map[string]any{"average": 100000000, "burst": 100000000},
+	})
+	req := httptest.NewRequest(http.MethodGet, "http://bench.test/", nil)
+	req.RemoteAddr = "192.0.2.1:1234"
+	runServe(b, h, req)
+}
+
+// BenchmarkYaegiRateLimitNoHeaders: the same without the RateLimit headers.
+func BenchmarkYaegiRateLimitNoHeaders(b *testing.B) {
+	h := benchHandler(b, map[string]any{
+		"versions":  map[string]any{"stable": map[string]any{"weight": 1}},
+		"rateLimit": map[string]any{"average": 100000000, "burst": 100000000, "headers": false},
+	})
+	req := httptest.NewRequest(http.MethodGet, "http://bench.test/", nil)
+	req.RemoteAddr = "192.0.2.1:1234"
+	runServe(b, h, req)
+}

@@ -28,6 +28,10 @@ type Config struct {
 	Override OverrideConfig `json:"override,omitempty"`
 	// RateLimit is a token bucket per client. Off while Average is 0.
 	RateLimit RateLimitConfig `json:"rateLimit,omitempty"`
+	// CircuitBreaker trips a version on failures and falls back to the primary.
+	CircuitBreaker CircuitBreakerConfig `json:"circuitBreaker,omitempty"`
+	// Sidecar is where the per-version figures are reported.
+	Sidecar SidecarConfig `json:"sidecar,omitempty"`
 }
 
 // VersionConfig is one version of the service.
@@ -104,7 +108,9 @@ func CreateConfig() *Config {
 			Header:     "X-Canary",
 			TrustedIPs: []string{},
 		},
-		RateLimit: defaultRateLimitConfig(),
+		RateLimit:      defaultRateLimitConfig(),
+		CircuitBreaker: defaultCircuitBreakerConfig(),
+		Sidecar:        defaultSidecarConfig(),
 	}
 }
 

@@ -18,6 +18,8 @@ type route struct {
 	name    string
 	primary bool
 	handler http.Handler
+	br      *breaker  // nil when the breaker is off
+	vs      *verStats // nil when reporting is off
 }
 
 // canary is the handler that New returns.
@@ -41,8 +43,12 @@ type canary struct {
 	trusted        []*net.IPNet
 	slowPath       bool // sticky.header or override.cookie set: every request takes serveSlow
 	single         bool // one version: no bucket, no cookie
+	primary        *route
 
-	rl *limiter // nil when rate limiting is off
+	rl      *limiter         // nil when rate limiting is off
+	bs      *breakerSettings // nil when the breaker is off
+	st      *mwStats         // nil when reporting is off
+	observe bool             // breaker or reporting on: time and status are observed
 }
 
 var _ http.Handler = (*canary)(nil)
@@ -72,6 +78,24 @@ func New(ctx context.Context, next http.Handler, cfg *Config, name string) (http
 		return nil, fmt.Errorf("edgecanary %s: %w", name, err)
 	}
 	c.rl = rl
+	bs, err := newBreakerSettings(cfg.CircuitBreaker)
+	if err != nil {
+		return nil, fmt.Errorf("edgecanary %s: %w", name, err)
+	}
+	target, interval, bounds, err := parseSidecar(cfg.Sidecar)
+	if err != nil {
+		return nil, fmt.Errorf("edgecanary %s: %w", name, err)
+	}
+	if bs.enabled() {
+		c.bs = bs
+		for _, r := range c.routes {
+			r.br = getBreaker(bs, name, r.name)
+		}
+	}
+	if target.url != "" {
+		c.setupStats(ctx, target, interval, bounds, cfg.Versions)
+	}
+	c.observe = c.bs != nil || c.st != nil
 	return c, nil
 }
 
@@ -131,6 +155,7 @@ func (c *canary) setupVersions(versions map[string]VersionConfig) error {
 		return errors.New("versions: all weights are zero: at least one weight must be above 0")
 	}
 	c.routes = append(c.routes, primary)
+	c.primary = primary
 	c.single = len(c.routes) == 1
 	c.byName["never"] = primary
 	if len(c.routes) > 1 {
@@ -341,43 +366,43 @@ func validHeaderName(s string) bool {
 
 func validCookieName(s string) bool { return validHeaderName(s) }
 
-// ServeHTTP routes the request. The common case, a returning client with a
-// valid cookie and no override, is one cookie parse and two lookups; every
-// other case goes through serveSlow.
+// ServeHTTP routes the request. Every interpreted method call costs about a
+// microsecond in Yaegi, so the request path is this one method plus plain
+// functions, and each feature that is off costs one comparison.
 func (c *canary) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
-	if c.rl != nil && !c.rl.allow(rw, req) {
+	if c.rl != nil && !allow(c.rl, rw, req) {
 		return
 	}
+	var r *route
 	if _, ok := req.Header[c.overrideHeader]; ok || c.slowPath {
-		c.serveSlow(rw, req)
-		return
-	}
-	if c.single {
-		c.next.ServeHTTP(rw, req)
-		return
-	}
-	if ck, err := req.Cookie(c.cookieName); err == nil {
+		r = choose(c, rw, req)
+	} else if c.single {
+		r = c.primary
+	} else if ck, err := req.Cookie(c.cookieName); err == nil {
 		if b, ok := c.signed.lookup[ck.Value]; ok && b < numBuckets {
-			c.byBucket[b].ServeHTTP(rw, req)
-			return
+			r = c.bucketOf[b]
+		} else {
+			r = choose(c, rw, req)
 		}
+	} else {
+		r = choose(c, rw, req)
 	}
-	c.serveSlow(rw, req)
-}
-
-func (c *canary) serveSlow(rw http.ResponseWriter, req *http.Request) {
-	c.choose(rw, req).handler.ServeHTTP(rw, req)
+	if c.observe {
+		serveObserved(c, r, rw, req)
+		return
+	}
+	r.handler.ServeHTTP(rw, req)
 }
 
 // choose picks the version for a request: a trusted override first, then the
 // sticky header, then the cookie, and a fresh random bucket (with a new
 // cookie) when none of them is valid.
-func (c *canary) choose(rw http.ResponseWriter, req *http.Request) *route {
-	if r := c.overridden(req); r != nil {
+func choose(c *canary, rw http.ResponseWriter, req *http.Request) *route {
+	if r := overridden(c, req); r != nil {
 		return r
 	}
 	if c.single {
-		return c.routes[0]
+		return c.primary
 	}
 	if c.stickyHeader != "" {
 		if v := req.Header.Get(c.stickyHeader); v != "" {
@@ -406,7 +431,7 @@ func (c *canary) setCookie(rw http.ResponseWriter, b int) {
 
 // overridden returns the version forced by a trusted peer, or nil. The
 // override header is removed whoever sent it, so it never reaches upstream.
-func (c *canary) overridden(req *http.Request) *route {
+func overridden(c *canary, req *http.Request) *route {
 	var want string
 	if c.overrideHeader != "" {
 		if vs, ok := req.Header[c.overrideHeader]; ok {
@@ -421,13 +446,13 @@ func (c *canary) overridden(req *http.Request) *route {
 			want = ck.Value
 		}
 	}
-	if want == "" || len(c.trusted) == 0 || !c.trustedPeer(req.RemoteAddr) {
+	if want == "" || len(c.trusted) == 0 || !trustedPeer(c.trusted, req.RemoteAddr) {
 		return nil
 	}
 	return c.byName[strings.ToLower(strings.TrimSpace(want))]
 }
 
-func (c *canary) trustedPeer(remoteAddr string) bool {
+func trustedPeer(trusted []*net.IPNet, remoteAddr string) bool {
 	host, _, err := net.SplitHostPort(remoteAddr)
 	if err != nil {
 		host = remoteAddr
@@ -439,7 +464,7 @@ func (c *canary) trustedPeer(remoteAddr string) bool {
 	if ip == nil {
 		return false
 	}
-	for _, n := range c.trusted {
+	for _, n := range trusted {
 		if n.Contains(ip) {
 			return true
 		}

@@ -107,10 +107,39 @@ type limiter struct {
 	excluded   []*net.IPNet
 	ipv6Subnet int
 
-	// Counters, read by telemetry.
+	// counters survive a limiter's replacement: they are cumulative per
+	// middleware name, for telemetry.
+	counters *rlCounters
+}
+
+type rlCounters struct {
 	rejected    uint64
 	dryRejected uint64
 	evictions   uint64
+}
+
+var rlCounterRegistry = struct {
+	sync.Mutex
+	m map[string]*rlCounters
+}{m: map[string]*rlCounters{}}
+
+// rlCountersFor returns the middleware's rate-limit counters, creating them
+// when create is set.
+func rlCountersFor(name string, create bool) *rlCounters {
+	rlCounterRegistry.Lock()
+	defer rlCounterRegistry.Unlock()
+	c := rlCounterRegistry.m[name]
+	if c == nil && create {
+		if len(rlCounterRegistry.m) >= maxLimiters {
+			for k := range rlCounterRegistry.m {
+				delete(rlCounterRegistry.m, k)
+				break
+			}
+		}
+		c = &rlCounters{}
+		rlCounterRegistry.m[name] = c
+	}
+	return c
 }
 
 type bucket struct {
@@ -241,6 +270,7 @@ func newLimiter(name string, cfg RateLimitConfig) (*limiter, error) {
 		return e.l, nil
 	}
 	l.buckets = make(map[string]*bucket)
+	l.counters = rlCountersFor(name, true)
 	if len(limiters.m) >= maxLimiters {
 		for k := range limiters.m {
 			delete(limiters.m, k)
@@ -255,11 +285,11 @@ func newLimiter(name string, cfg RateLimitConfig) (*limiter, error) {
 // returns how long the request must wait for its token and the bucket's tat
 // afterwards. A wait above maxDelay is a rejection: nothing is reserved, as
 // when x/time/rate's reservation is cancelled. In dry-run mode too.
-func (l *limiter) take(key string, now int64) (wait, tat int64) {
+func take(l *limiter, key string, now int64) (wait, tat int64) {
 	l.mu.Lock()
 	b := l.buckets[key]
 	if b == nil {
-		b = l.insert(key, now)
+		b = insertBucket(l, key, now)
 	}
 	tat = b.tat
 	if tat < now {
@@ -283,14 +313,14 @@ func (l *limiter) take(key string, now int64) (wait, tat int64) {
 // dropped on every insert, so idle clients expire. When the map is full, a
 // sample of entries is examined and the least used is evicted, so a busy
 // client is not pushed out by a flood of one-shot keys.
-func (l *limiter) insert(key string, now int64) *bucket {
+func insertBucket(l *limiter, key string, now int64) *bucket {
 	checked := 0
 	for k, b := range l.buckets {
 		if b.tat <= now {
 			delete(l.buckets, k)
 		}
 		checked++
-		if checked >= 2 {
+		if checked >= 4 {
 			break
 		}
 	}
@@ -313,7 +343,7 @@ func (l *limiter) insert(key string, now int64) *bucket {
 			}
 		}
 		if victimHits != 0 {
-			atomic.AddUint64(&l.evictions, 1)
+			atomic.AddUint64(&l.counters.evictions, 1)
 		}
 		delete(l.buckets, victim)
 	}
@@ -324,11 +354,13 @@ func (l *limiter) insert(key string, now int64) *bucket {
 
 // allow runs the limiter for a request. It answers the request itself (429)
 // and returns false when the request is rejected.
-func (l *limiter) allow(rw http.ResponseWriter, req *http.Request) bool {
+func allow(l *limiter, rw http.ResponseWriter, req *http.Request) bool {
 	var key string
 	if l.source == sourcePeer {
 		key = req.RemoteAddr
-		if i := strings.LastIndexByte(key, ':'); i > 0 && key[0] != '[' && strings.IndexByte(key[:i], ':') < 0 {
+		// net/http writes "ip:port", with brackets around IPv6: an IPv4 peer
+		// needs one compiled call; everything else is normalised.
+		if i := strings.LastIndexByte(key, ':'); i > 0 && key[0] != '[' {
 			key = key[:i]
 		} else {
 			key = l.normalize(key, key)
@@ -337,14 +369,14 @@ func (l *limiter) allow(rw http.ResponseWriter, req *http.Request) bool {
 		key = l.sourceKey(req)
 	}
 	now := int64(time.Since(l.epoch))
-	wait, tat := l.take(key, now)
+	wait, tat := take(l, key, now)
 	if wait > l.maxDelay {
 		if l.dryRun {
-			atomic.AddUint64(&l.dryRejected, 1)
+			atomic.AddUint64(&l.counters.dryRejected, 1)
 			return true
 		}
-		atomic.AddUint64(&l.rejected, 1)
-		l.reject(rw, wait, now, tat)
+		atomic.AddUint64(&l.counters.rejected, 1)
+		reject(l, rw, wait, now, tat)
 		return false
 	}
 	if l.headers {
@@ -354,7 +386,7 @@ func (l *limiter) allow(rw http.ResponseWriter, req *http.Request) bool {
 		}
 		h := rw.Header()
 		h["Ratelimit-Policy"] = l.policy
-		h["Ratelimit"] = []string{l.rlPrefix + strconv.FormatInt(remaining, 10) + ";t=" + strconv.FormatInt((tat-now+999999999)/1e9, 10)}
+		h["Ratelimit"] = []string{l.rlPrefix + itoa(remaining) + ";t=" + itoa((tat-now+999999999)/1e9)}
 	}
 	if wait > 0 {
 		// At most maxDelay (500ms). A plain sleep: Yaegi's select with an
@@ -367,17 +399,34 @@ func (l *limiter) allow(rw http.ResponseWriter, req *http.Request) bool {
 
 // reject answers 429 with Retry-After (whole seconds, rounded up) and
 // X-Retry-In, as Traefik does, plus the RateLimit fields.
-func (l *limiter) reject(rw http.ResponseWriter, wait, now, tat int64) {
+func reject(l *limiter, rw http.ResponseWriter, wait, now, tat int64) {
 	h := rw.Header()
 	if l.headers {
 		h["Ratelimit-Policy"] = l.policy
-		h["Ratelimit"] = []string{l.rlPrefix + "0;t=" + strconv.FormatInt((tat-now+999999999)/1e9, 10)}
+		h["Ratelimit"] = []string{l.rlPrefix + "0;t=" + itoa((tat-now+999999999)/1e9)}
 	}
 	h.Set("Retry-After", strconv.FormatInt(retryAfterSeconds(wait), 10))
 	h.Set("X-Retry-In", time.Duration(wait).String())
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	rw.WriteHeader(http.StatusTooManyRequests)
 	_, _ = rw.Write([]byte("Too Many Requests\n"))
+}
+
+// smallInts are the decimal strings of 0..1023, so the RateLimit field of a
+// request costs no compiled strconv call in the common case.
+var smallInts = func() []string {
+	s := make([]string, 1024)
+	for i := range s {
+		s[i] = strconv.Itoa(i)
+	}
+	return s
+}()
+
+func itoa(n int64) string {
+	if n >= 0 && n < int64(len(smallInts)) {
+		return smallInts[n]
+	}
+	return strconv.FormatInt(n, 10)
 }
 
 // retryAfterSeconds rounds a wait up to whole seconds, never below 0.

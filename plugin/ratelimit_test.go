@@ -49,7 +49,7 @@ func TestLimiterBurstThenSteadyRateOverAMinute(t *testing.T) {
 	admitted := 0
 	// A client that sends every 10ms for a simulated minute.
 	for now := int64(0); now < 60*sec; now += 10 * ms {
-		if wait, _ := l.take("c", now); wait <= l.maxDelay {
+		if wait, _ := take(l, "c", now); wait <= l.maxDelay {
 			admitted++
 		}
 	}
@@ -60,19 +60,19 @@ func TestLimiterBurstThenSteadyRateOverAMinute(t *testing.T) {
 
 	l = testLimiter(t, rlConfig(10, "1s", 5))
 	for i := 0; i < 5; i++ {
-		if wait, _ := l.take("c", 0); wait > 0 {
+		if wait, _ := take(l, "c", 0); wait > 0 {
 			t.Fatalf("burst request %d waited %v", i, time.Duration(wait))
 		}
 	}
-	if wait, _ := l.take("c", 0); wait <= l.maxDelay {
+	if wait, _ := take(l, "c", 0); wait <= l.maxDelay {
 		t.Fatalf("the 6th request at the same instant was admitted (wait %v)", time.Duration(wait))
 	}
 	// 100ms later exactly one token is back.
-	if wait, _ := l.take("c", 100*ms); wait > 0 {
+	if wait, _ := take(l, "c", 100*ms); wait > 0 {
 		t.Fatalf("refilled token: wait %v", time.Duration(wait))
 	}
 	// 60ms after that a request waits 40ms, within maxDelay: absorbed.
-	if wait, _ := l.take("c", 160*ms); wait != 40*ms {
+	if wait, _ := take(l, "c", 160*ms); wait != 40*ms {
 		t.Fatalf("short wait: got %v, want 40ms", time.Duration(wait))
 	}
 }
@@ -129,7 +129,7 @@ func TestLimiterMatchesXTimeRate(t *testing.T) {
 			now := int64(0)
 			for i := 0; i < 300; i++ {
 				now += int64(rng.ExpFloat64()*mean) + 1
-				wait, _ := l.take("k", now)
+				wait, _ := take(l, "k", now)
 				at := epoch.Add(time.Duration(now))
 				r := ref.ReserveN(at, 1)
 				refWait := r.DelayFrom(at)
@@ -225,8 +225,8 @@ func TestRateLimitHTTP(t *testing.T) {
 	if _, res := serve(c, req); res.StatusCode != http.StatusOK {
 		t.Errorf("second client: %d", res.StatusCode)
 	}
-	if c.rl.rejected != 2 {
-		t.Errorf("rejected counter %d, want 2", c.rl.rejected)
+	if c.rl.counters.rejected != 2 {
+		t.Errorf("rejected counter %d, want 2", c.rl.counters.rejected)
 	}
 }
 
@@ -258,8 +258,8 @@ func TestRateLimitDryRun(t *testing.T) {
 			t.Fatalf("dry run rejected request %d: %d", i, res.StatusCode)
 		}
 	}
-	if c.rl.dryRejected != 3 || c.rl.rejected != 0 {
-		t.Errorf("dry-run rejections %d, rejections %d; want 3 and 0", c.rl.dryRejected, c.rl.rejected)
+	if c.rl.counters.dryRejected != 3 || c.rl.counters.rejected != 0 {
+		t.Errorf("dry-run rejections %d, rejections %d; want 3 and 0", c.rl.counters.dryRejected, c.rl.counters.rejected)
 	}
 }
 
@@ -314,7 +314,7 @@ func TestLimiterSurvivesReloadWithSameSettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if wait, _ := a.take("k", int64(time.Since(a.epoch))); wait > 0 {
+	if wait, _ := take(a, "k", int64(time.Since(a.epoch))); wait > 0 {
 		t.Fatal("first request waited")
 	}
 	b, _ := newLimiter("reload@file", cfg)
@@ -326,7 +326,7 @@ func TestLimiterSurvivesReloadWithSameSettings(t *testing.T) {
 	if c == a {
 		t.Fatal("a changed setting kept the old buckets")
 	}
-	if wait, _ := c.take("k", int64(time.Since(c.epoch))); wait > 0 {
+	if wait, _ := take(c, "k", int64(time.Since(c.epoch))); wait > 0 {
 		t.Fatal("fresh buckets: first request waited")
 	}
 }
@@ -386,7 +386,7 @@ func TestLimiterKeys(t *testing.T) {
 			if l.source == sourcePeer {
 				// the inlined fast path of allow
 				rec := httptest.NewRecorder()
-				l.allow(rec, req)
+				allow(l, rec, req)
 				for k := range l.buckets {
 					got = k
 				}
@@ -413,12 +413,12 @@ func TestLimiterEvictionBound(t *testing.T) {
 	now := int64(sec)
 	// A busy client, then a flood of a million one-shot keys.
 	for i := 0; i < 5; i++ {
-		l.take("busy", now)
+		take(l, "busy", now)
 	}
 	for i := 0; i < 1000000; i++ {
-		l.take(fmt.Sprintf("oneshot-%d", i), now+int64(i))
+		take(l, fmt.Sprintf("oneshot-%d", i), now+int64(i))
 		if i%1000 == 0 {
-			l.take("busy", now+int64(i)) // it keeps coming back
+			take(l, "busy", now+int64(i)) // it keeps coming back
 		}
 		if len(l.buckets) > cfg.MaxSources {
 			t.Fatalf("%d entries after %d keys, bound %d", len(l.buckets), i, cfg.MaxSources)
@@ -427,14 +427,14 @@ func TestLimiterEvictionBound(t *testing.T) {
 	if _, ok := l.buckets["busy"]; !ok {
 		t.Error("the busy client was evicted by one-shot keys")
 	}
-	if l.evictions < 1000000-uint64(cfg.MaxSources) {
-		t.Errorf("evictions %d, want at least %d", l.evictions, 1000000-cfg.MaxSources)
+	if l.counters.evictions < 1000000-uint64(cfg.MaxSources) {
+		t.Errorf("evictions %d, want at least %d", l.counters.evictions, 1000000-cfg.MaxSources)
 	}
 	runtime.GC()
 	var after runtime.MemStats
 	runtime.ReadMemStats(&after)
 	grown := int64(after.HeapAlloc) - int64(before.HeapAlloc)
-	t.Logf("1,000,000 keys: %d entries, %d evictions, heap %+d KiB", len(l.buckets), l.evictions, grown/1024)
+	t.Logf("1,000,000 keys: %d entries, %d evictions, heap %+d KiB", len(l.buckets), l.counters.evictions, grown/1024)
 	if grown > 64<<20 {
 		t.Errorf("heap grew by %d MiB for %d entries", grown>>20, cfg.MaxSources)
 	}
@@ -443,11 +443,11 @@ func TestLimiterEvictionBound(t *testing.T) {
 func TestLimiterIdleEntriesExpire(t *testing.T) {
 	l := testLimiter(t, rlConfig(10, "1s", 1))
 	for i := 0; i < 1000; i++ {
-		l.take(fmt.Sprintf("k%d", i), 0)
+		take(l, fmt.Sprintf("k%d", i), 0)
 	}
 	// Long after, every bucket is full again; new keys sweep old ones out.
 	for i := 0; i < 2000; i++ {
-		l.take(fmt.Sprintf("n%d", i), 10*sec)
+		take(l, fmt.Sprintf("n%d", i), 10*sec)
 	}
 	old := 0
 	for k := range l.buckets {
@@ -470,7 +470,7 @@ func TestLimiterConcurrentOneKey(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 0; i < 50; i++ {
-				if wait, _ := l.take("k", 1000); wait <= 0 {
+				if wait, _ := take(l, "k", 1000); wait <= 0 {
 					mu.Lock()
 					admitted++
 					mu.Unlock()

@@ -1,0 +1,381 @@
+package plugin
+
+import (
+	"errors"
+	"fmt"
+	"log"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// CircuitBreakerConfig trips a version's breaker on failures. Off unless
+// ConsecutiveFailures or FailureRatio is set.
+type CircuitBreakerConfig struct {
+	// ConsecutiveFailures trips after this many failures in a row. 0: off.
+	ConsecutiveFailures int `json:"consecutiveFailures,omitempty"`
+	// FailureRatio trips when failures/requests reaches it within Interval,
+	// once MinRequests were seen. 0: off.
+	FailureRatio float64 `json:"failureRatio,omitempty"`
+	// MinRequests needed before FailureRatio applies. Default 20.
+	MinRequests int `json:"minRequests,omitempty"`
+	// Interval is the counting window while closed. Default 10s. 0: never reset.
+	Interval string `json:"interval,omitempty"`
+	// OpenDuration is how long the breaker stays open before probes. Default 30s.
+	OpenDuration string `json:"openDuration,omitempty"`
+	// HalfOpenRequests is the number of probes let through while half-open;
+	// that many successes in a row close the breaker. Default 1.
+	HalfOpenRequests int `json:"halfOpenRequests,omitempty"`
+	// FailureStatusCodes are ranges and single codes, comma-separated.
+	// Default "500-599". Transport errors and timeouts always count.
+	FailureStatusCodes string `json:"failureStatusCodes,omitempty"`
+	// SlowThreshold: a response slower than this is a failure. Empty: off.
+	SlowThreshold string `json:"slowThreshold,omitempty"`
+	// ResponseCode is what the client gets when no version can serve it. Default 503.
+	ResponseCode int `json:"responseCode,omitempty"`
+	// Fallback serves an open non-primary version's users with the primary. Default true.
+	Fallback bool `json:"fallback,omitempty"`
+}
+
+func defaultCircuitBreakerConfig() CircuitBreakerConfig {
+	return CircuitBreakerConfig{
+		MinRequests:        20,
+		Interval:           "10s",
+		OpenDuration:       "30s",
+		HalfOpenRequests:   1,
+		FailureStatusCodes: "500-599",
+		ResponseCode:       503,
+		Fallback:           true,
+	}
+}
+
+// Breaker states, as gobreaker numbers them and as the metric publishes them.
+const (
+	stateClosed   = 0
+	stateHalfOpen = 1
+	stateOpen     = 2
+)
+
+var stateNames = []string{"closed", "half_open", "open"}
+
+// Outcomes of a request, for the breaker.
+const (
+	outcomeSuccess = iota
+	outcomeFailure
+	outcomeNeutral // the client went away or the connection was hijacked: not counted
+)
+
+// breakerSettings are the parsed settings shared by a middleware's breakers.
+type breakerSettings struct {
+	consecutive  uint32
+	ratio        float64
+	minRequests  uint32
+	interval     int64 // ns, 0: never reset while closed
+	openDuration int64 // ns
+	maxRequests  uint32
+	failCodes    []bool // index: status code 0..599
+	slow         int64  // ns, 0: off
+	responseCode int
+	fallback     bool
+	key          string // fingerprint: breakers survive reloads with the same key
+}
+
+func newBreakerSettings(cfg CircuitBreakerConfig) (*breakerSettings, error) {
+	if cfg.ConsecutiveFailures < 0 {
+		return nil, fmt.Errorf("circuitBreaker.consecutiveFailures: must not be negative, got %d", cfg.ConsecutiveFailures)
+	}
+	if cfg.FailureRatio < 0 || cfg.FailureRatio > 1 || cfg.FailureRatio != cfg.FailureRatio {
+		return nil, fmt.Errorf("circuitBreaker.failureRatio: must be between 0 and 1, got %v", cfg.FailureRatio)
+	}
+	if cfg.MinRequests < 0 {
+		return nil, fmt.Errorf("circuitBreaker.minRequests: must not be negative, got %d", cfg.MinRequests)
+	}
+	if cfg.HalfOpenRequests < 0 {
+		return nil, fmt.Errorf("circuitBreaker.halfOpenRequests: must not be negative, got %d", cfg.HalfOpenRequests)
+	}
+	if cfg.ResponseCode != 0 && (cfg.ResponseCode < 400 || cfg.ResponseCode > 599) {
+		return nil, fmt.Errorf("circuitBreaker.responseCode: must be a 4xx or 5xx status, got %d", cfg.ResponseCode)
+	}
+	s := &breakerSettings{
+		consecutive: uint32(cfg.ConsecutiveFailures),
+		ratio:       cfg.FailureRatio,
+		minRequests: uint32(cfg.MinRequests),
+		maxRequests: uint32(cfg.HalfOpenRequests),
+		fallback:    cfg.Fallback,
+	}
+	if s.maxRequests == 0 {
+		s.maxRequests = 1
+	}
+	s.responseCode = cfg.ResponseCode
+	if s.responseCode == 0 {
+		s.responseCode = 503
+	}
+	if cfg.Interval != "" {
+		d, err := parseDuration("circuitBreaker.interval", cfg.Interval)
+		if err != nil {
+			return nil, err
+		}
+		s.interval = int64(d)
+	}
+	s.openDuration = int64(30 * time.Second)
+	if cfg.OpenDuration != "" {
+		d, err := parseDuration("circuitBreaker.openDuration", cfg.OpenDuration)
+		if err != nil {
+			return nil, err
+		}
+		if d <= 0 {
+			return nil, errors.New("circuitBreaker.openDuration: must be above 0")
+		}
+		s.openDuration = int64(d)
+	}
+	if cfg.SlowThreshold != "" {
+		d, err := parseDuration("circuitBreaker.slowThreshold", cfg.SlowThreshold)
+		if err != nil {
+			return nil, err
+		}
+		s.slow = int64(d)
+	}
+	codes := cfg.FailureStatusCodes
+	if strings.TrimSpace(codes) == "" {
+		codes = "500-599"
+	}
+	fc, err := parseStatusCodes("circuitBreaker.failureStatusCodes", codes)
+	if err != nil {
+		return nil, err
+	}
+	s.failCodes = fc
+	s.key = fmt.Sprintf("%d|%v|%d|%d|%d|%d|%s|%d", s.consecutive, s.ratio, s.minRequests, s.interval, s.openDuration, s.maxRequests, codes, s.slow)
+	return s, nil
+}
+
+// enabled reports whether the breaker trips at all.
+func (s *breakerSettings) enabled() bool { return s.consecutive > 0 || s.ratio > 0 }
+
+// parseStatusCodes parses "500-599,429" into a lookup table.
+func parseStatusCodes(field, spec string) ([]bool, error) {
+	table := make([]bool, 600)
+	for _, part := range strings.Split(spec, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		lo, hi := part, part
+		if i := strings.IndexByte(part, '-'); i >= 0 {
+			lo, hi = strings.TrimSpace(part[:i]), strings.TrimSpace(part[i+1:])
+		}
+		a, err1 := strconv.Atoi(lo)
+		b, err2 := strconv.Atoi(hi)
+		if err1 != nil || err2 != nil || a < 100 || b > 599 || a > b {
+			return nil, fmt.Errorf("%s: invalid status code or range %q: want codes from 100 to 599, e.g. \"500-599,429\"", field, part)
+		}
+		for c := a; c <= b; c++ {
+			table[c] = true
+		}
+	}
+	return table, nil
+}
+
+// breaker is one version's circuit breaker: gobreaker v1's state machine
+// (closed, open, half-open, generations, counts) with time as an argument
+// and a neutral outcome. It is compared with gobreaker in the tests.
+type breaker struct {
+	mu         sync.Mutex
+	s          *breakerSettings
+	name       string // "<middleware>/<version>", for the log
+	state      int
+	generation uint64
+	expiry     int64 // ns since epoch; 0: none
+	epoch      time.Time
+
+	requests, successes, failures   uint32
+	consecSuccesses, consecFailures uint32
+
+	transitions *transitionCounts // shared with the breaker this one replaced
+	lastLog     int64
+	suppressed  int
+}
+
+// transitionCounts are a version's breaker transitions by target state,
+// cumulative across reloads.
+type transitionCounts struct {
+	mu sync.Mutex
+	n  [3]uint64
+}
+
+func newBreaker(s *breakerSettings, name string) *breaker {
+	b := &breaker{s: s, name: name, epoch: epoch, transitions: &transitionCounts{}}
+	b.newGeneration(0)
+	return b
+}
+
+// now is the breaker's clock: nanoseconds since its epoch, never 0.
+func breakerNow(b *breaker) int64 { return int64(time.Since(b.epoch)) + 1 }
+
+// currentState advances time-based transitions. Called with mu held.
+func (b *breaker) currentState(now int64) int {
+	switch b.state {
+	case stateClosed:
+		if b.expiry != 0 && b.expiry < now {
+			b.newGeneration(now)
+		}
+	case stateOpen:
+		if b.expiry < now {
+			b.setState(stateHalfOpen, now)
+		}
+	}
+	return b.state
+}
+
+func (b *breaker) setState(state int, now int64) {
+	if b.state == state {
+		return
+	}
+	prev := b.state
+	b.state = state
+	b.newGeneration(now)
+	b.transitions.mu.Lock()
+	b.transitions.n[state]++
+	b.transitions.mu.Unlock()
+	b.logTransition(prev, state, now)
+}
+
+func (b *breaker) newGeneration(now int64) {
+	b.generation++
+	b.requests, b.successes, b.failures, b.consecSuccesses, b.consecFailures = 0, 0, 0, 0, 0
+	switch b.state {
+	case stateClosed:
+		if b.s.interval == 0 {
+			b.expiry = 0
+		} else {
+			b.expiry = now + b.s.interval
+		}
+	case stateOpen:
+		b.expiry = now + b.s.openDuration
+	default:
+		b.expiry = 0
+	}
+}
+
+// logTransition writes to Traefik's plugin log at most once per 10 seconds per
+// breaker, with the number of transitions it left out.
+func (b *breaker) logTransition(prev, state int, now int64) {
+	if b.lastLog != 0 && now-b.lastLog < int64(10*time.Second) {
+		b.suppressed++
+		return
+	}
+	extra := ""
+	if b.suppressed > 0 {
+		extra = fmt.Sprintf(" (%d earlier transitions not logged)", b.suppressed)
+	}
+	log.Printf("edgecanary %s: circuit breaker %s -> %s%s", b.name, stateNames[prev], stateNames[state], extra)
+	b.lastLog, b.suppressed = now, 0
+}
+
+// before asks whether a request may go to this version at now. It returns the
+// generation to hand to after, and when it refuses, how long until the next
+// probe (0 when the refusal is for too many half-open probes).
+func before(b *breaker, now int64) (ok bool, gen uint64, retryIn int64) {
+	b.mu.Lock()
+	state := b.state
+	if state != stateClosed || b.expiry != 0 && b.expiry < now {
+		state = b.currentState(now) // a method call costs ~1µs in Yaegi: only when time moves the state
+	}
+	if state == stateOpen {
+		retryIn = b.expiry - now
+		gen = b.generation
+		b.mu.Unlock()
+		return false, gen, retryIn
+	}
+	if state == stateHalfOpen && b.requests >= b.s.maxRequests {
+		gen = b.generation
+		b.mu.Unlock()
+		return false, gen, 0
+	}
+	b.requests++
+	gen = b.generation
+	b.mu.Unlock()
+	return true, gen, 0
+}
+
+// after records the outcome of a request that before let through. Outcomes
+// from an older generation are discarded.
+func after(b *breaker, gen uint64, outcome int, now int64) {
+	b.mu.Lock()
+	state := b.state
+	if state != stateClosed || b.expiry != 0 && b.expiry < now {
+		state = b.currentState(now)
+	}
+	if gen != b.generation {
+		b.mu.Unlock()
+		return
+	}
+	switch outcome {
+	case outcomeSuccess:
+		b.successes++
+		b.consecSuccesses++
+		b.consecFailures = 0
+		if state == stateHalfOpen && b.consecSuccesses >= b.s.maxRequests {
+			b.setState(stateClosed, now)
+		}
+	case outcomeFailure:
+		if state == stateHalfOpen {
+			b.setState(stateOpen, now)
+			break
+		}
+		b.failures++
+		b.consecFailures++
+		b.consecSuccesses = 0
+		if b.s.consecutive > 0 && b.consecFailures >= b.s.consecutive || b.s.ratio > 0 && b.requests >= b.s.minRequests &&
+			float64(b.failures) >= b.s.ratio*float64(b.requests) {
+			b.setState(stateOpen, now)
+		}
+	default: // neutral: give the slot back, count nothing
+		if b.requests > 0 {
+			b.requests--
+		}
+	}
+	b.mu.Unlock()
+}
+
+// snapshot returns the state (as of now) and the transition counts.
+func breakerSnapshot(b *breaker, now int64) (int, [3]uint64) {
+	b.mu.Lock()
+	state := b.currentState(now)
+	b.mu.Unlock()
+	b.transitions.mu.Lock()
+	t := b.transitions.n
+	b.transitions.mu.Unlock()
+	return state, t
+}
+
+// breakers keeps each middleware's breakers across reloads, by name and
+// version, replaced when the settings change.
+var breakers = struct {
+	sync.Mutex
+	m map[string]*breaker
+}{m: map[string]*breaker{}}
+
+const maxBreakers = 16384
+
+func getBreaker(s *breakerSettings, middleware, version string) *breaker {
+	key := middleware + "\x00" + version
+	breakers.Lock()
+	defer breakers.Unlock()
+	old, ok := breakers.m[key]
+	if ok && old.s.key == s.key {
+		return old
+	}
+	if len(breakers.m) >= maxBreakers {
+		for k := range breakers.m {
+			delete(breakers.m, k)
+			break
+		}
+	}
+	b := newBreaker(s, middleware+"/"+version)
+	if ok {
+		b.transitions = old.transitions
+	}
+	breakers.m[key] = b
+	return b
+}

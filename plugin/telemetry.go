@@ -1,0 +1,518 @@
+package plugin
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log"
+	"net/http"
+	"net/url"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// SidecarConfig says where the plugin reports its figures.
+type SidecarConfig struct {
+	// Address is the sidecar's ingest URL, e.g. "http://127.0.0.1:9191".
+	// Empty disables reporting.
+	Address string `json:"address,omitempty"`
+	// Interval between reports. Default 1s.
+	Interval string `json:"interval,omitempty"`
+	// Token is sent as a bearer token.
+	Token string `json:"token,omitempty"`
+	// Buckets are the latency histogram's upper bounds, in seconds.
+	Buckets []float64 `json:"buckets,omitempty"`
+}
+
+var defaultBuckets = []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+
+func defaultSidecarConfig() SidecarConfig {
+	return SidecarConfig{Interval: "1s", Buckets: append([]float64(nil), defaultBuckets...)}
+}
+
+// Methods are normalised to the standard ones plus OTHER.
+var methodNames = []string{"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "OTHER"}
+
+const methodOther = 9
+
+var methodIndex = map[string]int{
+	"GET": 0, "HEAD": 1, "POST": 2, "PUT": 3, "DELETE": 4, "CONNECT": 5, "OPTIONS": 6, "TRACE": 7, "PATCH": 8,
+}
+
+// processStart identifies this Traefik process: reports carry cumulative
+// totals since then, so the sidecar can tell a restart from a repeat.
+var processStart = struct {
+	instance string
+	source   string
+	started  time.Time
+}{}
+
+func init() {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	processStart.instance = hex.EncodeToString(b[:])
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "traefik"
+	}
+	processStart.source = host
+	processStart.started = time.Now()
+}
+
+// epoch is the process-wide clock origin for request timing.
+var epoch = time.Now()
+
+// mwStats are one middleware's cumulative figures since the process started.
+// They survive reloads (keyed by the middleware's name) and only grow.
+type mwStats struct {
+	name string
+
+	mu        sync.Mutex
+	versions  map[string]*verStats
+	fallbacks map[string]uint64 // "from\x00to"
+	boundsNs  []int64
+	bounds    []float64
+
+	// Set by the latest New: what the report says about the current config.
+	weights  map[string]float64
+	primary  string
+	limiter  *limiter
+	breakers map[string]*breaker
+	cfg      reportTarget
+	live     []context.Context // contexts of the New calls still in use
+	interval time.Duration
+}
+
+type verStats struct {
+	counts map[int]uint64 // code<<4 | method index
+	hist   []uint64       // one per bound, plus +Inf
+	sumNs  int64
+}
+
+type reportTarget struct {
+	url   string
+	token string
+}
+
+var statsRegistry = struct {
+	sync.Mutex
+	m map[string]*mwStats
+}{m: map[string]*mwStats{}}
+
+const maxStats = 1024
+
+// getStats returns the middleware's figures, creating them once per process.
+func getStats(name string, bounds []float64) *mwStats {
+	statsRegistry.Lock()
+	defer statsRegistry.Unlock()
+	st, ok := statsRegistry.m[name]
+	if !ok {
+		if len(statsRegistry.m) >= maxStats {
+			for k, old := range statsRegistry.m {
+				old.mu.Lock()
+				idle := len(old.live) == 0
+				old.mu.Unlock()
+				if idle {
+					delete(statsRegistry.m, k)
+					break
+				}
+			}
+		}
+		st = &mwStats{name: name, versions: map[string]*verStats{}, fallbacks: map[string]uint64{}}
+		statsRegistry.m[name] = st
+	}
+	st.mu.Lock()
+	if !sameBounds(st.bounds, bounds) {
+		// A new histogram layout: the old counts cannot be re-bucketed.
+		st.bounds = append([]float64(nil), bounds...)
+		st.boundsNs = make([]int64, len(bounds))
+		for i, b := range bounds {
+			st.boundsNs[i] = int64(b * float64(time.Second))
+		}
+		for _, vs := range st.versions {
+			vs.hist = make([]uint64, len(bounds)+1)
+		}
+	}
+	st.mu.Unlock()
+	return st
+}
+
+func sameBounds(a, b []float64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// version returns the figures of one version, creating them.
+func (st *mwStats) version(name string) *verStats {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	vs, ok := st.versions[name]
+	if !ok {
+		vs = &verStats{counts: map[int]uint64{}, hist: make([]uint64, len(st.bounds)+1)}
+		st.versions[name] = vs
+	}
+	return vs
+}
+
+// record counts one request. d < 0 means no duration is observed (a request
+// the breaker rejected).
+func record(st *mwStats, vs *verStats, code, method int, d int64) {
+	i := 0
+	if d >= 0 {
+		for i < len(st.boundsNs) && d > st.boundsNs[i] {
+			i++
+		}
+	}
+	st.mu.Lock()
+	vs.counts[code<<4|method]++
+	if d >= 0 {
+		vs.hist[i]++
+		vs.sumNs += d
+	}
+	st.mu.Unlock()
+}
+
+func recordFallback(st *mwStats, from, to string) {
+	st.mu.Lock()
+	st.fallbacks[from+"\x00"+to]++
+	st.mu.Unlock()
+}
+
+// parseSidecar validates the sidecar settings.
+func parseSidecar(cfg SidecarConfig) (reportTarget, time.Duration, []float64, error) {
+	var t reportTarget
+	interval := time.Second
+	if cfg.Interval != "" {
+		d, err := parseDuration("sidecar.interval", cfg.Interval)
+		if err != nil {
+			return t, 0, nil, err
+		}
+		if d < 100*time.Millisecond {
+			return t, 0, nil, fmt.Errorf("sidecar.interval: must be at least 100ms, got %q", cfg.Interval)
+		}
+		interval = d
+	}
+	bounds := cfg.Buckets
+	if len(bounds) == 0 {
+		bounds = defaultBuckets
+	}
+	if len(bounds) > 64 {
+		return t, 0, nil, fmt.Errorf("sidecar.buckets: at most 64 bounds, got %d", len(bounds))
+	}
+	for i, b := range bounds {
+		if !(b > 0) || b > 1e6 || i > 0 && b <= bounds[i-1] {
+			return t, 0, nil, fmt.Errorf("sidecar.buckets: bounds must be positive seconds in increasing order, got %v", bounds)
+		}
+	}
+	if cfg.Address != "" {
+		u, err := url.Parse(cfg.Address)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return t, 0, nil, fmt.Errorf("sidecar.address: invalid URL %q: want e.g. http://127.0.0.1:9191", cfg.Address)
+		}
+		if u.Path == "" || u.Path == "/" {
+			u.Path = "/v1/reports"
+		}
+		t.url = u.String()
+		t.token = cfg.Token
+	}
+	return t, interval, bounds, nil
+}
+
+// register marks st as in use by a handler built with ctx and makes sure the
+// sender runs.
+func register(st *mwStats, ctx context.Context) {
+	st.mu.Lock()
+	kept := st.live[:0]
+	for _, c := range st.live {
+		if c.Err() == nil {
+			kept = append(kept, c)
+		}
+	}
+	st.live = append(kept, ctx)
+	st.mu.Unlock()
+
+	sender.Lock()
+	sender.reporting[st] = true
+	start := !sender.running
+	sender.running = true
+	sender.Unlock()
+	if start {
+		go sendLoop()
+	}
+}
+
+// sender is the one background goroutine per process that reports to the
+// sidecars. It does not live on any New call's context, since each of those
+// ends at the next reload; it stops by itself once no live handler has needed
+// it for senderGrace, after a last report.
+var sender = struct {
+	sync.Mutex
+	running   bool
+	reporting map[*mwStats]bool
+	failures  uint64
+	lastLog   time.Time
+	sent      map[string]time.Time // by URL
+}{reporting: map[*mwStats]bool{}, sent: map[string]time.Time{}}
+
+const senderTick = 100 * time.Millisecond
+
+var senderGrace = 30 * time.Second
+
+var reportClient = &http.Client{
+	Timeout: 2 * time.Second,
+	Transport: &http.Transport{
+		Proxy:               nil,
+		MaxIdleConnsPerHost: 2,
+		IdleConnTimeout:     30 * time.Second,
+	},
+}
+
+func sendLoop() {
+	idleSince := time.Time{}
+	for {
+		time.Sleep(senderTick)
+		now := time.Now()
+		groups, anyLive := dueReports(now)
+		for u, g := range groups {
+			sendReport(u, g)
+		}
+		if anyLive {
+			idleSince = time.Time{}
+			continue
+		}
+		if idleSince.IsZero() {
+			idleSince = now
+		}
+		if now.Sub(idleSince) < senderGrace {
+			continue
+		}
+		sender.Lock()
+		if len(liveStats()) > 0 {
+			sender.Unlock()
+			continue
+		}
+		// A last report carries the final totals of every middleware.
+		final := map[string][]*mwStats{}
+		for st := range sender.reporting {
+			st.mu.Lock()
+			if st.cfg.url != "" {
+				final[st.cfg.url+"\x00"+st.cfg.token] = append(final[st.cfg.url+"\x00"+st.cfg.token], st)
+			}
+			st.mu.Unlock()
+		}
+		sender.reporting = map[*mwStats]bool{}
+		sender.running = false
+		sender.Unlock()
+		for u, g := range final {
+			sendReport(u, g)
+		}
+		return
+	}
+}
+
+// liveStats lists the reporting middlewares with a live handler. Called with
+// sender locked.
+func liveStats() []*mwStats {
+	var out []*mwStats
+	for st := range sender.reporting {
+		st.mu.Lock()
+		live := false
+		for _, c := range st.live {
+			if c.Err() == nil {
+				live = true
+				break
+			}
+		}
+		st.mu.Unlock()
+		if live {
+			out = append(out, st)
+		}
+	}
+	return out
+}
+
+// dueReports groups the middlewares whose report is due by target.
+func dueReports(now time.Time) (map[string][]*mwStats, bool) {
+	sender.Lock()
+	defer sender.Unlock()
+	live := liveStats()
+	groups := map[string][]*mwStats{}
+	for _, st := range live {
+		st.mu.Lock()
+		key := st.cfg.url + "\x00" + st.cfg.token
+		interval := st.interval
+		st.mu.Unlock()
+		if !strings.HasPrefix(key, "\x00") && now.Sub(sender.sent[key]) >= interval-senderTick/2 {
+			groups[key] = append(groups[key], st)
+		}
+	}
+	for key := range groups {
+		sender.sent[key] = now
+	}
+	return groups, len(live) > 0
+}
+
+// report is the wire format (version 1), also parsed by the sidecar.
+type report struct {
+	Version     int            `json:"version"`
+	Source      string         `json:"source"`
+	Instance    string         `json:"instance"`
+	StartedAt   int64          `json:"startedAt"`
+	SentAt      int64          `json:"sentAt"`
+	Middlewares []reportMWStat `json:"middlewares"`
+}
+
+type reportMWStat struct {
+	Name              string           `json:"name"`
+	Versions          []reportVersion  `json:"versions"`
+	RateLimitRejected uint64           `json:"rateLimitRejected"`
+	RateLimitDryRun   uint64           `json:"rateLimitDryRunRejected"`
+	RateLimitEvicted  uint64           `json:"rateLimitEvictions"`
+	Fallbacks         []reportFallback `json:"fallbacks"`
+	Buckets           []float64        `json:"buckets"`
+}
+
+type reportVersion struct {
+	Name        string          `json:"name"`
+	Primary     bool            `json:"primary"`
+	Weight      float64         `json:"weight"`
+	Configured  bool            `json:"configured"`
+	State       int             `json:"circuitState"`
+	Transitions [3]uint64       `json:"circuitTransitions"`
+	Requests    []reportRequest `json:"requests"`
+	Hist        []uint64        `json:"durationBuckets"`
+	SumSeconds  float64         `json:"durationSumSeconds"`
+}
+
+type reportRequest struct {
+	Code   int    `json:"code"`
+	Method string `json:"method"`
+	Count  uint64 `json:"count"`
+}
+
+type reportFallback struct {
+	From  string `json:"from"`
+	To    string `json:"to"`
+	Count uint64 `json:"count"`
+}
+
+// snapshot copies st's cumulative totals into the wire format.
+func snapshot(st *mwStats) reportMWStat {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	m := reportMWStat{Name: st.name, Buckets: st.bounds, Fallbacks: []reportFallback{}}
+	if l := st.limiter; l != nil {
+		m.RateLimitRejected = atomic.LoadUint64(&l.counters.rejected)
+		m.RateLimitDryRun = atomic.LoadUint64(&l.counters.dryRejected)
+		m.RateLimitEvicted = atomic.LoadUint64(&l.counters.evictions)
+	} else if c := rlCountersFor(st.name, false); c != nil {
+		m.RateLimitRejected = atomic.LoadUint64(&c.rejected)
+		m.RateLimitDryRun = atomic.LoadUint64(&c.dryRejected)
+		m.RateLimitEvicted = atomic.LoadUint64(&c.evictions)
+	}
+	names := make([]string, 0, len(st.versions))
+	for n := range st.versions {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		vs := st.versions[n]
+		w, configured := st.weights[n]
+		rv := reportVersion{Name: n, Primary: n == st.primary, Weight: w, Configured: configured,
+			Requests: []reportRequest{}, Hist: append([]uint64(nil), vs.hist...), SumSeconds: float64(vs.sumNs) / 1e9}
+		if b := st.breakers[n]; b != nil {
+			rv.State, rv.Transitions = breakerSnapshot(b, breakerNow(b))
+		}
+		for k, c := range vs.counts {
+			rv.Requests = append(rv.Requests, reportRequest{Code: k >> 4, Method: methodNames[k&15], Count: c})
+		}
+		sort.Slice(rv.Requests, func(i, j int) bool {
+			a, b := rv.Requests[i], rv.Requests[j]
+			return a.Code < b.Code || a.Code == b.Code && a.Method < b.Method
+		})
+		m.Versions = append(m.Versions, rv)
+	}
+	for k, c := range st.fallbacks {
+		i := strings.IndexByte(k, 0)
+		m.Fallbacks = append(m.Fallbacks, reportFallback{From: k[:i], To: k[i+1:], Count: c})
+	}
+	sort.Slice(m.Fallbacks, func(i, j int) bool {
+		return m.Fallbacks[i].From+m.Fallbacks[i].To < m.Fallbacks[j].From+m.Fallbacks[j].To
+	})
+	return m
+}
+
+// buildReport is the body sent to one sidecar.
+func buildReport(group []*mwStats, now time.Time) ([]byte, error) {
+	r := report{
+		Version:   1,
+		Source:    processStart.source,
+		Instance:  processStart.instance,
+		StartedAt: processStart.started.UnixMilli(),
+		SentAt:    now.UnixMilli(),
+	}
+	sort.Slice(group, func(i, j int) bool { return group[i].name < group[j].name })
+	for _, st := range group {
+		r.Middlewares = append(r.Middlewares, snapshot(st))
+	}
+	return json.Marshal(r)
+}
+
+// sendReport posts one report. A failure is only logged (rate-limited): the
+// next report carries the same cumulative totals, so nothing is lost.
+func sendReport(key string, group []*mwStats) {
+	i := strings.IndexByte(key, 0)
+	target, token := key[:i], key[i+1:]
+	body, err := buildReport(group, time.Now())
+	if err == nil {
+		err = postReport(target, token, body)
+	}
+	if err != nil {
+		sender.Lock()
+		sender.failures++
+		n := sender.failures
+		logNow := time.Since(sender.lastLog) > time.Minute
+		if logNow {
+			sender.lastLog = time.Now()
+		}
+		sender.Unlock()
+		if logNow {
+			log.Printf("edgecanary: reporting to the sidecar at %s failed (%d failures so far; totals are cumulative, nothing is lost): %v", target, n, err)
+		}
+	}
+}
+
+func postReport(target, token string, body []byte) error {
+	req, err := http.NewRequest(http.MethodPost, target, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	res, err := reportClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	if res.StatusCode/100 != 2 {
+		return errors.New("sidecar answered " + res.Status)
+	}
+	return nil
+}

@@ -1,0 +1,107 @@
+package main
+
+import (
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+const namespace = "edgecanary"
+
+var (
+	descRequests = prometheus.NewDesc(namespace+"_requests_total",
+		"Requests routed by edgecanary, by the version that served them (fallbacks included), the status code the client received (0: a stream whose status is not observed) and the method.",
+		[]string{"middleware", "version", "code", "method"}, nil)
+	descDuration = prometheus.NewDesc(namespace+"_request_duration_seconds",
+		"Time from the middleware to the end of the response, by the version that served it.",
+		[]string{"middleware", "version"}, nil)
+	descRLRejected = prometheus.NewDesc(namespace+"_ratelimit_rejected_total",
+		"Requests rejected with 429 by the rate limiter.", []string{"middleware"}, nil)
+	descRLDryRun = prometheus.NewDesc(namespace+"_ratelimit_dryrun_rejected_total",
+		"Requests the rate limiter would have rejected, let through in dry-run mode.", []string{"middleware"}, nil)
+	descRLEvictions = prometheus.NewDesc(namespace+"_ratelimit_evictions_total",
+		"Active rate-limit buckets evicted to keep at most maxSources clients.", []string{"middleware"}, nil)
+	descCircuitState = prometheus.NewDesc(namespace+"_circuit_state",
+		"Circuit breaker state of a version: 0 closed, 1 half-open, 2 open.", []string{"middleware", "version"}, nil)
+	descTransitions = prometheus.NewDesc(namespace+"_circuit_transitions_total",
+		"Circuit breaker transitions of a version, by the state entered.", []string{"middleware", "version", "to"}, nil)
+	descFallback = prometheus.NewDesc(namespace+"_fallback_total",
+		"Requests of a version whose breaker was open, served by another version.", []string{"middleware", "from", "to"}, nil)
+	descWeight = prometheus.NewDesc(namespace+"_version_weight",
+		"Share of new users assigned to a version, from 0 to 1, as configured.", []string{"middleware", "version"}, nil)
+	descVersionInfo = prometheus.NewDesc(namespace+"_version_info",
+		"1 for each configured version; primary=\"true\" marks the version served by the router's own service (stable).", []string{"middleware", "version", "primary"}, nil)
+	descReports = prometheus.NewDesc(namespace+"_sidecar_reports_total",
+		"Reports accepted from the plugin.", nil, nil)
+	descRejected = prometheus.NewDesc(namespace+"_sidecar_reports_rejected_total",
+		"Reports rejected, by reason.", []string{"reason"}, nil)
+	descLastReport = prometheus.NewDesc(namespace+"_sidecar_last_report_timestamp_seconds",
+		"When the last report from a Traefik process (source) arrived, as a Unix time.", []string{"source"}, nil)
+)
+
+var transitionNames = []string{"closed", "half_open", "open"}
+
+// collector publishes the store as const metrics at scrape time.
+type collector struct {
+	store *store
+	now   func() time.Time
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descRequests, descDuration, descRLRejected, descRLDryRun, descRLEvictions,
+		descCircuitState, descTransitions, descFallback, descWeight, descVersionInfo, descReports, descRejected, descLastReport} {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	v := c.store.snapshot(c.now())
+	names := make([]string, 0, len(v.mws))
+	for n := range v.mws {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, mw := range names {
+		t := v.mws[mw]
+		for k, n := range t.requests {
+			ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(n), mw, k.version, strconv.Itoa(k.code), k.method)
+		}
+		for version, h := range t.hist {
+			buckets := make(map[float64]uint64, len(h.bounds))
+			var cum uint64
+			for i, b := range h.bounds {
+				cum += h.counts[i]
+				buckets[b] = cum
+			}
+			cum += h.counts[len(h.bounds)]
+			ch <- prometheus.MustNewConstHistogram(descDuration, cum, h.sum, buckets, mw, version)
+		}
+		ch <- prometheus.MustNewConstMetric(descRLRejected, prometheus.CounterValue, float64(t.rlRejected), mw)
+		ch <- prometheus.MustNewConstMetric(descRLDryRun, prometheus.CounterValue, float64(t.rlDryRun), mw)
+		ch <- prometheus.MustNewConstMetric(descRLEvictions, prometheus.CounterValue, float64(t.rlEvictions), mw)
+		for k, n := range t.fallbacks {
+			ch <- prometheus.MustNewConstMetric(descFallback, prometheus.CounterValue, float64(n), mw, k.from, k.to)
+		}
+		for version, tr := range t.transitions {
+			for i, n := range tr {
+				ch <- prometheus.MustNewConstMetric(descTransitions, prometheus.CounterValue, float64(n), mw, version, transitionNames[i])
+			}
+		}
+		for version, g := range v.gauges[mw] {
+			ch <- prometheus.MustNewConstMetric(descCircuitState, prometheus.GaugeValue, float64(g.state), mw, version)
+			if g.configured {
+				ch <- prometheus.MustNewConstMetric(descWeight, prometheus.GaugeValue, g.weight, mw, version)
+				ch <- prometheus.MustNewConstMetric(descVersionInfo, prometheus.GaugeValue, 1, mw, version, strconv.FormatBool(g.primary))
+			}
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(descReports, prometheus.CounterValue, float64(v.reports))
+	for reason, n := range v.rejected {
+		ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, float64(n), reason)
+	}
+	for src, t := range v.lastReport {
+		ch <- prometheus.MustNewConstMetric(descLastReport, prometheus.GaugeValue, float64(t.UnixNano())/1e9, src)
+	}
+}

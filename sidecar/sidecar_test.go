@@ -1,0 +1,353 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/traefik/paerser/cli"
+)
+
+var t0 = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+
+var testBuckets = []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+
+// mkReport builds a report from one instance with cumulative counts.
+func mkReport(source, instance string, sentAt int64, stable, canary uint64) *report {
+	hist := func(n uint64) []uint64 {
+		h := make([]uint64, len(testBuckets)+1)
+		h[0] = n
+		return h
+	}
+	return &report{
+		Version: 1, Source: source, Instance: instance, StartedAt: 1, SentAt: sentAt,
+		Middlewares: []reportMWStat{{
+			Name:    "shop@file",
+			Buckets: testBuckets,
+			Versions: []reportVersion{
+				{Name: "canary", Weight: 0.2, Configured: true, State: 0, Requests: []reportRequest{{Code: 200, Method: "GET", Count: canary}}, Hist: hist(canary), SumSeconds: float64(canary) * 0.001},
+				{Name: "stable", Primary: true, Weight: 0.8, Configured: true, Requests: []reportRequest{{Code: 200, Method: "GET", Count: stable}}, Hist: hist(stable), SumSeconds: float64(stable) * 0.001},
+			},
+			RateLimitRejected: 3,
+			Fallbacks:         []reportFallback{{From: "canary", To: "stable", Count: 1}},
+		}},
+	}
+}
+
+func body(t testing.TB, r *report) []byte {
+	t.Helper()
+	b, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// requests returns the published edgecanary_requests_total of a version.
+func requests(t testing.TB, s *store, version string) float64 {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(&collector{store: s, now: func() time.Time { return t0 }})
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != "edgecanary_requests_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "version" && l.GetValue() == version {
+					sum += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return sum
+}
+
+func TestMergeCumulativeReports(t *testing.T) {
+	s := newStore()
+	steps := []struct {
+		desc       string
+		r          *report
+		wantStable float64
+		wantCanary float64
+	}{
+		{desc: "first report", r: mkReport("a", "i1", 1, 10, 2), wantStable: 10, wantCanary: 2},
+		{desc: "later totals", r: mkReport("a", "i1", 2, 15, 4), wantStable: 15, wantCanary: 4},
+		{desc: "duplicate", r: mkReport("a", "i1", 2, 15, 4), wantStable: 15, wantCanary: 4},
+		{desc: "late, out of order", r: mkReport("a", "i1", 1, 10, 2), wantStable: 15, wantCanary: 4},
+		{desc: "a second replica adds", r: mkReport("b", "j1", 5, 7, 1), wantStable: 22, wantCanary: 5},
+		{desc: "Traefik restarted: new instance, totals from zero", r: mkReport("a", "i2", 3, 1, 0), wantStable: 23, wantCanary: 5},
+		{desc: "the old instance's last report arrives late", r: mkReport("a", "i1", 3, 16, 4), wantStable: 24, wantCanary: 5},
+		{desc: "the new instance grows", r: mkReport("a", "i2", 4, 5, 3), wantStable: 28, wantCanary: 8},
+	}
+	for _, step := range steps {
+		if !s.merge(step.r, t0) {
+			t.Fatalf("%s: rejected", step.desc)
+		}
+		if got := requests(t, s, "stable"); got != step.wantStable {
+			t.Errorf("%s: stable %v, want %v", step.desc, got, step.wantStable)
+		}
+		if got := requests(t, s, "canary"); got != step.wantCanary {
+			t.Errorf("%s: canary %v, want %v", step.desc, got, step.wantCanary)
+		}
+	}
+	// Retiring a silent instance keeps its totals, and a report from it
+	// after that is not counted twice.
+	s.retire(t0.Add(retireAfter + time.Minute))
+	if got := requests(t, s, "stable"); got != 28 {
+		t.Errorf("after retiring: stable %v, want 28", got)
+	}
+	s.merge(mkReport("a", "i1", 9, 16, 4), t0.Add(retireAfter+2*time.Minute))
+	if got := requests(t, s, "stable"); got != 28 {
+		t.Errorf("a retired instance counted twice: stable %v, want 28", got)
+	}
+}
+
+func TestIngestValidation(t *testing.T) {
+	good := body(t, mkReport("a", "i1", 1, 1, 1))
+	bad := func(mutate func(r *report)) []byte {
+		r := mkReport("a", "i1", 1, 1, 1)
+		mutate(r)
+		return body(t, r)
+	}
+	testCases := []struct {
+		desc       string
+		method     string
+		token      string
+		ctype      string
+		body       []byte
+		wantStatus int
+		wantReason string
+	}{
+		{desc: "good", body: good, wantStatus: 204},
+		{desc: "wrong method", method: http.MethodGet, wantStatus: 405, wantReason: reasonUnsupported},
+		{desc: "no token", token: "-", body: good, wantStatus: 401, wantReason: reasonUnauthorized},
+		{desc: "wrong token", token: "nope", body: good, wantStatus: 401, wantReason: reasonUnauthorized},
+		{desc: "not json", body: []byte("hello"), wantStatus: 400, wantReason: reasonMalformed},
+		{desc: "foreign json", body: []byte(`{"hello":"world"}`), wantStatus: 400, wantReason: reasonMalformed},
+		{desc: "unknown field", body: bytes.Replace(good, []byte(`"source"`), []byte(`"extra":1,"source"`), 1), wantStatus: 400, wantReason: reasonMalformed},
+		{desc: "future version", body: []byte(`{"version":2}`), wantStatus: 422, wantReason: reasonUnsupported},
+		{desc: "wrong content type", ctype: "text/plain", body: good, wantStatus: 415, wantReason: reasonUnsupported},
+		{desc: "too large", body: append([]byte(`{"version":1,"source":"`), bytes.Repeat([]byte("a"), 2<<20)...), wantStatus: 413, wantReason: reasonTooLarge},
+		{desc: "bad version name", body: bad(func(r *report) { r.Middlewares[0].Versions[0].Name = "Canary!" }), wantStatus: 400, wantReason: reasonMalformed},
+		{desc: "bad method", body: bad(func(r *report) { r.Middlewares[0].Versions[0].Requests[0].Method = "BREW" }), wantStatus: 400, wantReason: reasonMalformed},
+		{desc: "bad code", body: bad(func(r *report) { r.Middlewares[0].Versions[0].Requests[0].Code = 1000 }), wantStatus: 400, wantReason: reasonMalformed},
+		{desc: "histogram length", body: bad(func(r *report) { r.Middlewares[0].Versions[0].Hist = []uint64{1} }), wantStatus: 400, wantReason: reasonMalformed},
+		{desc: "weight above 1", body: bad(func(r *report) { r.Middlewares[0].Versions[0].Weight = 2 }), wantStatus: 400, wantReason: reasonMalformed},
+		{desc: "label with a quote", body: bad(func(r *report) { r.Middlewares[0].Name = `a"b` }), wantStatus: 400, wantReason: reasonMalformed},
+		{desc: "no source", body: bad(func(r *report) { r.Source = "" }), wantStatus: 400, wantReason: reasonMalformed},
+		{desc: "fallback to unknown version", body: bad(func(r *report) { r.Middlewares[0].Fallbacks[0].To = "ghost" }), wantStatus: 400, wantReason: reasonMalformed},
+	}
+	for _, test := range testCases {
+		t.Run(test.desc, func(t *testing.T) {
+			s := newStore()
+			h := &ingestHandler{store: s, token: "s3cret", maxBody: 1 << 20, now: func() time.Time { return t0 }}
+			method := test.method
+			if method == "" {
+				method = http.MethodPost
+			}
+			req := httptest.NewRequest(method, "/v1/reports", bytes.NewReader(test.body))
+			switch test.token {
+			case "":
+				req.Header.Set("Authorization", "Bearer s3cret")
+			case "-":
+			default:
+				req.Header.Set("Authorization", "Bearer "+test.token)
+			}
+			ct := test.ctype
+			if ct == "" {
+				ct = "application/json"
+			}
+			req.Header.Set("Content-Type", ct)
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			if rec.Code != test.wantStatus {
+				t.Fatalf("status %d, want %d (%s)", rec.Code, test.wantStatus, rec.Body.String())
+			}
+			for reason, n := range s.rejected {
+				want := uint64(0)
+				if reason == test.wantReason {
+					want = 1
+				}
+				if n != want {
+					t.Errorf("rejected{reason=%q} = %d, want %d", reason, n, want)
+				}
+			}
+			if test.wantStatus == 204 && s.reports != 1 {
+				t.Errorf("reports %d, want 1", s.reports)
+			}
+		})
+	}
+}
+
+func TestCardinalityIsBounded(t *testing.T) {
+	s := newStore()
+	for i := 0; i < maxMiddlewares+50; i++ {
+		r := mkReport("a", "i1", int64(i), 1, 1)
+		r.Middlewares[0].Name = fmt.Sprintf("mw-%d@file", i)
+		s.merge(r, t0)
+	}
+	v := s.snapshot(t0)
+	if len(v.mws) > maxMiddlewares {
+		t.Errorf("%d middlewares held, bound %d", len(v.mws), maxMiddlewares)
+	}
+	if s.rejected[reasonMalformed] == 0 {
+		t.Error("reports past the bound were not counted as rejected")
+	}
+}
+
+// TestExpositionPassesPromtool checks the scrape with Prometheus's own linter.
+func TestExpositionPassesPromtool(t *testing.T) {
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Fatal("promtool not found: apt-get install --no-install-recommends prometheus")
+	}
+	s := newStore()
+	s.merge(mkReport("a", "i1", 1, 10, 2), t0)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(&collector{store: s, now: func() time.Time { return t0 }})
+	srv := httptest.NewServer(promHandler(reg))
+	defer srv.Close()
+	res, err := http.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exposition, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	cmd := exec.Command(promtool, "check", "metrics")
+	cmd.Stdin = bytes.NewReader(exposition)
+	out, err := cmd.CombinedOutput()
+	if err != nil || len(bytes.TrimSpace(out)) > 0 {
+		t.Fatalf("promtool check metrics: %v\n%s\nexposition:\n%s", err, out, exposition)
+	}
+	for _, want := range []string{
+		`edgecanary_requests_total{code="200",method="GET",middleware="shop@file",version="canary"} 2`,
+		`edgecanary_request_duration_seconds_bucket{middleware="shop@file",version="stable",le="0.005"} 10`,
+		`edgecanary_ratelimit_rejected_total{middleware="shop@file"} 3`,
+		`edgecanary_fallback_total{from="canary",middleware="shop@file",to="stable"} 1`,
+		`edgecanary_version_weight{middleware="shop@file",version="canary"} 0.2`,
+		`edgecanary_circuit_state{middleware="shop@file",version="canary"} 0`,
+		`edgecanary_version_info{middleware="shop@file",primary="true",version="stable"} 1`,
+		`edgecanary_sidecar_reports_total 1`,
+		`edgecanary_sidecar_reports_rejected_total{reason="too_large"} 0`,
+		`edgecanary_sidecar_last_report_timestamp_seconds{source="a"}`,
+	} {
+		if !strings.Contains(string(exposition), want) {
+			t.Errorf("exposition lacks %s", want)
+		}
+	}
+}
+
+func TestConfigurationSources(t *testing.T) {
+	load := func(args []string, env map[string]string) (*Configuration, error) {
+		for k, v := range env {
+			t.Setenv(k, v)
+		}
+		cfg := NewConfiguration()
+		cmd := &cli.Command{Name: "edgecanary-sidecar", Configuration: cfg, Resources: resources()}
+		for _, r := range cmd.Resources {
+			done, err := r.Load(args, cmd)
+			if err != nil {
+				return nil, err
+			}
+			if done {
+				break
+			}
+		}
+		return cfg, cfg.validate()
+	}
+	cfg, err := load(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Ingest.Address != "127.0.0.1:9191" || cfg.Ingest.MaxBodyBytes != 1<<20 || cfg.Metrics.Address != ":9190" || cfg.Ingest.Token != "" {
+		t.Errorf("defaults: %+v %+v %v", cfg.Ingest, cfg.Metrics, err)
+	}
+	cfg, err = load([]string{"--ingest.address=127.0.0.1:7000", "--ingest.token=abc", "--metrics.address=127.0.0.1:7001"}, nil)
+	if err != nil || cfg.Ingest.Address != "127.0.0.1:7000" || cfg.Ingest.Token != "abc" || cfg.Metrics.Address != "127.0.0.1:7001" || cfg.Ingest.MaxBodyBytes != 1<<20 {
+		t.Errorf("flags: %+v %+v %v", cfg.Ingest, cfg.Metrics, err)
+	}
+	cfg, err = load(nil, map[string]string{"EDGECANARY_INGEST_TOKEN": "fromenv", "EDGECANARY_INGEST_MAXBODYBYTES": "2048"})
+	if err != nil || cfg.Ingest.Token != "fromenv" || cfg.Ingest.MaxBodyBytes != 2048 {
+		t.Errorf("env: %+v %v", cfg.Ingest, err)
+	}
+	dir := t.TempDir()
+	yml := filepath.Join(dir, "sidecar.yml")
+	os.WriteFile(yml, []byte("ingest:\n  address: 127.0.0.1:7100\n  token: fromfile\nmetrics:\n  address: 127.0.0.1:7101\n"), 0o644)
+	cfg, err = load([]string{"--configFile=" + yml}, nil)
+	if err != nil || cfg.Ingest.Token != "fromfile" || cfg.Metrics.Address != "127.0.0.1:7101" {
+		t.Errorf("yaml file: %+v %+v %v", cfg.Ingest, cfg.Metrics, err)
+	}
+	toml := filepath.Join(dir, "sidecar.toml")
+	os.WriteFile(toml, []byte("[ingest]\n  address = \"127.0.0.1:7200\"\n  maxBodyBytes = 4096\n"), 0o644)
+	cfg, err = load([]string{"--configFile=" + toml}, nil)
+	if err != nil || cfg.Ingest.Address != "127.0.0.1:7200" || cfg.Ingest.MaxBodyBytes != 4096 {
+		t.Errorf("toml file: %+v %v", cfg.Ingest, err)
+	}
+	if _, err := load([]string{"--ingest.maxBodyBytes=-1"}, nil); err == nil || !strings.Contains(err.Error(), "ingest.maxBodyBytes") {
+		t.Errorf("negative maxBodyBytes: %v", err)
+	}
+	if _, err := load([]string{"--ingest.address=nonsense"}, nil); err == nil || !strings.Contains(err.Error(), "ingest.address") {
+		t.Errorf("bad address: %v", err)
+	}
+}
+
+func TestServeAndShutdown(t *testing.T) {
+	cfg := NewConfiguration()
+	cfg.Ingest.Address = "127.0.0.1:0"
+	cfg.Metrics.Address = "127.0.0.1:0"
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan [2]string, 1)
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, cfg, io.Discard, ready) }()
+	addrs := <-ready
+	res, err := http.Post("http://"+addrs[0]+"/v1/reports", "application/json", bytes.NewReader(body(t, mkReport("a", "i1", 1, 3, 1))))
+	if err != nil || res.StatusCode != 204 {
+		t.Fatalf("ingest: %v %v", err, res)
+	}
+	for _, path := range []string{"/-/healthy", "/-/ready", "/metrics", "/", "/api/status"} {
+		res, err := http.Get("http://" + addrs[1] + path)
+		if err != nil || res.StatusCode != 200 {
+			t.Fatalf("GET %s: %v %v", path, err, res)
+		}
+		res.Body.Close()
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no graceful shutdown")
+	}
+}
+
+func TestStatusQuantiles(t *testing.T) {
+	h := &histTotals{bounds: []float64{0.1, 0.2, 0.4}, counts: []uint64{50, 40, 10, 0}}
+	if got := *quantile(0.5, h); got != 0.1 {
+		t.Errorf("p50 %v, want 0.1", got)
+	}
+	if got := *quantile(0.9, h); got < 0.199 || got > 0.201 {
+		t.Errorf("p90 %v, want 0.2", got)
+	}
+	if got := *quantile(0.95, h); got < 0.29 || got > 0.31 {
+		t.Errorf("p95 %v, want 0.3", got)
+	}
+}

@@ -1,0 +1,281 @@
+package main
+
+import (
+	"encoding/json"
+	"math"
+	"net/http"
+	"sort"
+	"time"
+)
+
+// The status page shows, per version, the figures a person needs to judge a
+// canary: request rate, error ratio and latency percentiles over the last
+// window, breaker state and weight. The sidecar samples its totals every
+// second to compute them.
+
+const statusWindow = 30 * time.Second
+
+type snapshotSample struct {
+	at       time.Time
+	versions map[string]verSample // "middleware\x00version"
+}
+
+type verSample struct {
+	total, errors uint64
+	hist          histTotals
+}
+
+// sample records the current totals for the status page.
+func (s *store) sample(now time.Time) {
+	v := s.snapshot(now)
+	smp := snapshotSample{at: now, versions: map[string]verSample{}}
+	for mw, t := range v.mws {
+		for k, n := range t.requests {
+			key := mw + "\x00" + k.version
+			vs := smp.versions[key]
+			vs.total += n
+			if k.code >= 500 && k.code <= 599 {
+				vs.errors += n
+			}
+			smp.versions[key] = vs
+		}
+		for version, h := range t.hist {
+			key := mw + "\x00" + version
+			vs := smp.versions[key]
+			vs.hist = histTotals{bounds: h.bounds, counts: append([]uint64(nil), h.counts...), sum: h.sum}
+			smp.versions[key] = vs
+		}
+	}
+	s.mu.Lock()
+	s.history = append(s.history, smp)
+	if len(s.history) > historySamples {
+		s.history = append(s.history[:0], s.history[len(s.history)-historySamples:]...)
+	}
+	s.mu.Unlock()
+}
+
+type statusVersion struct {
+	Middleware string   `json:"middleware"`
+	Version    string   `json:"version"`
+	Primary    bool     `json:"primary"`
+	Weight     *float64 `json:"weight"`
+	State      string   `json:"circuitState"`
+	Rate       float64  `json:"requestsPerSecond"`
+	ErrorRatio *float64 `json:"errorRatio"`
+	P50        *float64 `json:"p50Seconds"`
+	P95        *float64 `json:"p95Seconds"`
+	P99        *float64 `json:"p99Seconds"`
+	Total      uint64   `json:"requestsTotal"`
+}
+
+type statusDoc struct {
+	Now         time.Time          `json:"now"`
+	Window      float64            `json:"windowSeconds"`
+	Versions    []statusVersion    `json:"versions"`
+	Reports     uint64             `json:"reports"`
+	Rejected    map[string]uint64  `json:"rejected"`
+	LastReports map[string]float64 `json:"lastReportAgeSeconds"`
+}
+
+// status computes the status document from the sampled history.
+func (s *store) status(now time.Time) statusDoc {
+	s.mu.Lock()
+	hist := append([]snapshotSample(nil), s.history...)
+	s.mu.Unlock()
+	v := s.snapshot(now)
+	doc := statusDoc{Now: now, Versions: []statusVersion{}, Reports: v.reports, Rejected: v.rejected, LastReports: map[string]float64{}}
+	for src, t := range v.lastReport {
+		doc.LastReports[src] = math.Round(now.Sub(t).Seconds()*10) / 10
+	}
+	if len(hist) == 0 {
+		return doc
+	}
+	last := hist[len(hist)-1]
+	first := last
+	for i := len(hist) - 1; i >= 0; i-- {
+		if last.at.Sub(hist[i].at) > statusWindow {
+			break
+		}
+		first = hist[i]
+	}
+	dt := last.at.Sub(first.at).Seconds()
+	doc.Window = dt
+	for key, cur := range last.versions {
+		var mw, version string
+		for i := 0; i < len(key); i++ {
+			if key[i] == 0 {
+				mw, version = key[:i], key[i+1:]
+			}
+		}
+		prev := first.versions[key]
+		sv := statusVersion{Middleware: mw, Version: version, State: "closed", Total: cur.total}
+		if g, ok := v.gauges[mw][version]; ok {
+			sv.Primary = g.primary
+			sv.State = transitionNames[g.state]
+			if g.configured {
+				w := g.weight
+				sv.Weight = &w
+			}
+		}
+		if dt > 0 && cur.total >= prev.total {
+			d := cur.total - prev.total
+			sv.Rate = float64(d) / dt
+			if d > 0 {
+				r := float64(cur.errors-prev.errors) / float64(d)
+				sv.ErrorRatio = &r
+			}
+		}
+		if delta := histDelta(cur.hist, prev.hist); delta != nil {
+			sv.P50, sv.P95, sv.P99 = quantile(0.5, delta), quantile(0.95, delta), quantile(0.99, delta)
+		}
+		doc.Versions = append(doc.Versions, sv)
+	}
+	sort.Slice(doc.Versions, func(i, j int) bool {
+		a, b := doc.Versions[i], doc.Versions[j]
+		return a.Middleware < b.Middleware || a.Middleware == b.Middleware && a.Version < b.Version
+	})
+	return doc
+}
+
+func histDelta(cur, prev histTotals) *histTotals {
+	if len(cur.counts) == 0 {
+		return nil
+	}
+	d := &histTotals{bounds: cur.bounds, counts: make([]uint64, len(cur.counts))}
+	same := sameBounds(cur.bounds, prev.bounds)
+	var n uint64
+	for i, c := range cur.counts {
+		if same && c >= prev.counts[i] {
+			c -= prev.counts[i]
+		}
+		d.counts[i] = c
+		n += c
+	}
+	if n == 0 {
+		return nil
+	}
+	return d
+}
+
+// quantile interpolates linearly within buckets, as histogram_quantile does.
+func quantile(q float64, h *histTotals) *float64 {
+	var total uint64
+	for _, c := range h.counts {
+		total += c
+	}
+	rank := q * float64(total)
+	var cum uint64
+	lower := 0.0
+	for i, c := range h.counts {
+		if float64(cum+c) >= rank {
+			if i == len(h.bounds) { // +Inf bucket: the highest finite bound
+				v := h.bounds[len(h.bounds)-1]
+				return &v
+			}
+			upper := h.bounds[i]
+			v := lower
+			if c > 0 {
+				v = lower + (upper-lower)*(rank-float64(cum))/float64(c)
+			}
+			return &v
+		}
+		cum += c
+		if i < len(h.bounds) {
+			lower = h.bounds[i]
+		}
+	}
+	return nil
+}
+
+func statusJSON(s *store, now func() time.Time) http.HandlerFunc {
+	return func(rw http.ResponseWriter, _ *http.Request) {
+		rw.Header().Set("Content-Type", "application/json")
+		rw.Header().Set("Cache-Control", "no-store")
+		_ = json.NewEncoder(rw).Encode(s.status(now()))
+	}
+}
+
+func statusPage(rw http.ResponseWriter, req *http.Request) {
+	if req.URL.Path != "/" {
+		http.NotFound(rw, req)
+		return
+	}
+	rw.Header().Set("Content-Type", "text/html; charset=utf-8")
+	rw.Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'")
+	_, _ = rw.Write([]byte(statusHTML))
+}
+
+const statusHTML = `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>edgecanary status</title>
+<style>
+body { font: 14px/1.4 system-ui, sans-serif; margin: 2rem; color: #1b1f24; }
+h1 { font-size: 1.4rem; margin: 0 0 .25rem; }
+p.meta { color: #57606a; margin: 0 0 1rem; }
+table { border-collapse: collapse; min-width: 60rem; }
+th, td { padding: .35rem .7rem; border-bottom: 1px solid #d0d7de; text-align: right; }
+th:first-child, td:first-child, th:nth-child(2), td:nth-child(2) { text-align: left; }
+th { background: #f6f8fa; }
+.state-closed { color: #1a7f37; } .state-half_open { color: #9a6700; } .state-open { color: #cf222e; font-weight: bold; }
+.primary { font-size: .75rem; color: #57606a; }
+#error { color: #cf222e; }
+</style>
+</head>
+<body>
+<h1>edgecanary</h1>
+<p class="meta">Per-version figures over the last <span id="window">…</span> s, refreshed every 2 s. Raw metrics: <a href="/metrics">/metrics</a>.</p>
+<p id="error"></p>
+<table>
+<thead><tr><th>middleware</th><th>version</th><th>weight</th><th>breaker</th><th>req/s</th><th>error ratio</th><th>p50</th><th>p95</th><th>p99</th><th>total</th></tr></thead>
+<tbody id="rows"><tr><td colspan="10">waiting for the first report…</td></tr></tbody>
+</table>
+<p class="meta" id="reports"></p>
+<script>
+"use strict";
+function fmtPct(v) { return v === null || v === undefined ? "–" : (100 * v).toFixed(1) + " %"; }
+function fmtMs(v) { return v === null || v === undefined ? "–" : (1000 * v).toFixed(1) + " ms"; }
+function cell(text, cls) { const td = document.createElement("td"); td.textContent = text; if (cls) td.className = cls; return td; }
+async function refresh() {
+  try {
+    const res = await fetch("/api/status", {cache: "no-store"});
+    if (!res.ok) throw new Error("status " + res.status);
+    const doc = await res.json();
+    document.getElementById("window").textContent = doc.windowSeconds.toFixed(0);
+    const rows = document.getElementById("rows");
+    rows.replaceChildren();
+    if (doc.versions.length === 0) {
+      const tr = document.createElement("tr"); tr.appendChild(cell("waiting for the first report…")); tr.firstChild.colSpan = 10; rows.appendChild(tr);
+    }
+    for (const v of doc.versions) {
+      const tr = document.createElement("tr");
+      tr.dataset.version = v.version;
+      tr.appendChild(cell(v.middleware));
+      const name = cell(v.version);
+      if (v.primary) { const s = document.createElement("span"); s.className = "primary"; s.textContent = " (primary)"; name.appendChild(s); }
+      tr.appendChild(name);
+      tr.appendChild(cell(fmtPct(v.weight)));
+      tr.appendChild(cell(v.circuitState.replace("_", "-"), "state-" + v.circuitState));
+      tr.appendChild(cell(v.requestsPerSecond.toFixed(1)));
+      tr.appendChild(cell(fmtPct(v.errorRatio)));
+      tr.appendChild(cell(fmtMs(v.p50Seconds)));
+      tr.appendChild(cell(fmtMs(v.p95Seconds)));
+      tr.appendChild(cell(fmtMs(v.p99Seconds)));
+      tr.appendChild(cell(String(v.requestsTotal)));
+      rows.appendChild(tr);
+    }
+    const srcs = Object.entries(doc.lastReportAgeSeconds).map(([s, a]) => s + " " + a + " s ago").join(", ");
+    document.getElementById("reports").textContent = doc.reports + " reports accepted" + (srcs ? "; last from " + srcs : "");
+    document.getElementById("error").textContent = "";
+  } catch (e) {
+    document.getElementById("error").textContent = "Cannot reach the sidecar: " + e.message;
+  }
+}
+refresh();
+setInterval(refresh, 2000);
+</script>
+</body>
+</html>
+`

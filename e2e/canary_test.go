@@ -335,10 +335,25 @@ func TestTraefikInvalidCookiesAreReassigned(t *testing.T) {
 }
 
 func TestTraefikStreamsThroughPlugin(t *testing.T) {
+	for _, setup := range []struct{ desc, extra string }{
+		{desc: "routing only"},
+		// With the breaker and reporting on, requests are observed; streams
+		// must still get the original writer. The sidecar here is down.
+		{desc: "breaker and reporting", extra: `          circuitBreaker:
+            consecutiveFailures: 1
+          sidecar:
+            address: http://127.0.0.1:1
+`},
+	} {
+		t.Run(setup.desc, func(t *testing.T) { testStreams(t, setup.extra) })
+	}
+}
+
+func testStreams(t *testing.T, extra string) {
 	stable, canary := newBackend(t, "stable"), newBackend(t, "canary")
 	tr := startTraefik(t, canaryDynamic(stable.URL, canary.URL, 50, 50, `          override:
             trustedIPs: ["127.0.0.1/32"]
-`), traefikOptions{})
+`+extra), traefikOptions{})
 	tr.waitRouter("shop")
 
 	for _, version := range []string{"stable", "canary"} {

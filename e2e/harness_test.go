@@ -314,6 +314,15 @@ func newBackend(t testing.TB, version string) *backend {
 		}
 		fmt.Fprintf(rw, "data: bye\n\n")
 	})
+	mux.HandleFunc("/status/", func(rw http.ResponseWriter, req *http.Request) {
+		b.requests.Add(1)
+		code, err := strconv.Atoi(strings.TrimPrefix(req.URL.Path, "/status/"))
+		if err != nil || code < 200 || code > 599 {
+			code = http.StatusBadRequest
+		}
+		rw.Header().Set("X-Version", version)
+		rw.WriteHeader(code)
+	})
 	mux.HandleFunc("/", func(rw http.ResponseWriter, req *http.Request) {
 		b.requests.Add(1)
 		if req.Header.Get("X-Canary") != "" {

@@ -134,3 +134,38 @@ func BenchmarkYaegiRateLimitNoHeaders(b *testing.B) {
 	req.RemoteAddr = "192.0.2.1:1234"
 	runServe(b, h, req)
 }
+
+// BenchmarkYaegiBreaker: a closed breaker around the primary: status
+// observed, outcome recorded.
+func BenchmarkYaegiBreaker(b *testing.B) {
+	h := benchHandler(b, map[string]any{
+		"versions":       map[string]any{"stable": map[string]any{"weight": 1}},
+		"circuitBreaker": map[string]any{"consecutiveFailures": 5, "failureRatio": 0.5},
+	})
+	runServe(b, h, httptest.NewRequest(http.MethodGet, "http://bench.test/", nil))
+}
+
+// BenchmarkYaegiAggregation: the per-version figures for the sidecar (the
+// sender itself runs in the background and is not timed).
+func BenchmarkYaegiAggregation(b *testing.B) {
+	h := benchHandler(b, map[string]any{
+		"versions": map[string]any{"stable": map[string]any{"weight": 1}},
+		"sidecar":  map[string]any{"address": "http://127.0.0.1:1", "interval": "1h"},
+	})
+	runServe(b, h, httptest.NewRequest(http.MethodGet, "http://bench.test/", nil))
+}
+
+// BenchmarkYaegiEverything: cookie, limiter, breaker and aggregation.
+func BenchmarkYaegiEverything(b *testing.B) {
+	h := benchHandler(b, map[string]any{
+		"versions":       benchVersions,
+		"sticky":         map[string]any{"cookie": map[string]any{"secret": "s"}},
+		"rateLimit":      map[string]any{"average": 100000000, "burst": 100000000},
+		"circuitBreaker": map[string]any{"consecutiveFailures": 5, "failureRatio": 0.5},
+		"sidecar":        map[string]any{"address": "http://127.0.0.1:1", "interval": "1h"},
+	})
+	req := httptest.NewRequest(http.MethodGet, "http://bench.test/", nil)
+	req.RemoteAddr = "192.0.2.1:1234"
+	req.AddCookie(stableCookie(b, h))
+	runServe(b, h, req)
+}

@@ -19,98 +19,111 @@ type statusWriter struct {
 }
 
 func (w *statusWriter) WriteHeader(code int) {
-	if w.code == 0 {
-		w.code = code
-	}
+	w.code = code
 	w.ResponseWriter.WriteHeader(code)
 }
 
-// streams reports whether a request may need its response flushed or its
-// connection hijacked: WebSocket (and other) upgrades, server-sent events and
-// gRPC. Those get the original writer, so they keep working, and are counted
-// with code 0 ("unknown"): their status cannot be observed without breaking
-// them.
-func streams(req *http.Request) bool {
-	if _, ok := req.Header["Upgrade"]; ok {
-		return true
-	}
-	if a, ok := req.Header["Accept"]; ok && len(a) > 0 && len(a[0]) >= 17 && strings.Contains(a[0], "text/event-stream") {
-		return true
-	}
-	if ct, ok := req.Header["Content-Type"]; ok && len(ct) > 0 && strings.HasPrefix(ct[0], "application/grpc") {
-		return true
-	}
-	return false
-}
+// Requests that may stream need their response flushed or their connection
+// hijacked: WebSocket (and other) upgrades, server-sent events and gRPC over
+// HTTP/2. Those get the original writer, so they keep working, and are
+// counted with code 0 ("unknown"): their status cannot be observed without
+// breaking them. The test is inlined in serveObserved.
 
-// serveObserved serves r with the breaker (and fallback) and/or reporting on.
+// serveObserved serves r with the breaker (and fallback) and/or reporting
+// on. Yaegi allocates a frame sized by all of a function's code on every
+// call, so this hot function stays small and the rare cases live in their
+// own functions.
 func serveObserved(c *canary, r *route, rw http.ResponseWriter, req *http.Request) {
 	start := int64(time.Since(epoch)) + 1
 	served := r
 	var gen uint64
 	if r.br != nil {
-		ok, g, retryIn := before(r.br, start)
-		gen = g
+		var ok bool
+		var retryIn int64
+		ok, gen, retryIn = before(r.br, start)
 		if !ok {
-			// r cannot take the request: its users go to the primary, whose
-			// own breaker must let them through.
-			p := c.primary
-			pok := false
-			if c.bs.fallback && !r.primary {
-				pok = true
-				if p.br != nil {
-					var pRetry int64
-					pok, gen, pRetry = before(p.br, start)
-					if !pok && pRetry > retryIn {
-						retryIn = pRetry
-					}
-				}
-			}
-			if !pok {
-				refuse(c, r, rw, req, retryIn)
+			served, gen = fallback(c, r, rw, req, start, retryIn)
+			if served == nil {
 				return
 			}
-			rw.Header().Set("Edgecanary-Fallback", r.name)
-			if c.st != nil {
-				recordFallback(c.st, r.name, p.name)
-			}
-			served = p
 		}
 	}
 	code := 0
-	if streams(req) {
+	if _, up := req.Header["Upgrade"]; up || mayStream(req) {
 		served.handler.ServeHTTP(rw, req)
 	} else {
-		w := &statusWriter{ResponseWriter: rw}
+		w := &statusWriter{ResponseWriter: rw, code: http.StatusOK}
 		served.handler.ServeHTTP(w, req)
 		code = w.code
-		if code == 0 {
-			code = http.StatusOK // the handler wrote a body, or nothing at all
-		}
 	}
-	end := int64(time.Since(epoch)) + 1
+	end := start
+	if c.timed {
+		end = int64(time.Since(epoch)) + 1
+	}
 	if served.br != nil {
-		outcome := outcomeSuccess
-		switch {
-		case code == 0 || code == statusClientClosedRequest:
-			outcome = outcomeNeutral
-		case code < 600 && c.bs.failCodes[code] || code == http.StatusBadGateway || code == http.StatusGatewayTimeout:
-			outcome = outcomeFailure
-		case c.bs.slow > 0 && end-start > c.bs.slow:
-			outcome = outcomeFailure
-		}
-		after(served.br, gen, outcome, end)
+		after(served.br, gen, outcomeOf(c.bs, code, end-start), end)
 	}
 	if c.st != nil {
-		m, ok := methodIndex[req.Method]
-		if !ok {
-			m = methodOther
-		}
-		if code > 999 || code < 0 {
-			code = 0
-		}
-		record(c.st, served.vs, code, m, end-start)
+		record(c.st, served.vs, code, req.Method, end-start)
 	}
+}
+
+// mayStream reports whether a request without Upgrade may stream: server-sent
+// events, or gRPC over HTTP/2.
+func mayStream(req *http.Request) bool {
+	if a, ok := req.Header["Accept"]; ok && len(a) > 0 && len(a[0]) >= 17 && strings.Contains(a[0], "text/event-stream") {
+		return true
+	}
+	if req.ProtoMajor == 2 {
+		if ct, ok := req.Header["Content-Type"]; ok && len(ct) > 0 && strings.HasPrefix(ct[0], "application/grpc") {
+			return true
+		}
+	}
+	return false
+}
+
+// outcomeOf classifies a response for the breaker. Transport errors (502
+// and 504 from the proxy, which include a version's timeout) always count.
+func outcomeOf(s *breakerSettings, code int, d int64) int {
+	if code == 0 || code == statusClientClosedRequest {
+		return outcomeNeutral
+	}
+	if code < 600 && s.failCodes[code] || code == http.StatusBadGateway || code == http.StatusGatewayTimeout {
+		return outcomeFailure
+	}
+	if s.slow > 0 && d > s.slow {
+		return outcomeFailure
+	}
+	return outcomeSuccess
+}
+
+// fallback handles a request whose version's breaker refused it: the users
+// of a non-primary version go to the primary (whose own breaker must let
+// them through); otherwise the client gets responseCode. It returns the
+// route to serve and its generation, or nil when it answered itself.
+func fallback(c *canary, r *route, rw http.ResponseWriter, req *http.Request, now, retryIn int64) (*route, uint64) {
+	p := c.primary
+	var gen uint64
+	ok := false
+	if c.bs.fallback && !r.primary {
+		ok = true
+		if p.br != nil {
+			var pRetry int64
+			ok, gen, pRetry = before(p.br, now)
+			if !ok && pRetry > retryIn {
+				retryIn = pRetry
+			}
+		}
+	}
+	if !ok {
+		refuse(c, r, rw, req, retryIn)
+		return nil, 0
+	}
+	rw.Header().Set("Edgecanary-Fallback", r.name)
+	if c.st != nil {
+		recordFallback(c.st, r.name, p.name)
+	}
+	return p, gen
 }
 
 // refuse answers when no version can serve: responseCode, and Retry-After
@@ -127,11 +140,7 @@ func refuse(c *canary, r *route, rw http.ResponseWriter, req *http.Request, retr
 	rw.WriteHeader(c.bs.responseCode)
 	_, _ = rw.Write([]byte(http.StatusText(c.bs.responseCode) + "\n"))
 	if c.st != nil {
-		m, ok := methodIndex[req.Method]
-		if !ok {
-			m = methodOther
-		}
-		record(c.st, r.vs, c.bs.responseCode, m, -1)
+		record(c.st, r.vs, c.bs.responseCode, req.Method, -1)
 	}
 }
 

@@ -49,6 +49,7 @@ type canary struct {
 	bs      *breakerSettings // nil when the breaker is off
 	st      *mwStats         // nil when reporting is off
 	observe bool             // breaker or reporting on: time and status are observed
+	timed   bool             // reporting or slowThreshold on: the end of a request is timed
 }
 
 var _ http.Handler = (*canary)(nil)
@@ -96,6 +97,7 @@ func New(ctx context.Context, next http.Handler, cfg *Config, name string) (http
 		c.setupStats(ctx, target, interval, bounds, cfg.Versions)
 	}
 	c.observe = c.bs != nil || c.st != nil
+	c.timed = c.st != nil || c.bs != nil && c.bs.slow > 0
 	return c, nil
 }
 

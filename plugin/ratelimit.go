@@ -87,8 +87,9 @@ const maxKeyLen = 128
 // Concurrency: one mutex guards the map and the buckets; every decision is
 // made under it, so N concurrent requests on one key admit exactly burst.
 type limiter struct {
-	mu       sync.Mutex
+	sem      chan struct{} // the lock: a channel send and receive cost less than sync.Mutex in Yaegi
 	buckets  map[string]*bucket
+	peers    map[string]*bucket // RemoteAddr ("ip:port") -> its address's bucket, so a keep-alive peer costs one lookup
 	max      int
 	interval int64 // nanoseconds per token
 	window   int64 // burst * interval: how far tat may run ahead of now
@@ -98,8 +99,10 @@ type limiter struct {
 	epoch    time.Time
 	dryRun   bool
 	headers  bool
-	policy   []string // RateLimit-Policy value
-	rlPrefix string   // `"<policy>";r=`
+	policy   []string   // RateLimit-Policy value
+	rlPrefix string     // `"<policy>";r=`
+	values   [][]string // precomputed RateLimit values: index r*tw + t
+	rw, tw   int64
 
 	source     int
 	header     string // canonical header name, for sourceHeader
@@ -145,6 +148,7 @@ func rlCountersFor(name string, create bool) *rlCounters {
 type bucket struct {
 	tat  int64
 	hits uint32
+	dead bool // evicted from buckets: peers entries pointing here are stale
 }
 
 // limiters keeps one limiter per middleware name across reloads, replaced
@@ -269,8 +273,25 @@ func newLimiter(name string, cfg RateLimitConfig) (*limiter, error) {
 	if e, ok := limiters.m[name]; ok && e.settings == settings {
 		return e.l, nil
 	}
+	l.sem = make(chan struct{}, 1)
 	l.buckets = make(map[string]*bucket)
+	l.peers = make(map[string]*bucket)
 	l.counters = rlCountersFor(name, true)
+	// RateLimit values for every remaining count and whole second, when the
+	// table is small: the common response then costs no string building.
+	l.rw = burst + 1
+	l.tw = (l.window+l.maxDelay+int64(time.Second)-1)/int64(time.Second) + 1
+	if l.rw*l.tw <= 4096 {
+		l.values = make([][]string, l.rw*l.tw)
+		for r := int64(0); r < l.rw; r++ {
+			for t := int64(0); t < l.tw; t++ {
+				v := l.rlPrefix + strconv.FormatInt(r, 10) + ";t=" + strconv.FormatInt(t, 10)
+				l.values[r*l.tw+t] = []string{v}[:1:1]
+			}
+		}
+	} else {
+		l.rw, l.tw = 0, 0
+	}
 	if len(limiters.m) >= maxLimiters {
 		for k := range limiters.m {
 			delete(limiters.m, k)
@@ -286,11 +307,31 @@ func newLimiter(name string, cfg RateLimitConfig) (*limiter, error) {
 // afterwards. A wait above maxDelay is a rejection: nothing is reserved, as
 // when x/time/rate's reservation is cancelled. In dry-run mode too.
 func take(l *limiter, key string, now int64) (wait, tat int64) {
-	l.mu.Lock()
+	l.sem <- struct{}{}
 	b := l.buckets[key]
 	if b == nil {
 		b = insertBucket(l, key, now)
 	}
+	wait, tat = reserve(l, b, now)
+	<-l.sem
+	return wait, tat
+}
+
+// takePeer is take for the default source: key is a RemoteAddr ("ip:port")
+// and its address is the client.
+func takePeer(l *limiter, remoteAddr string, now int64) (wait, tat int64) {
+	l.sem <- struct{}{}
+	b := l.peers[remoteAddr]
+	if b == nil || b.dead {
+		b = peerBucket(l, remoteAddr, now)
+	}
+	wait, tat = reserve(l, b, now)
+	<-l.sem
+	return wait, tat
+}
+
+// reserve is the GCRA step on one bucket. Called with the lock held.
+func reserve(l *limiter, b *bucket, now int64) (wait, tat int64) {
 	tat = b.tat
 	if tat < now {
 		tat = now
@@ -298,17 +339,35 @@ func take(l *limiter, key string, now int64) (wait, tat int64) {
 	tat += l.interval
 	wait = tat - now - l.window
 	if wait > l.maxDelay {
-		tat = b.tat
-		l.mu.Unlock()
-		return wait, tat
+		return wait, b.tat
 	}
 	b.tat = tat
 	b.hits++
-	l.mu.Unlock()
 	return wait, tat
 }
 
-// insert adds key, keeping the map within max entries. Called with l.mu held.
+// peerBucket finds the bucket of a RemoteAddr's address and remembers it for
+// that RemoteAddr. Called with the lock held.
+func peerBucket(l *limiter, remoteAddr string, now int64) *bucket {
+	key := remoteAddr
+	// net/http writes "ip:port", with brackets around IPv6.
+	if i := strings.LastIndexByte(key, ':'); i > 0 && key[0] != '[' {
+		key = key[:i]
+	} else {
+		key = normalizeAddr(l, key, key)
+	}
+	b := l.buckets[key]
+	if b == nil {
+		b = insertBucket(l, key, now)
+	}
+	if len(l.peers) >= 2*l.max {
+		l.peers = make(map[string]*bucket) // rebuilt lazily from buckets
+	}
+	l.peers[remoteAddr] = b
+	return b
+}
+
+// insert adds key, keeping the map within max entries. Called with the lock held.
 // A bucket whose tat has passed is full and carries no state: a few are
 // dropped on every insert, so idle clients expire. When the map is full, a
 // sample of entries is examined and the least used is evicted, so a busy
@@ -317,6 +376,7 @@ func insertBucket(l *limiter, key string, now int64) *bucket {
 	checked := 0
 	for k, b := range l.buckets {
 		if b.tat <= now {
+			b.dead = true
 			delete(l.buckets, k)
 		}
 		checked++
@@ -345,6 +405,9 @@ func insertBucket(l *limiter, key string, now int64) *bucket {
 		if victimHits != 0 {
 			atomic.AddUint64(&l.counters.evictions, 1)
 		}
+		if v := l.buckets[victim]; v != nil {
+			v.dead = true
+		}
 		delete(l.buckets, victim)
 	}
 	b := &bucket{}
@@ -353,40 +416,30 @@ func insertBucket(l *limiter, key string, now int64) *bucket {
 }
 
 // allow runs the limiter for a request. It answers the request itself (429)
-// and returns false when the request is rejected.
+// and returns false when the request is rejected. It stays small: Yaegi
+// allocates a frame sized by a function's code on every call.
 func allow(l *limiter, rw http.ResponseWriter, req *http.Request) bool {
-	var key string
-	if l.source == sourcePeer {
-		key = req.RemoteAddr
-		// net/http writes "ip:port", with brackets around IPv6: an IPv4 peer
-		// needs one compiled call; everything else is normalised.
-		if i := strings.LastIndexByte(key, ':'); i > 0 && key[0] != '[' {
-			key = key[:i]
-		} else {
-			key = l.normalize(key, key)
-		}
-	} else {
-		key = l.sourceKey(req)
-	}
 	now := int64(time.Since(l.epoch))
-	wait, tat := take(l, key, now)
+	var wait, tat int64
+	if l.source == sourcePeer {
+		wait, tat = takePeer(l, req.RemoteAddr, now)
+	} else {
+		wait, tat = take(l, sourceKey(l, req), now)
+	}
 	if wait > l.maxDelay {
-		if l.dryRun {
-			atomic.AddUint64(&l.counters.dryRejected, 1)
-			return true
-		}
-		atomic.AddUint64(&l.counters.rejected, 1)
-		reject(l, rw, wait, now, tat)
-		return false
+		return rejected(l, rw, wait, now, tat)
 	}
 	if l.headers {
-		remaining := (l.window - (tat - now)) / l.interval
-		if remaining < 0 { // a delayed request: the bucket is in debt
-			remaining = 0
-		}
+		ahead := tat - now
+		r := (l.window - ahead) / l.interval
+		t := (ahead + 999999999) / 1e9
 		h := rw.Header()
 		h["Ratelimit-Policy"] = l.policy
-		h["Ratelimit"] = []string{l.rlPrefix + itoa(remaining) + ";t=" + itoa((tat-now+999999999)/1e9)}
+		if r >= 0 && r < l.rw && t < l.tw {
+			h["Ratelimit"] = l.values[r*l.tw+t]
+		} else {
+			h["Ratelimit"] = rateLimitValue(l, r, t)
+		}
 	}
 	if wait > 0 {
 		// At most maxDelay (500ms). A plain sleep: Yaegi's select with an
@@ -397,36 +450,37 @@ func allow(l *limiter, rw http.ResponseWriter, req *http.Request) bool {
 	return true
 }
 
+func rateLimitValue(l *limiter, r, t int64) []string {
+	if r < 0 { // a delayed request: the bucket is in debt
+		r = 0
+	}
+	return []string{l.rlPrefix + strconv.FormatInt(r, 10) + ";t=" + strconv.FormatInt(t, 10)}
+}
+
+// rejected counts a rejection and, unless in dry-run mode, answers 429.
+func rejected(l *limiter, rw http.ResponseWriter, wait, now, tat int64) bool {
+	if l.dryRun {
+		atomic.AddUint64(&l.counters.dryRejected, 1)
+		return true
+	}
+	atomic.AddUint64(&l.counters.rejected, 1)
+	reject(l, rw, wait, now, tat)
+	return false
+}
+
 // reject answers 429 with Retry-After (whole seconds, rounded up) and
 // X-Retry-In, as Traefik does, plus the RateLimit fields.
 func reject(l *limiter, rw http.ResponseWriter, wait, now, tat int64) {
 	h := rw.Header()
 	if l.headers {
 		h["Ratelimit-Policy"] = l.policy
-		h["Ratelimit"] = []string{l.rlPrefix + "0;t=" + itoa((tat-now+999999999)/1e9)}
+		h["Ratelimit"] = []string{l.rlPrefix + "0;t=" + strconv.FormatInt((tat-now+999999999)/1e9, 10)}
 	}
 	h.Set("Retry-After", strconv.FormatInt(retryAfterSeconds(wait), 10))
 	h.Set("X-Retry-In", time.Duration(wait).String())
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	rw.WriteHeader(http.StatusTooManyRequests)
 	_, _ = rw.Write([]byte("Too Many Requests\n"))
-}
-
-// smallInts are the decimal strings of 0..1023, so the RateLimit field of a
-// request costs no compiled strconv call in the common case.
-var smallInts = func() []string {
-	s := make([]string, 1024)
-	for i := range s {
-		s[i] = strconv.Itoa(i)
-	}
-	return s
-}()
-
-func itoa(n int64) string {
-	if n >= 0 && n < int64(len(smallInts)) {
-		return smallInts[n]
-	}
-	return strconv.FormatInt(n, 10)
 }
 
 // retryAfterSeconds rounds a wait up to whole seconds, never below 0.
@@ -440,13 +494,13 @@ func retryAfterSeconds(wait int64) int64 {
 // sourceKey extracts the client key for every source but the plain peer.
 // Keys from a header are prefixed so they can never equal an address key, and
 // hashed past maxKeyLen so memory stays bounded.
-func (l *limiter) sourceKey(req *http.Request) string {
+func sourceKey(l *limiter, req *http.Request) string {
 	peer := req.RemoteAddr
 	switch l.source {
 	case sourceHeader:
 		v := req.Header.Get(l.header)
 		if v == "" {
-			return l.normalize(peer, peer)
+			return normalizeAddr(l, peer, peer)
 		}
 		if len(v) > maxKeyLen {
 			sum := sha256.Sum256([]byte(v))
@@ -455,7 +509,7 @@ func (l *limiter) sourceKey(req *http.Request) string {
 		return "h:" + v
 	case sourceHost:
 		if req.Host == "" {
-			return l.normalize(peer, peer)
+			return normalizeAddr(l, peer, peer)
 		}
 		h := strings.ToLower(req.Host)
 		if len(h) > maxKeyLen {
@@ -464,7 +518,7 @@ func (l *limiter) sourceKey(req *http.Request) string {
 		}
 		return "host:" + h
 	}
-	return l.forwardedKey(req.Header.Values("X-Forwarded-For"), peer)
+	return forwardedKey(l, req.Header.Values("X-Forwarded-For"), peer)
 }
 
 // forwardedKey applies depth or excludedIPs to X-Forwarded-For, as Traefik's
@@ -473,7 +527,7 @@ func (l *limiter) sourceKey(req *http.Request) string {
 // address a trusted proxy recorded) instead of an empty key shared by all such
 // clients, and an entry that is not an IP address, or no entry at all, falls
 // back to the peer's address.
-func (l *limiter) forwardedKey(values []string, peer string) string {
+func forwardedKey(l *limiter, values []string, peer string) string {
 	var xff []string
 	for _, v := range values {
 		for _, p := range strings.Split(v, ",") {
@@ -483,19 +537,19 @@ func (l *limiter) forwardedKey(values []string, peer string) string {
 		}
 	}
 	if len(xff) == 0 {
-		return l.normalize(peer, peer)
+		return normalizeAddr(l, peer, peer)
 	}
 	if l.source == sourceDepth {
 		i := len(xff) - l.depth
 		if i < 0 {
 			i = 0
 		}
-		return l.normalize(xff[i], peer)
+		return normalizeAddr(l, xff[i], peer)
 	}
 	for i := len(xff) - 1; i >= 0; i-- {
 		addr, err := netip.ParseAddr(stripPort(xff[i]))
 		if err != nil {
-			return l.normalize(peer, peer)
+			return normalizeAddr(l, peer, peer)
 		}
 		ip := net.IP(addr.Unmap().WithZone("").AsSlice())
 		excluded := false
@@ -506,23 +560,23 @@ func (l *limiter) forwardedKey(values []string, peer string) string {
 			}
 		}
 		if !excluded {
-			return l.normalize(xff[i], peer)
+			return normalizeAddr(l, xff[i], peer)
 		}
 	}
-	return l.normalize(peer, peer)
+	return normalizeAddr(l, peer, peer)
 }
 
 // normalize turns an address (with or without port, brackets or zone) into
 // its canonical key: IPv4-mapped IPv6 becomes IPv4, the zone and port go, and
 // IPv6 is masked to ipv6Subnet. Anything that is not an address yields the
 // normalised fallback (the peer), which is always an address.
-func (l *limiter) normalize(s, fallback string) string {
+func normalizeAddr(l *limiter, s, fallback string) string {
 	addr, err := netip.ParseAddr(stripPort(s))
 	if err != nil {
 		if s == fallback {
 			return s // the peer itself is not an address (a unix socket): use it as is
 		}
-		return l.normalize(fallback, fallback)
+		return normalizeAddr(l, fallback, fallback)
 	}
 	addr = addr.Unmap().WithZone("")
 	if addr.Is6() && l.ipv6Subnet > 0 {

@@ -391,7 +391,7 @@ func TestLimiterKeys(t *testing.T) {
 					got = k
 				}
 			} else {
-				got = l.sourceKey(req)
+				got = sourceKey(l, req)
 			}
 			if got != test.want && !(strings.HasSuffix(test.want, ":") && strings.HasPrefix(got, test.want)) {
 				t.Errorf("key %q, want %q", got, test.want)

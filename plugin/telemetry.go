@@ -92,6 +92,7 @@ type mwStats struct {
 }
 
 type verStats struct {
+	sem    chan struct{}  // the lock (cheaper than sync.Mutex in Yaegi)
 	counts map[int]uint64 // code<<4 | method index
 	hist   []uint64       // one per bound, plus +Inf
 	sumNs  int64
@@ -138,7 +139,10 @@ func getStats(name string, bounds []float64) *mwStats {
 			st.boundsNs[i] = int64(b * float64(time.Second))
 		}
 		for _, vs := range st.versions {
+			vs.sem <- struct{}{}
 			vs.hist = make([]uint64, len(bounds)+1)
+			vs.sumNs = 0
+			<-vs.sem
 		}
 	}
 	st.mu.Unlock()
@@ -163,28 +167,35 @@ func (st *mwStats) version(name string) *verStats {
 	defer st.mu.Unlock()
 	vs, ok := st.versions[name]
 	if !ok {
-		vs = &verStats{counts: map[int]uint64{}, hist: make([]uint64, len(st.bounds)+1)}
+		vs = &verStats{sem: make(chan struct{}, 1), counts: map[int]uint64{}, hist: make([]uint64, len(st.bounds)+1)}
 		st.versions[name] = vs
 	}
 	return vs
 }
 
 // record counts one request. d < 0 means no duration is observed (a request
-// the breaker rejected).
-func record(st *mwStats, vs *verStats, code, method int, d int64) {
+// the breaker rejected). Codes outside 0..999 count as 0.
+func record(st *mwStats, vs *verStats, code int, method string, d int64) {
+	m, ok := methodIndex[method]
+	if !ok {
+		m = methodOther
+	}
+	if code < 0 || code > 999 {
+		code = 0
+	}
 	i := 0
 	if d >= 0 {
 		for i < len(st.boundsNs) && d > st.boundsNs[i] {
 			i++
 		}
 	}
-	st.mu.Lock()
-	vs.counts[code<<4|method]++
-	if d >= 0 {
+	vs.sem <- struct{}{}
+	vs.counts[code<<4|m]++
+	if d >= 0 && i < len(vs.hist) {
 		vs.hist[i]++
 		vs.sumNs += d
 	}
-	st.mu.Unlock()
+	<-vs.sem
 }
 
 func recordFallback(st *mwStats, from, to string) {
@@ -433,13 +444,15 @@ func snapshot(st *mwStats) reportMWStat {
 	for _, n := range names {
 		vs := st.versions[n]
 		w, configured := st.weights[n]
+		vs.sem <- struct{}{}
 		rv := reportVersion{Name: n, Primary: n == st.primary, Weight: w, Configured: configured,
 			Requests: []reportRequest{}, Hist: append([]uint64(nil), vs.hist...), SumSeconds: float64(vs.sumNs) / 1e9}
-		if b := st.breakers[n]; b != nil {
-			rv.State, rv.Transitions = breakerSnapshot(b, breakerNow(b))
-		}
 		for k, c := range vs.counts {
 			rv.Requests = append(rv.Requests, reportRequest{Code: k >> 4, Method: methodNames[k&15], Count: c})
+		}
+		<-vs.sem
+		if b := st.breakers[n]; b != nil {
+			rv.State, rv.Transitions = breakerSnapshot(b, breakerNow(b))
 		}
 		sort.Slice(rv.Requests, func(i, j int) bool {
 			a, b := rv.Requests[i], rv.Requests[j]

@@ -21,7 +21,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgecanary/edgecanary/e2e/stage"
+	"github.com/edgecanary/edgecanary/internal/stage"
 	"github.com/gorilla/websocket"
 )
 

@@ -280,6 +280,12 @@ type promProc struct {
 // startPrometheus runs Debian's prometheus on loopback, scraping target every second.
 func startPrometheus(t testing.TB, targets ...string) *promProc {
 	t.Helper()
+	return startPrometheusConfig(t, "", targets...)
+}
+
+// startPrometheusConfig is startPrometheus with extra global configuration.
+func startPrometheusConfig(t testing.TB, extra string, targets ...string) *promProc {
+	t.Helper()
 	bin, err := exec.LookPath("prometheus")
 	if err != nil {
 		t.Fatal("prometheus not found: apt-get install --no-install-recommends prometheus")
@@ -292,7 +298,7 @@ func startPrometheus(t testing.TB, targets ...string) *promProc {
 	cfg := fmt.Sprintf(`global:
   scrape_interval: 1s
   evaluation_interval: 1s
-scrape_configs:
+`+extra+`scrape_configs:
   - job_name: edgecanary
     static_configs:
       - targets: [%s]

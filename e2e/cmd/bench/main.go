@@ -26,7 +26,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/edgecanary/edgecanary/e2e/stage"
+	"github.com/edgecanary/edgecanary/internal/stage"
 )
 
 func main() { os.Exit(run()) }

@@ -11,13 +11,13 @@ GOPATH_TREE := $(CACHE)/yaegi-gopath
 MODULE  := github.com/edgecanary/edgecanary
 export EDGECANARY_TRAEFIK := $(TRAEFIK)
 
-.PHONY: check test unit yaegi_test lint vendor traefik e2e e2e-short demo bench sidecar clean
+.PHONY: check test unit yaegi_test rules lint vendor traefik e2e e2e-short demo demo-weight demo-break demo-slow demo-fix demo-rollback demo-promote demo-status bench fuzz fuzz-short soak clean
 
 ## check: everything CI runs (lint, unit and Yaegi tests, the real-Traefik e2e suite)
 check: lint test e2e
 
-## test: unit tests, compiled and through the Yaegi interpreter
-test: unit yaegi_test
+## test: unit tests, compiled and through the Yaegi interpreter, and the alert rules
+test: unit yaegi_test rules fuzz-short
 
 unit:
 	go test -count=1 ./...
@@ -32,8 +32,12 @@ $(YAEGI):
 yaegi_test: $(YAEGI)
 	rm -rf $(GOPATH_TREE) && mkdir -p $(GOPATH_TREE)/src/$(dir $(MODULE))
 	ln -s $(CURDIR) $(GOPATH_TREE)/src/$(MODULE)
-	cd $(GOPATH_TREE) && GOPATH=$(GOPATH_TREE) GO111MODULE=off $(YAEGI) test -short -v $(MODULE)/plugin 2>&1 | tee $(CACHE)/yaegi-test.log | grep -E '^(--- |PASS|FAIL|ok)' ; \
+	cd $(GOPATH_TREE) && GOPATH=$(GOPATH_TREE) GO111MODULE=off $(YAEGI) test -short -tags yaegi -v $(MODULE)/plugin 2>&1 | tee $(CACHE)/yaegi-test.log | grep -E '^(--- |PASS|FAIL|ok)' ; \
 	  ! grep -qE '^(--- FAIL|FAIL)|panic:' $(CACHE)/yaegi-test.log && grep -q '^PASS' $(CACHE)/yaegi-test.log
+
+## rules: the Prometheus rules, checked and unit-tested by promtool
+rules:
+	cd demo/prometheus && promtool check rules rules.yml && promtool test rules rules_test.yml
 
 lint:
 	gofmt -l plugin sidecar e2e | tee /dev/stderr | (! read)
@@ -62,6 +66,45 @@ e2e: $(TRAEFIK)
 
 e2e-short: $(TRAEFIK)
 	cd e2e && go test -count=1 -short -timeout 20m ./...
+
+## demo: Traefik, two app versions, the plugin, the sidecar and Prometheus on 127.0.0.1 (Ctrl-C stops it)
+demo: $(TRAEFIK)
+	go run ./demo/cmd/demo run
+
+W ?= 50
+demo-weight:
+	go run ./demo/cmd/demo weight $(W)
+demo-break:
+	go run ./demo/cmd/demo break
+demo-slow:
+	go run ./demo/cmd/demo slow
+demo-fix:
+	go run ./demo/cmd/demo fix
+demo-rollback:
+	go run ./demo/cmd/demo rollback
+demo-promote:
+	go run ./demo/cmd/demo promote
+demo-status:
+	go run ./demo/cmd/demo status
+
+## bench: the plugin against Traefik alone and Traefik's native middlewares; writes BENCHMARKS.md
+bench: $(TRAEFIK)
+	cd e2e && go run ./cmd/bench -out ../BENCHMARKS.md $(BENCH_FLAGS)
+
+## fuzz: every fuzz target for FUZZTIME each (bounded); fuzz-short is the CI version
+FUZZTIME ?= 60s
+FUZZ_TARGETS := e2e:FuzzConfig plugin:FuzzCookieAndOverride plugin:FuzzForwardedKey sidecar:FuzzIngest
+fuzz:
+	@for t in $(FUZZ_TARGETS); do dir=$${t%%:*}; name=$${t##*:}; \
+	  echo "fuzzing $$name in $$dir/ for $(FUZZTIME)"; \
+	  (cd $$dir && go test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) .) || exit 1; done
+fuzz-short:
+	$(MAKE) fuzz FUZZTIME=10s
+
+## soak: ten minutes of mixed traffic with faults and reloads against the real Traefik
+SOAK ?= 10m
+soak: $(TRAEFIK)
+	cd e2e && EDGECANARY_SOAK=$(SOAK) go test -count=1 -timeout 30m -run TestSoak -v .
 
 clean:
 	rm -rf bin

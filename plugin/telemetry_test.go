@@ -1,0 +1,88 @@
+package plugin
+
+import (
+	"context"
+	"fmt"
+	"math/rand"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+)
+
+func reportingCanary(t *testing.T, name string) *canary {
+	t.Helper()
+	cfg := CreateConfig()
+	cfg.Versions = map[string]VersionConfig{"stable": {Weight: 1}}
+	cfg.Sidecar.Address = "http://127.0.0.1:1" // nothing listens: reporting fails quietly
+	cfg.Sidecar.Interval = "1h"
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	codes := http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/missing" {
+			rw.WriteHeader(http.StatusNotFound)
+			return
+		}
+		_, _ = rw.Write([]byte("ok")) // an implicit 200
+	})
+	h, err := New(ctx, codes, cfg, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h.(*canary)
+}
+
+func TestRecordCountsByVersionCodeAndMethod(t *testing.T) {
+	c := reportingCanary(t, "telemetry-counts@file")
+	for _, r := range []struct {
+		method, path string
+		n            int
+	}{{"GET", "/", 3}, {"POST", "/", 2}, {"GET", "/missing", 1}, {"BREW", "/", 4}} {
+		for i := 0; i < r.n; i++ {
+			c.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(r.method, "http://x"+r.path, nil))
+		}
+	}
+	m := snapshot(c.st)
+	if len(m.Versions) != 1 || m.Versions[0].Name != "stable" || !m.Versions[0].Primary || m.Versions[0].Weight != 1 {
+		t.Fatalf("versions: %+v", m.Versions)
+	}
+	got := map[string]uint64{}
+	for _, r := range m.Versions[0].Requests {
+		got[fmt.Sprintf("%d %s", r.Code, r.Method)] = r.Count
+	}
+	want := map[string]uint64{"200 GET": 3, "200 POST": 2, "404 GET": 1, "200 OTHER": 4}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("counts %v, want %v", got, want)
+	}
+	var inHist uint64
+	for _, n := range m.Versions[0].Hist {
+		inHist += n
+	}
+	if inHist != 10 {
+		t.Errorf("histogram holds %d observations, want 10", inHist)
+	}
+}
+
+// TestLabelCardinalityIsBounded: 100,000 distinct paths, methods, header
+// values and hosts produce no new label values.
+func TestLabelCardinalityIsBounded(t *testing.T) {
+	n := 100000
+	if testing.Short() {
+		n = 10000
+	}
+	c := reportingCanary(t, "telemetry-cardinality@file")
+	rng := rand.New(rand.NewSource(1))
+	for i := 0; i < n; i++ {
+		req := httptest.NewRequest(http.MethodGet, fmt.Sprintf("http://host-%d.test/p/%d", i, rng.Int()), nil)
+		req.Method = fmt.Sprintf("M%d", i)
+		req.Header.Set("X-Random", fmt.Sprint(rng.Int()))
+		req.Header.Set("User-Agent", fmt.Sprint(i))
+		c.ServeHTTP(httptest.NewRecorder(), req)
+	}
+	m := snapshot(c.st)
+	if len(m.Versions) != 1 || len(m.Versions[0].Requests) != 1 {
+		t.Fatalf("%d distinct requests made %d versions and %d series", n, len(m.Versions), len(m.Versions[0].Requests))
+	}
+	if r := m.Versions[0].Requests[0]; r.Method != "OTHER" || r.Count != uint64(n) {
+		t.Errorf("series %+v", r)
+	}
+}

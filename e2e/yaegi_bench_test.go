@@ -2,9 +2,15 @@ package e2e
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"testing"
+
+	"github.com/traefik/yaegi/interp"
+	"github.com/traefik/yaegi/stdlib"
 )
 
 // Micro-benchmarks of the per-request path, run through the Yaegi
@@ -169,3 +175,89 @@ func BenchmarkYaegiEverything(b *testing.B) {
 	req.AddCookie(stableCookie(b, h))
 	runServe(b, h, req)
 }
+
+// oracleHelpers is added, only in the benchmark's staged copy of the
+// plugin, to compare the lean limiter and breaker with the libraries they
+// replace, both interpreted by Yaegi, op for op.
+const oracleHelpers = `package plugin
+
+import (
+	"time"
+
+	"github.com/sony/gobreaker"
+	"golang.org/x/time/rate"
+)
+
+func BenchXTimeRate(n int) {
+	l := rate.NewLimiter(rate.Limit(1e9), 1000000)
+	t0 := time.Now()
+	for i := 0; i < n; i++ {
+		r := l.ReserveN(t0.Add(time.Duration(i)), 1)
+		_ = r.DelayFrom(t0.Add(time.Duration(i)))
+	}
+}
+
+func BenchLeanLimiter(n int) {
+	cfg := defaultRateLimitConfig()
+	cfg.Average, cfg.Burst = 1000000000, 1000000
+	l, _ := newLimiter("bench-oracle@file", cfg)
+	for i := 0; i < n; i++ {
+		take(l, "k", int64(i))
+	}
+}
+
+func BenchGobreaker(n int) {
+	cb := gobreaker.NewTwoStepCircuitBreaker(gobreaker.Settings{ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= 5 }})
+	for i := 0; i < n; i++ {
+		done, err := cb.Allow()
+		if err == nil {
+			done(true)
+		}
+	}
+}
+
+func BenchLeanBreaker(n int) {
+	cfg := defaultCircuitBreakerConfig()
+	cfg.ConsecutiveFailures = 5
+	s, _ := newBreakerSettings(cfg)
+	b := newBreaker(s, "bench/v")
+	for i := 0; i < n; i++ {
+		now := breakerNow(b)
+		ok, gen, _ := before(b, now)
+		if ok {
+			after(b, gen, outcomeSuccess, now)
+		}
+	}
+}
+`
+
+func oracleBench(b *testing.B, fn string) {
+	goPath := b.TempDir()
+	stagePlugin(b, goPath)
+	dir := filepath.Join(goPath, "src", filepath.FromSlash(moduleName), "plugin")
+	if err := os.WriteFile(filepath.Join(dir, "zz_oracles.go"), []byte(oracleHelpers), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	i := interp.New(interp.Options{GoPath: goPath, Env: os.Environ(), Stdout: io.Discard, Stderr: io.Discard})
+	if err := i.Use(stdlib.Symbols); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := i.Eval(`import "` + moduleName + `/plugin"`); err != nil {
+		b.Fatal(err)
+	}
+	v, err := i.Eval("plugin." + fn)
+	if err != nil {
+		b.Fatal(err)
+	}
+	f := v.Interface().(func(int))
+	b.ReportAllocs()
+	b.ResetTimer()
+	f(b.N)
+}
+
+// The libraries kept as oracles, against their lean replacements, per
+// operation, all interpreted.
+func BenchmarkYaegiOracleXTimeRateReserve(b *testing.B) { oracleBench(b, "BenchXTimeRate") }
+func BenchmarkYaegiLeanLimiterTake(b *testing.B)        { oracleBench(b, "BenchLeanLimiter") }
+func BenchmarkYaegiOracleGobreakerAllow(b *testing.B)   { oracleBench(b, "BenchGobreaker") }
+func BenchmarkYaegiLeanBreakerBeforeAfter(b *testing.B) { oracleBench(b, "BenchLeanBreaker") }

@@ -42,6 +42,7 @@ type options struct {
 	sidecar     string
 	memoryKeys  int
 	only        string
+	noMicro     bool
 }
 
 // router is one line of the table: a Host on the shared Traefik.
@@ -74,6 +75,7 @@ func run() int {
 	flag.StringVar(&o.sidecar, "sidecar", "", "sidecar binary (built from sidecar/ when empty)")
 	flag.IntVar(&o.memoryKeys, "memory-keys", 1000000, "distinct rate-limit keys in the memory run (0: skip)")
 	flag.StringVar(&o.only, "only", "", "comma-separated router names to run (default: all)")
+	flag.BoolVar(&o.noMicro, "no-micro", false, "skip the Yaegi micro-benchmarks")
 	flag.Parse()
 	if err := bench(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -280,7 +282,14 @@ experimental:
 			return err
 		}
 	}
-	return writeReport(o, selected, results, rssStart, rssEnd, mem)
+	var micro []microResult
+	if !o.noMicro {
+		fmt.Fprintln(os.Stderr, "running the Yaegi micro-benchmarks")
+		if micro, err = runMicro(filepath.Join(root, "e2e")); err != nil {
+			return err
+		}
+	}
+	return writeReport(o, selected, results, rssStart, rssEnd, mem, micro)
 }
 
 func contains(rs []router, name string) bool {

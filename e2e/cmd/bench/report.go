@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -153,8 +154,64 @@ type memoryResult struct {
 	errors        int
 }
 
+// microResult is one Yaegi micro-benchmark.
+type microResult struct {
+	name           string
+	ns, bytes, all float64
+}
+
+var reMicro = regexp.MustCompile(`(?m)^BenchmarkYaegi(\w+)-\d+\s+\d+\s+([\d.]+) ns/op\s+([\d.]+) B/op\s+([\d.]+) allocs/op`)
+
+// runMicro runs the Yaegi micro-benchmarks of the per-request path.
+func runMicro(e2eDir string) ([]microResult, error) {
+	cmd := exec.Command("go", "test", "-run", "^$", "-bench", "Yaegi", "-benchtime", "20000x", ".")
+	cmd.Dir = e2eDir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("micro-benchmarks: %v\n%s", err, out)
+	}
+	var res []microResult
+	for _, m := range reMicro.FindAllStringSubmatch(string(out), -1) {
+		ns, _ := strconv.ParseFloat(m[2], 64)
+		by, _ := strconv.ParseFloat(m[3], 64)
+		al, _ := strconv.ParseFloat(m[4], 64)
+		res = append(res, microResult{m[1], ns, by, al})
+	}
+	return res, nil
+}
+
+var microNotes = map[string]string{
+	"BaselineNext":           "a compiled handler, for scale",
+	"SingleVersion":          "the plugin with one version: entering the interpreter, then next",
+	"CookieCheck":            "a returning client: cookie verified by one lookup, version chosen",
+	"NewClient":              "a new client: random bucket, Set-Cookie",
+	"StickyHeader":           "sticky.header: an HMAC of the header per request",
+	"RateLimit":              "one client's token bucket, with the RateLimit headers",
+	"RateLimitNoHeaders":     "the same, headers: false",
+	"Breaker":                "a closed breaker: status observed through the wrapper, outcome recorded",
+	"Aggregation":            "the figures for the sidecar (the sender runs in the background)",
+	"Everything":             "cookie, limiter, breaker and aggregation",
+	"OracleXTimeRateReserve": "golang.org/x/time/rate ReserveN + DelayFrom, interpreted (the oracle)",
+	"LeanLimiterTake":        "edgecanary's GCRA step, interpreted",
+	"OracleGobreakerAllow":   "github.com/sony/gobreaker TwoStep Allow + done, interpreted (the oracle)",
+	"LeanBreakerBeforeAfter": "edgecanary's breaker before + after (with its clock read), interpreted",
+}
+
+// budgetLine reports one line of issue 7's budget.
+func budgetLine(b *strings.Builder, what string, got, want float64, higherIsBetter bool, unit string) {
+	met := got >= want
+	if !higherIsBetter {
+		met = got <= want
+	}
+	verdict := "**met**"
+	if !met {
+		verdict = fmt.Sprintf("**missed** by %.3g%s", math.Abs(got-want), unit)
+	}
+	fmt.Fprintf(b, "| %s | %.3g%s | %.3g%s | %s |\n", what, want, unit, got, unit, verdict)
+}
+
 // writeReport writes the Markdown table.
-func writeReport(o options, selected []router, results map[string][]result, rssStart, rssEnd int64, mem *memoryResult) error {
+func writeReport(o options, selected []router, results map[string][]result, rssStart, rssEnd int64, mem *memoryResult, micro []microResult) error {
 	var b strings.Builder
 	plain := results["plain"]
 	fmt.Fprintf(&b, "# Benchmarks\n\n")
@@ -191,6 +248,45 @@ func writeReport(o options, selected []router, results map[string][]result, rssS
 	}
 	fmt.Fprintf(&b, "\nTraefik's resident memory: %.0f MiB after warm-up, %.0f MiB after all rounds (one process serves every router).\n",
 		float64(rssStart)/(1<<20), float64(rssEnd)/(1<<20))
+	med := func(name string, f func(x, p result) float64) (float64, bool) {
+		rs, ok := results[name]
+		if !ok {
+			return 0, false
+		}
+		var v []float64
+		for i, x := range rs {
+			v = append(v, f(x, plain[i]))
+		}
+		return median(v), true
+	}
+	ratio := func(x, p result) float64 { return x.rps / p.rps }
+	added := func(x, p result) float64 { return x.p50 - p.p50 }
+	fmt.Fprintf(&b, "\n## Budget (issue 7)\n\n| line | budget | measured (median) | verdict |\n|---|---:|---:|---|\n")
+	if v, ok := med("all", ratio); ok {
+		budgetLine(&b, "everything on, reporting to the sidecar: throughput ratio", v, 0.85, true, "")
+	}
+	if v, ok := med("all", added); ok {
+		budgetLine(&b, "everything on: p50 added", v, 60, false, " µs")
+	}
+	for _, r := range selected {
+		if r.name == "canary" || r.name == "ratelimit" || r.name == "breaker" || r.name == "reporting" {
+			if v, ok := med(r.name, ratio); ok {
+				budgetLine(&b, r.label[4:]+": throughput ratio", v, 0.92, true, "")
+			}
+		}
+	}
+	if v, ok := med("native", ratio); ok {
+		fmt.Fprintf(&b, "\nFor comparison, Traefik's own compiled chain kept %.3f in the same run.\n", v)
+	}
+	if len(micro) > 0 {
+		fmt.Fprintf(&b, "\n## Where the interpreted time goes\n\n")
+		fmt.Fprintf(&b, "Go micro-benchmarks of the request path run **through the Yaegi interpreter**, as Traefik runs the plugin, in isolation (one core, no load): `cd e2e && go test -run '^$' -bench Yaegi -benchtime 20000x`.\n\n")
+		fmt.Fprintf(&b, "| benchmark | ns/op | B/op | allocs/op | what it measures |\n|---|---:|---:|---:|---|\n")
+		for _, m := range micro {
+			fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f | %s |\n", m.name, m.ns, m.bytes, m.all, microNotes[m.name])
+		}
+	}
+	fmt.Fprintf(&b, "%s", whyText)
 	if mem != nil {
 		fmt.Fprintf(&b, "\n## Memory under 1,000,000 distinct clients\n\n")
 		fmt.Fprintf(&b, "%d requests, each with its own rate-limit key (`sourceCriterion.requestHeaderName`, `maxSources: %d`), in %.0f s: Traefik RSS %.0f MiB before, %.0f MiB after (%+.0f MiB); %d non-2xx responses or socket errors. The limiter holds at most maxSources buckets, so memory stays flat past the first 65,536 keys.\n",
@@ -202,6 +298,25 @@ func writeReport(o options, selected []router, results map[string][]result, rssS
 	fmt.Print(b.String())
 	return nil
 }
+
+// whyText explains the budget lines that the plugin misses. It states what
+// was measured (see the micro-benchmarks above), not a verdict on this run.
+const whyText = `
+## Why the interpreted features cost what they cost
+
+- **Entering the plugin** (the SingleVersion line) costs about 2 µs and some fifty allocations per request: Yaegi
+  calls an interpreted ServeHTTP through reflection and allocates a frame for it. Traefik's compiled chain pays
+  nothing comparable, which is why even routing alone sits close to, not at, the native chain.
+- **Every call into compiled code** (time.Since, a lock, strings.LastIndexByte, rw.Header()) costs about 0.6 µs
+  and a dozen allocations; an interpreted method call about 1 µs. Under load on two shared cores these costs count
+  roughly double, through the garbage collector and contention.
+- **Observing the status code** of the primary needs a ResponseWriter wrapper: Traefik's service writes the
+  response, and nothing else reports the status. Each request then allocates the wrapper, converts it for compiled
+  code and calls back into the interpreter for WriteHeader: about 3 µs alone. The breaker and reporting need it;
+  rate limiting and routing do not. This is the main reason those two lines miss 0.92.
+- **The libraries kept as oracles** are slower still under Yaegi (the Oracle lines against the Lean lines above),
+  which is why the request path uses lean equivalents and the tests compare them with the libraries.
+`
 
 // memoryScript gives every request its own rate-limit key: <prefix>-<thread>-<n>.
 const memoryScript = `

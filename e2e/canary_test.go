@@ -412,7 +412,10 @@ func testStreams(t *testing.T, extra string) {
 
 func TestTraefikSurvivesReloadsWithFlatGoroutines(t *testing.T) {
 	stable, canary := newBackend(t, "stable"), newBackend(t, "canary")
-	tr := startTraefik(t, canaryDynamic(stable.URL, canary.URL, 80, 20, ""), traefikOptions{})
+	// Reporting on: the per-process sender must not multiply with reloads.
+	sc := startSidecar(t)
+	reporting := fmt.Sprintf("          sidecar:\n            address: %q\n            interval: 200ms\n", sc.ingest)
+	tr := startTraefik(t, canaryDynamic(stable.URL, canary.URL, 80, 20, reporting), traefikOptions{})
 	tr.waitRouter("shop")
 	c := client("")
 	url := tr.web + "/"
@@ -422,7 +425,7 @@ func TestTraefikSurvivesReloadsWithFlatGoroutines(t *testing.T) {
 	reload := func(i int) {
 		w := 10 + i%40
 		marker := fmt.Sprintf("reload-%d", i)
-		tr.writeDynamic(withMarker(canaryDynamic(stable.URL, canary.URL, 100-w, w, ""), marker))
+		tr.writeDynamic(withMarker(canaryDynamic(stable.URL, canary.URL, 100-w, w, reporting), marker))
 		waitApplied(t, tr, marker+"@file")
 		for _, a := range cookies[:20] {
 			get(t, c, url, a.cookie, nil)

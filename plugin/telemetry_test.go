@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 )
 
 func reportingCanary(t *testing.T, name string) *canary {
@@ -84,5 +85,54 @@ func TestLabelCardinalityIsBounded(t *testing.T) {
 	}
 	if r := m.Versions[0].Requests[0]; r.Method != "OTHER" || r.Count != uint64(n) {
 		t.Errorf("series %+v", r)
+	}
+}
+
+// TestSenderStopsWhenNoHandlerIsLive: one sender per process, started by
+// the first reporting handler, gone once every handler's context has ended
+// and the grace period passed, after a last report.
+func TestSenderStopsWhenNoHandlerIsLive(t *testing.T) {
+	reports := make(chan struct{}, 100)
+	srv := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
+		reports <- struct{}{}
+		rw.WriteHeader(http.StatusNoContent)
+	}))
+	defer srv.Close()
+	prevGrace := senderGrace
+	senderGrace = 300 * time.Millisecond
+	defer func() { senderGrace = prevGrace }()
+
+	cfg := CreateConfig()
+	cfg.Versions = map[string]VersionConfig{"stable": {Weight: 1}}
+	cfg.Sidecar.Address = srv.URL
+	cfg.Sidecar.Interval = "100ms"
+	var cancels []context.CancelFunc
+	for i := 0; i < 5; i++ { // five routers, or five reloads
+		ctx, cancel := context.WithCancel(context.Background())
+		cancels = append(cancels, cancel)
+		if _, err := New(ctx, stableNext, cfg, "sender-life@file"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-reports:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no report")
+	}
+	for _, c := range cancels {
+		c()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		sender.Lock()
+		running := sender.running
+		sender.Unlock()
+		if !running {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the sender still runs after every handler's context ended")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

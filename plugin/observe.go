@@ -37,14 +37,26 @@ func serveObserved(c *canary, r *route, rw http.ResponseWriter, req *http.Reques
 	start := int64(time.Since(epoch)) + 1
 	served := r
 	var gen uint64
-	if r.br != nil {
-		var ok bool
-		var retryIn int64
-		ok, gen, retryIn = before(r.br, start)
-		if !ok {
-			served, gen = fallback(c, r, rw, req, start, retryIn)
-			if served == nil {
-				return
+	if b := r.br; b != nil {
+		// The closed breaker's step of before, inline: a call with three
+		// results costs dozens of allocations in Yaegi. Everything else
+		// goes through before.
+		b.sem <- struct{}{}
+		fast := b.state == stateClosed && (b.expiry == 0 || b.expiry >= start)
+		if fast {
+			b.requests++
+			gen = b.generation
+		}
+		<-b.sem
+		if !fast {
+			var ok bool
+			var retryIn int64
+			ok, gen, retryIn = before(b, start)
+			if !ok {
+				served, gen = fallback(c, r, rw, req, start, retryIn)
+				if served == nil {
+					return
+				}
 			}
 		}
 	}
@@ -60,8 +72,20 @@ func serveObserved(c *canary, r *route, rw http.ResponseWriter, req *http.Reques
 	if c.timed {
 		end = int64(time.Since(epoch)) + 1
 	}
-	if served.br != nil {
-		after(served.br, gen, outcomeOf(c.bs, code, end-start), end)
+	if b := served.br; b != nil {
+		outcome := outcomeOf(c.bs, code, end-start)
+		// after's step for a success while closed, inline (see above).
+		b.sem <- struct{}{}
+		fast := outcome == outcomeSuccess && b.state == stateClosed && gen == b.generation && (b.expiry == 0 || b.expiry >= end)
+		if fast {
+			b.successes++
+			b.consecSuccesses++
+			b.consecFailures = 0
+		}
+		<-b.sem
+		if !fast {
+			after(b, gen, outcome, end)
+		}
 	}
 	if c.st != nil {
 		record(c.st, served.vs, code, req.Method, end-start)

@@ -302,48 +302,60 @@ func newLimiter(name string, cfg RateLimitConfig) (*limiter, error) {
 	return l, nil
 }
 
-// take reserves one token for key at now (nanoseconds since l.epoch). It
-// returns how long the request must wait for its token and the bucket's tat
-// afterwards. A wait above maxDelay is a rejection: nothing is reserved, as
-// when x/time/rate's reservation is cancelled. In dry-run mode too.
-func take(l *limiter, key string, now int64) (wait, tat int64) {
+// take reserves one token for key at now (nanoseconds since l.epoch) and
+// returns how long the request must wait for it. A wait above maxDelay is a
+// rejection: nothing is reserved, as when x/time/rate's reservation is
+// cancelled (in dry-run mode too). When admitted, the bucket is full again
+// wait+window after now; when rejected, wait+window-interval after now. (One
+// result, not two: every extra result costs allocations in Yaegi.)
+func take(l *limiter, key string, now int64) int64 {
 	l.sem <- struct{}{}
 	b := l.buckets[key]
 	if b == nil {
 		b = insertBucket(l, key, now)
 	}
-	wait, tat = reserve(l, b, now)
+	wait := reserve(l, b, now)
 	<-l.sem
-	return wait, tat
+	return wait
 }
 
 // takePeer is take for the default source: key is a RemoteAddr ("ip:port")
 // and its address is the client.
-func takePeer(l *limiter, remoteAddr string, now int64) (wait, tat int64) {
+func takePeer(l *limiter, remoteAddr string, now int64) int64 {
 	l.sem <- struct{}{}
 	b := l.peers[remoteAddr]
 	if b == nil || b.dead {
 		b = peerBucket(l, remoteAddr, now)
 	}
-	wait, tat = reserve(l, b, now)
-	<-l.sem
-	return wait, tat
-}
-
-// reserve is the GCRA step on one bucket. Called with the lock held.
-func reserve(l *limiter, b *bucket, now int64) (wait, tat int64) {
-	tat = b.tat
+	// reserve, inline: this is the hot path, and a call costs allocations in
+	// Yaegi. TestTakePeerMatchesTake holds the two to the same decisions.
+	tat := b.tat
 	if tat < now {
 		tat = now
 	}
 	tat += l.interval
-	wait = tat - now - l.window
-	if wait > l.maxDelay {
-		return wait, b.tat
+	wait := tat - now - l.window
+	if wait <= l.maxDelay {
+		b.tat = tat
+		b.hits++
 	}
-	b.tat = tat
-	b.hits++
-	return wait, tat
+	<-l.sem
+	return wait
+}
+
+// reserve is the GCRA step on one bucket. Called with the lock held.
+func reserve(l *limiter, b *bucket, now int64) int64 {
+	tat := b.tat
+	if tat < now {
+		tat = now
+	}
+	tat += l.interval
+	wait := tat - now - l.window
+	if wait <= l.maxDelay {
+		b.tat = tat
+		b.hits++
+	}
+	return wait
 }
 
 // peerBucket finds the bucket of a RemoteAddr's address and remembers it for
@@ -420,17 +432,17 @@ func insertBucket(l *limiter, key string, now int64) *bucket {
 // allocates a frame sized by a function's code on every call.
 func allow(l *limiter, rw http.ResponseWriter, req *http.Request) bool {
 	now := int64(time.Since(l.epoch))
-	var wait, tat int64
+	var wait int64
 	if l.source == sourcePeer {
-		wait, tat = takePeer(l, req.RemoteAddr, now)
+		wait = takePeer(l, req.RemoteAddr, now)
 	} else {
-		wait, tat = take(l, sourceKey(l, req), now)
+		wait = take(l, sourceKey(l, req), now)
 	}
 	if wait > l.maxDelay {
-		return rejected(l, rw, wait, now, tat)
+		return rejected(l, rw, wait)
 	}
 	if l.headers {
-		ahead := tat - now
+		ahead := wait + l.window // until the bucket is full again
 		r := (l.window - ahead) / l.interval
 		t := (ahead + 999999999) / 1e9
 		h := rw.Header()
@@ -458,23 +470,24 @@ func rateLimitValue(l *limiter, r, t int64) []string {
 }
 
 // rejected counts a rejection and, unless in dry-run mode, answers 429.
-func rejected(l *limiter, rw http.ResponseWriter, wait, now, tat int64) bool {
+func rejected(l *limiter, rw http.ResponseWriter, wait int64) bool {
 	if l.dryRun {
 		atomic.AddUint64(&l.counters.dryRejected, 1)
 		return true
 	}
 	atomic.AddUint64(&l.counters.rejected, 1)
-	reject(l, rw, wait, now, tat)
+	reject(l, rw, wait)
 	return false
 }
 
 // reject answers 429 with Retry-After (whole seconds, rounded up) and
 // X-Retry-In, as Traefik does, plus the RateLimit fields.
-func reject(l *limiter, rw http.ResponseWriter, wait, now, tat int64) {
+func reject(l *limiter, rw http.ResponseWriter, wait int64) {
 	h := rw.Header()
 	if l.headers {
+		ahead := wait + l.window - l.interval // the bucket was not charged
 		h["Ratelimit-Policy"] = l.policy
-		h["Ratelimit"] = []string{l.rlPrefix + "0;t=" + strconv.FormatInt((tat-now+999999999)/1e9, 10)}
+		h["Ratelimit"] = []string{l.rlPrefix + "0;t=" + strconv.FormatInt((ahead+999999999)/1e9, 10)}
 	}
 	h.Set("Retry-After", strconv.FormatInt(retryAfterSeconds(wait), 10))
 	h.Set("X-Retry-In", time.Duration(wait).String())

@@ -49,7 +49,7 @@ func TestLimiterBurstThenSteadyRateOverAMinute(t *testing.T) {
 	admitted := 0
 	// A client that sends every 10ms for a simulated minute.
 	for now := int64(0); now < 60*sec; now += 10 * ms {
-		if wait, _ := take(l, "c", now); wait <= l.maxDelay {
+		if wait := take(l, "c", now); wait <= l.maxDelay {
 			admitted++
 		}
 	}
@@ -60,19 +60,19 @@ func TestLimiterBurstThenSteadyRateOverAMinute(t *testing.T) {
 
 	l = testLimiter(t, rlConfig(10, "1s", 5))
 	for i := 0; i < 5; i++ {
-		if wait, _ := take(l, "c", 0); wait > 0 {
+		if wait := take(l, "c", 0); wait > 0 {
 			t.Fatalf("burst request %d waited %v", i, time.Duration(wait))
 		}
 	}
-	if wait, _ := take(l, "c", 0); wait <= l.maxDelay {
+	if wait := take(l, "c", 0); wait <= l.maxDelay {
 		t.Fatalf("the 6th request at the same instant was admitted (wait %v)", time.Duration(wait))
 	}
 	// 100ms later exactly one token is back.
-	if wait, _ := take(l, "c", 100*ms); wait > 0 {
+	if wait := take(l, "c", 100*ms); wait > 0 {
 		t.Fatalf("refilled token: wait %v", time.Duration(wait))
 	}
 	// 60ms after that a request waits 40ms, within maxDelay: absorbed.
-	if wait, _ := take(l, "c", 160*ms); wait != 40*ms {
+	if wait := take(l, "c", 160*ms); wait != 40*ms {
 		t.Fatalf("short wait: got %v, want 40ms", time.Duration(wait))
 	}
 }
@@ -129,7 +129,7 @@ func TestLimiterMatchesXTimeRate(t *testing.T) {
 			now := int64(0)
 			for i := 0; i < 300; i++ {
 				now += int64(rng.ExpFloat64()*mean) + 1
-				wait, _ := take(l, "k", now)
+				wait := take(l, "k", now)
 				at := epoch.Add(time.Duration(now))
 				r := ref.ReserveN(at, 1)
 				refWait := r.DelayFrom(at)
@@ -314,7 +314,7 @@ func TestLimiterSurvivesReloadWithSameSettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if wait, _ := take(a, "k", int64(time.Since(a.epoch))); wait > 0 {
+	if wait := take(a, "k", int64(time.Since(a.epoch))); wait > 0 {
 		t.Fatal("first request waited")
 	}
 	b, _ := newLimiter("reload@file", cfg)
@@ -326,7 +326,7 @@ func TestLimiterSurvivesReloadWithSameSettings(t *testing.T) {
 	if c == a {
 		t.Fatal("a changed setting kept the old buckets")
 	}
-	if wait, _ := take(c, "k", int64(time.Since(c.epoch))); wait > 0 {
+	if wait := take(c, "k", int64(time.Since(c.epoch))); wait > 0 {
 		t.Fatal("fresh buckets: first request waited")
 	}
 }
@@ -470,7 +470,7 @@ func TestLimiterConcurrentOneKey(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 0; i < 50; i++ {
-				if wait, _ := take(l, "k", 1000); wait <= 0 {
+				if wait := take(l, "k", 1000); wait <= 0 {
 					mu.Lock()
 					admitted++
 					mu.Unlock()
@@ -481,5 +481,45 @@ func TestLimiterConcurrentOneKey(t *testing.T) {
 	wg.Wait()
 	if admitted != 25 {
 		t.Errorf("8 goroutines admitted %d, want exactly the burst 25", admitted)
+	}
+}
+
+// TestTakePeerMatchesTake holds the inlined GCRA step of the peer path to
+// the same decisions as take, on the same random arrivals.
+func TestTakePeerMatchesTake(t *testing.T) {
+	rng := rand.New(rand.NewSource(3))
+	for _, c := range []struct {
+		average int64
+		period  string
+		burst   int64
+	}{{100, "1s", 1}, {100, "1s", 50}, {5, "10s", 2}, {7, "1s", 3}} {
+		byKey := testLimiter(t, rlConfig(c.average, c.period, c.burst))
+		byPeer := testLimiter(t, rlConfig(c.average, c.period, c.burst))
+		now := int64(0)
+		for i := 0; i < 2000; i++ {
+			now += int64(rng.ExpFloat64() * float64(byKey.interval) * 0.8)
+			if w1, w2 := take(byKey, "192.0.2.1", now), takePeer(byPeer, "192.0.2.1:4242", now); w1 != w2 {
+				t.Fatalf("%+v arrival %d: take waits %v, takePeer %v", c, i, time.Duration(w1), time.Duration(w2))
+			}
+		}
+	}
+}
+
+func TestPeerCacheDropsEvictedBuckets(t *testing.T) {
+	cfg := rlConfig(1, "1h", 1)
+	cfg.MaxSources = 1
+	l := testLimiter(t, cfg)
+	if w := takePeer(l, "192.0.2.1:1", sec); w > 0 {
+		t.Fatal("first request waited")
+	}
+	take(l, "h:other", sec) // evicts the peer's bucket: the map holds one
+	if l.counters.evictions != 1 {
+		t.Fatalf("evictions %d, want 1", l.counters.evictions)
+	}
+	// The cached RemoteAddr entry points at the evicted bucket: it must not
+	// be used, and the peer's new bucket must be the one in the map.
+	takePeer(l, "192.0.2.1:1", sec)
+	if b := l.buckets["192.0.2.1"]; b == nil || l.peers["192.0.2.1:1"] != b {
+		t.Fatal("the peer cache still points at an evicted bucket")
 	}
 }

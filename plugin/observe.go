@@ -61,7 +61,7 @@ func serveObserved(c *canary, r *route, rw http.ResponseWriter, req *http.Reques
 		}
 	}
 	code := 0
-	if _, up := req.Header["Upgrade"]; up || mayStream(req) {
+	if _, up := req.Header["Upgrade"]; up || (req.ProtoMajor == 2 || req.Header["Accept"] != nil) && mayStream(req) {
 		served.handler.ServeHTTP(rw, req)
 	} else {
 		w := &statusWriter{ResponseWriter: rw, code: http.StatusOK}
@@ -73,7 +73,10 @@ func serveObserved(c *canary, r *route, rw http.ResponseWriter, req *http.Reques
 		end = int64(time.Since(epoch)) + 1
 	}
 	if b := served.br; b != nil {
-		outcome := outcomeOf(c.bs, code, end-start)
+		outcome := outcomeSuccess
+		if code != http.StatusOK || c.bs.slow > 0 || c.bs.failCodes[http.StatusOK] {
+			outcome = outcomeOf(c.bs, code, end-start) // a call only when there is something to classify
+		}
 		// after's step for a success while closed, inline (see above).
 		b.sem <- struct{}{}
 		fast := outcome == outcomeSuccess && b.state == stateClosed && gen == b.generation && (b.expiry == 0 || b.expiry >= end)
@@ -88,7 +91,7 @@ func serveObserved(c *canary, r *route, rw http.ResponseWriter, req *http.Reques
 		}
 	}
 	if c.st != nil {
-		record(c.st, served.vs, code, req.Method, end-start)
+		record(served.vs, c.boundsNs, code, req.Method, end-start)
 	}
 }
 
@@ -164,7 +167,7 @@ func refuse(c *canary, r *route, rw http.ResponseWriter, req *http.Request, retr
 	rw.WriteHeader(c.bs.responseCode)
 	_, _ = rw.Write([]byte(http.StatusText(c.bs.responseCode) + "\n"))
 	if c.st != nil {
-		record(c.st, r.vs, c.bs.responseCode, req.Method, -1)
+		record(r.vs, c.boundsNs, c.bs.responseCode, req.Method, -1)
 	}
 }
 
@@ -186,6 +189,7 @@ func (c *canary) setupStats(ctx context.Context, target reportTarget, interval t
 		}
 	}
 	st.mu.Lock()
+	c.boundsNs = st.boundsNs // replaced, never modified, when the bounds change
 	st.weights = weights
 	st.primary = c.primary.name
 	st.limiter = c.rl

@@ -50,6 +50,8 @@ type canary struct {
 	st      *mwStats         // nil when reporting is off
 	observe bool             // breaker or reporting on: time and status are observed
 	timed   bool             // reporting or slowThreshold on: the end of a request is timed
+
+	boundsNs []int64 // the histogram bounds this handler records with
 }
 
 var _ http.Handler = (*canary)(nil)

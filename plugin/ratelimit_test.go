@@ -314,7 +314,7 @@ func TestLimiterSurvivesReloadWithSameSettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if wait := take(a, "k", int64(time.Since(a.epoch))); wait > 0 {
+	if wait := take(a, "k", int64(time.Since(epoch))); wait > 0 {
 		t.Fatal("first request waited")
 	}
 	b, _ := newLimiter("reload@file", cfg)
@@ -326,7 +326,7 @@ func TestLimiterSurvivesReloadWithSameSettings(t *testing.T) {
 	if c == a {
 		t.Fatal("a changed setting kept the old buckets")
 	}
-	if wait := take(c, "k", int64(time.Since(c.epoch))); wait > 0 {
+	if wait := take(c, "k", int64(time.Since(epoch))); wait > 0 {
 		t.Fatal("fresh buckets: first request waited")
 	}
 }
@@ -384,7 +384,7 @@ func TestLimiterKeys(t *testing.T) {
 			}
 			var got string
 			if l.source == sourcePeer {
-				// the inlined fast path of allow
+				// the peer path of allow
 				rec := httptest.NewRecorder()
 				allow(l, rec, req)
 				for k := range l.buckets {
@@ -484,22 +484,29 @@ func TestLimiterConcurrentOneKey(t *testing.T) {
 	}
 }
 
-// TestTakePeerMatchesTake holds the inlined GCRA step of the peer path to
-// the same decisions as take, on the same random arrivals.
-func TestTakePeerMatchesTake(t *testing.T) {
+// TestAllowMatchesTake holds the GCRA step inlined in allow for peers to
+// the same decisions as take, on the same random arrivals at fixed instants.
+// Arrivals that take would delay are skipped in both, so allow never sleeps.
+func TestAllowMatchesTake(t *testing.T) {
 	rng := rand.New(rand.NewSource(3))
-	for _, c := range []struct {
-		average int64
-		period  string
-		burst   int64
-	}{{100, "1s", 1}, {100, "1s", 50}, {5, "10s", 2}, {7, "1s", 3}} {
-		byKey := testLimiter(t, rlConfig(c.average, c.period, c.burst))
-		byPeer := testLimiter(t, rlConfig(c.average, c.period, c.burst))
-		now := int64(0)
-		for i := 0; i < 2000; i++ {
-			now += int64(rng.ExpFloat64() * float64(byKey.interval) * 0.8)
-			if w1, w2 := take(byKey, "192.0.2.1", now), takePeer(byPeer, "192.0.2.1:4242", now); w1 != w2 {
-				t.Fatalf("%+v arrival %d: take waits %v, takePeer %v", c, i, time.Duration(w1), time.Duration(w2))
+	for _, cfg := range []RateLimitConfig{rlConfig(100, "1s", 1), rlConfig(100, "1s", 50), rlConfig(5, "10s", 2), rlConfig(7, "1s", 3)} {
+		byKey, byPeer := testLimiter(t, cfg), testLimiter(t, cfg)
+		var now int64
+		byPeer.clock = func() int64 { return now }
+		for i := 0; i < 1000; i++ {
+			now += 1 + int64(rng.ExpFloat64()*float64(byKey.interval)*0.8)
+			if b := byKey.buckets["192.0.2.1"]; b != nil {
+				if tat := b.tat; tat < now {
+					tat = now
+				} else if w := tat + byKey.interval - now - byKey.window; w > 0 && w <= byKey.maxDelay {
+					continue // a delayed admission: allow would sleep
+				}
+			}
+			wait := take(byKey, "192.0.2.1", now)
+			req := httptest.NewRequest(http.MethodGet, "http://x/", nil)
+			req.RemoteAddr = "192.0.2.1:4242"
+			if admitted := allow(byPeer, httptest.NewRecorder(), req); admitted != (wait <= 0) {
+				t.Fatalf("%+v arrival %d: take waits %v, allow admitted %v", cfg, i, time.Duration(wait), admitted)
 			}
 		}
 	}
@@ -509,16 +516,22 @@ func TestPeerCacheDropsEvictedBuckets(t *testing.T) {
 	cfg := rlConfig(1, "1h", 1)
 	cfg.MaxSources = 1
 	l := testLimiter(t, cfg)
-	if w := takePeer(l, "192.0.2.1:1", sec); w > 0 {
-		t.Fatal("first request waited")
+	now := sec
+	l.clock = func() int64 { return now }
+	req := httptest.NewRequest(http.MethodGet, "http://x/", nil)
+	req.RemoteAddr = "192.0.2.1:1"
+	if !allow(l, httptest.NewRecorder(), req) {
+		t.Fatal("first request rejected")
 	}
-	take(l, "h:other", sec) // evicts the peer's bucket: the map holds one
+	take(l, "h:other", now) // evicts the peer's bucket: the map holds one
 	if l.counters.evictions != 1 {
 		t.Fatalf("evictions %d, want 1", l.counters.evictions)
 	}
 	// The cached RemoteAddr entry points at the evicted bucket: it must not
 	// be used, and the peer's new bucket must be the one in the map.
-	takePeer(l, "192.0.2.1:1", sec)
+	if !allow(l, httptest.NewRecorder(), req) {
+		t.Fatal("the peer's evicted bucket was still used")
+	}
 	if b := l.buckets["192.0.2.1"]; b == nil || l.peers["192.0.2.1:1"] != b {
 		t.Fatal("the peer cache still points at an evicted bucket")
 	}

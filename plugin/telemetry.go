@@ -173,9 +173,10 @@ func (st *mwStats) version(name string) *verStats {
 	return vs
 }
 
-// record counts one request. d < 0 means no duration is observed (a request
-// the breaker rejected). Codes outside 0..999 count as 0.
-func record(st *mwStats, vs *verStats, code int, method string, d int64) {
+// record counts one request with the histogram bounds of its handler. d < 0
+// means no duration is observed (a request the breaker refused). Codes
+// outside 0..999 count as 0.
+func record(vs *verStats, bounds []int64, code int, method string, d int64) {
 	m, ok := methodIndex[method]
 	if !ok {
 		m = methodOther
@@ -184,10 +185,8 @@ func record(st *mwStats, vs *verStats, code int, method string, d int64) {
 		code = 0
 	}
 	i := 0
-	if d >= 0 {
-		for i < len(st.boundsNs) && d > st.boundsNs[i] {
-			i++
-		}
+	for i < len(bounds) && d > bounds[i] {
+		i++
 	}
 	vs.sem <- struct{}{}
 	vs.counts[code<<4|m]++

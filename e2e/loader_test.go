@@ -50,10 +50,17 @@ type yaegiPlugin struct {
 
 func loadYaegiPlugin(t testing.TB) yaegiPlugin {
 	t.Helper()
+	return loadYaegiPluginLogging(t, os.Stderr)
+}
+
+// loadYaegiPluginLogging is loadYaegiPlugin with the plugin's log (Traefik
+// sends it to its own log) written to stderr.
+func loadYaegiPluginLogging(t testing.TB, stderr io.Writer) yaegiPlugin {
+	t.Helper()
 	m := readManifest(t)
 	goPath := t.TempDir()
 	stagePlugin(t, goPath)
-	i := interp.New(interp.Options{GoPath: goPath, Env: os.Environ(), Stdout: io.Discard, Stderr: os.Stderr})
+	i := interp.New(interp.Options{GoPath: goPath, Env: os.Environ(), Stdout: io.Discard, Stderr: stderr})
 	if err := i.Use(stdlib.Symbols); err != nil {
 		t.Fatal(err)
 	}

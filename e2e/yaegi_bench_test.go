@@ -32,7 +32,7 @@ var nopNext = http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) { r
 // benchHandler builds the plugin in Yaegi from a raw config.
 func benchHandler(b *testing.B, raw map[string]any) http.Handler {
 	b.Helper()
-	p := loadYaegiPlugin(b)
+	p := loadYaegiPluginLogging(b, io.Discard) // keep the benchmark output parseable
 	cfg, err := p.config(raw)
 	if err != nil {
 		b.Fatal(err)

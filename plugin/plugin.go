@@ -29,8 +29,7 @@ type canary struct {
 
 	routes   []*route          // non-primary versions sorted by name, then the primary
 	byName   map[string]*route // version names plus "always" and "never"
-	byBucket []http.Handler    // bucket -> handler of the version that owns it
-	bucketOf []*route          // bucket -> route, for the slow path
+	bucketOf []*route          // bucket -> the version that owns it
 
 	signed     *signedBuckets
 	cookieName string
@@ -171,7 +170,6 @@ func (c *canary) setupVersions(versions map[string]VersionConfig) error {
 	// Non-primary versions take the low buckets in name order, the primary the
 	// rest. Cut points come from cumulative weights, so raising one weight
 	// only moves buckets into that version.
-	c.byBucket = make([]http.Handler, numBuckets)
 	c.bucketOf = make([]*route, numBuckets)
 	var cum int64
 	b := 0
@@ -182,7 +180,6 @@ func (c *canary) setupVersions(versions map[string]VersionConfig) error {
 			end = int(cum * numBuckets / total)
 		}
 		for ; b < end; b++ {
-			c.byBucket[b] = r.handler
 			c.bucketOf[b] = r
 		}
 	}

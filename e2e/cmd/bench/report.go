@@ -322,8 +322,8 @@ exact and repeatable; Yaegi's cost follows them):
 - **Entering the plugin** (the SingleVersion line) costs about 2 µs and some fifty allocations per request: Traefik
   calls the interpreted ServeHTTP through reflection and Yaegi allocates its frame. Traefik's compiled chain pays
   nothing comparable.
-- **Every call of an interpreted function** costs some thirty allocations, and a frame sized by all of the
-  function's code, executed or not; an interpreted method call about 1 µs. **Every call into compiled code**
+- **Every call of an interpreted function** costs its frame: Yaegi allocates every variable and temporary of
+  the called function, executed or not; an interpreted method call costs about 1 µs. **Every call into compiled code**
   (time.Since, rw.Header(), a lock) about 0.6 µs and ten allocations. The request path is therefore ServeHTTP
   plus a few small functions, called only when their feature is on, with the common cases inline.
 - **Observing the status code** of the primary needs a ResponseWriter wrapper: Traefik's service writes the

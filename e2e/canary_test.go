@@ -13,10 +13,10 @@ import (
 	"github.com/gorilla/websocket"
 )
 
-// canaryDynamic is a dynamic configuration with one router, "shop", whose
-// service is the stable backend and whose edgecanary middleware proxies the
-// canary. extra is appended to the plugin block (indented by 10 spaces).
-func canaryDynamic(stable, canary string, stableWeight, canaryWeight int, extra string) string {
+// shopDynamic is a dynamic configuration with one router, "shop", whose
+// service is the stable backend and whose edgecanary middleware has the given
+// versions block and extra settings (each indented by 10 spaces).
+func shopDynamic(stable, versions, extra string) string {
 	return fmt.Sprintf(`http:
   routers:
     shop:
@@ -33,16 +33,21 @@ func canaryDynamic(stable, canary string, stableWeight, canaryWeight int, extra 
     shop:
       plugin:
         edgecanary:
-          versions:
+%s          sticky:
+            cookie:
+              secret: e2e-secret
+%s`, stable, versions, extra)
+}
+
+// canaryDynamic is shopDynamic with a stable (primary) and a proxied canary.
+func canaryDynamic(stable, canary string, stableWeight, canaryWeight int, extra string) string {
+	return shopDynamic(stable, fmt.Sprintf(`          versions:
             stable:
               weight: %d
             canary:
               weight: %d
               url: %q
-          sticky:
-            cookie:
-              secret: e2e-secret
-%s`, stable, stableWeight, canaryWeight, canary, extra)
+`, stableWeight, canaryWeight, canary), extra)
 }
 
 // assignment is what a fresh client got: its cookie and its version.
@@ -301,29 +306,7 @@ func TestTraefikInvalidCookiesAreReassigned(t *testing.T) {
 	if onCanary == nil {
 		t.Fatal("no canary client among 50 at 50%")
 	}
-	tr.writeDynamic(fmt.Sprintf(`http:
-  routers:
-    shop:
-      rule: PathPrefix(`+"`/`"+`)
-      entryPoints: [web]
-      service: shop-stable
-      middlewares: [shop]
-  services:
-    shop-stable:
-      loadBalancer:
-        servers:
-          - url: %q
-  middlewares:
-    shop:
-      plugin:
-        edgecanary:
-          versions:
-            stable:
-              weight: 100
-          sticky:
-            cookie:
-              secret: e2e-secret
-`, stable.URL))
+	tr.writeDynamic(shopDynamic(stable.URL, "          versions:\n            stable:\n              weight: 100\n", ""))
 	tr.waitFor(30*time.Second, "canary removed", func() bool {
 		res, _ := get(t, c, url, onCanary, nil)
 		return res.Header.Get("X-Version") == "stable"

@@ -259,18 +259,7 @@ func (p *traefikProc) goroutines() int {
 }
 
 // rss is Traefik's resident memory in bytes.
-func (p *traefikProc) rss() int64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
-	if err != nil {
-		return 0
-	}
-	m := regexp.MustCompile(`VmRSS:\s+(\d+) kB`).FindSubmatch(data)
-	if m == nil {
-		return 0
-	}
-	kb, _ := strconv.ParseInt(string(m[1]), 10, 64)
-	return kb * 1024
-}
+func (p *traefikProc) rss() int64 { return stage.RSS(p.cmd.Process.Pid) }
 
 // backend is one version of the demo service.
 type backend struct {

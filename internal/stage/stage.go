@@ -79,3 +79,20 @@ func TraefikBinary() (string, error) {
 	}
 	return p, nil
 }
+
+// RSS is a process's resident memory in bytes, from /proc (0 when unknown).
+func RSS(pid int) int64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			var kb int64
+			if _, err := fmt.Sscanf(strings.TrimPrefix(line, "VmRSS:"), "%d", &kb); err == nil {
+				return kb * 1024
+			}
+		}
+	}
+	return 0
+}

@@ -389,18 +389,7 @@ func parseWrk(out string) (result, error) {
 	return r, nil
 }
 
-func rss(pid int) int64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	m := regexp.MustCompile(`VmRSS:\s+(\d+) kB`).FindSubmatch(data)
-	if m == nil {
-		return 0
-	}
-	kb, _ := strconv.ParseInt(string(m[1]), 10, 64)
-	return kb * 1024
-}
+func rss(pid int) int64 { return stage.RSS(pid) }
 
 func median(xs []float64) float64 {
 	s := append([]float64(nil), xs...)

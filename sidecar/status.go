@@ -211,6 +211,7 @@ const statusHTML = `<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>edgecanary status</title>
+<link rel="icon" href="data:,">
 <style>
 body { font: 14px/1.4 system-ui, sans-serif; margin: 2rem; color: #1b1f24; }
 h1 { font-size: 1.4rem; margin: 0 0 .25rem; }

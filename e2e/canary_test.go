@@ -201,28 +201,22 @@ func TestTraefikCanarySplitStickinessAndWeightChanges(t *testing.T) {
 	checkShare(t, freshClients(t, c, url, 2000), 0.50)
 
 	// 4. 0% rolls everyone back, 100% promotes everyone, with the same cookies.
-	tr.writeDynamic(withMarker(canaryDynamic(stable.URL, canary.URL, 100, 0, ""), "rollback"))
-	waitApplied(t, tr, "rollback@file")
-	for _, a := range first[:500] {
-		if got := versionOf(t, c, url, a.cookie); got != "stable" {
-			t.Fatalf("canary at 0%%: a client is on %s", got)
+	for _, step := range []struct {
+		marker string
+		weight int
+		want   string
+	}{{"rollback", 0, "stable"}, {"promote", 100, "canary"}} {
+		tr.writeDynamic(withMarker(canaryDynamic(stable.URL, canary.URL, 100-step.weight, step.weight, ""), step.marker))
+		waitApplied(t, tr, step.marker+"@file")
+		for _, a := range first[:500] {
+			if got := versionOf(t, c, url, a.cookie); got != step.want {
+				t.Fatalf("canary at %d%%: a client is on %s", step.weight, got)
+			}
 		}
-	}
-	for _, a := range freshClients(t, c, url, 200) {
-		if a.version != "stable" {
-			t.Fatalf("canary at 0%%: a fresh client is on %s", a.version)
-		}
-	}
-	tr.writeDynamic(withMarker(canaryDynamic(stable.URL, canary.URL, 0, 100, ""), "promote"))
-	waitApplied(t, tr, "promote@file")
-	for _, a := range first[:500] {
-		if got := versionOf(t, c, url, a.cookie); got != "canary" {
-			t.Fatalf("canary at 100%%: a client is on %s", got)
-		}
-	}
-	for _, a := range freshClients(t, c, url, 200) {
-		if a.version != "canary" {
-			t.Fatalf("canary at 100%%: a fresh client is on %s", a.version)
+		for _, a := range freshClients(t, c, url, 200) {
+			if a.version != step.want {
+				t.Fatalf("canary at %d%%: a fresh client is on %s", step.weight, a.version)
+			}
 		}
 	}
 }

@@ -123,7 +123,7 @@ func BenchmarkYaegiStickyHeader(b *testing.B) {
 func BenchmarkYaegiRateLimit(b *testing.B) {
 	h := benchHandler(b, map[string]any{
 		"versions":  map[string]any{"stable": map[string]any{"weight": 1}},
-		"rateLimit": map[string]any{"average": 100000000, "burst": 100000000},
+		"rateLimit": map[string]any{"average": 1000000, "burst": 1000},
 	})
 	req := httptest.NewRequest(http.MethodGet, "http://bench.test/", nil)
 	req.RemoteAddr = "192.0.2.1:1234"
@@ -134,7 +134,7 @@ func BenchmarkYaegiRateLimit(b *testing.B) {
 func BenchmarkYaegiRateLimitNoHeaders(b *testing.B) {
 	h := benchHandler(b, map[string]any{
 		"versions":  map[string]any{"stable": map[string]any{"weight": 1}},
-		"rateLimit": map[string]any{"average": 100000000, "burst": 100000000, "headers": false},
+		"rateLimit": map[string]any{"average": 1000000, "burst": 1000, "headers": false},
 	})
 	req := httptest.NewRequest(http.MethodGet, "http://bench.test/", nil)
 	req.RemoteAddr = "192.0.2.1:1234"
@@ -166,7 +166,7 @@ func BenchmarkYaegiEverything(b *testing.B) {
 	h := benchHandler(b, map[string]any{
 		"versions":       benchVersions,
 		"sticky":         map[string]any{"cookie": map[string]any{"secret": "s"}},
-		"rateLimit":      map[string]any{"average": 100000000, "burst": 100000000},
+		"rateLimit":      map[string]any{"average": 1000000, "burst": 1000},
 		"circuitBreaker": map[string]any{"consecutiveFailures": 5, "failureRatio": 0.5},
 		"sidecar":        map[string]any{"address": "http://127.0.0.1:1", "interval": "1h"},
 	})

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -51,6 +52,10 @@ func defaultCircuitBreakerConfig() CircuitBreakerConfig {
 }
 
 // Breaker states, as gobreaker numbers them and as the metric publishes them.
+// noExpiry is the expiry of a closed breaker that never resets its counts
+// (interval 0): a closed breaker's window is then one comparison.
+const noExpiry = math.MaxInt64
+
 const (
 	stateClosed   = 0
 	stateHalfOpen = 1
@@ -185,11 +190,16 @@ type breaker struct {
 	name       string // "<middleware>/<version>", for the log
 	state      int
 	generation uint64
-	expiry     int64 // ns since epoch; 0: none
+	expiry     int64 // ns since epoch; noExpiry when closed without interval, 0 when half-open
 	epoch      time.Time
 
-	requests, successes, failures   uint32
+	requests, failures              uint32
 	consecSuccesses, consecFailures uint32
+
+	// closedUntil is expiry while closed and -1 otherwise, so that the
+	// request path tests "closed, and the window has not ended" with one
+	// comparison (see enter and leave).
+	closedUntil int64
 
 	transitions *transitionCounts // shared with the breaker this one replaced
 	lastLog     int64
@@ -216,7 +226,7 @@ func breakerNow(b *breaker) int64 { return int64(time.Since(b.epoch)) + 1 }
 func (b *breaker) currentState(now int64) int {
 	switch b.state {
 	case stateClosed:
-		if b.expiry != 0 && b.expiry < now {
+		if b.expiry < now {
 			b.newGeneration(now)
 		}
 	case stateOpen:
@@ -242,14 +252,16 @@ func (b *breaker) setState(state int, now int64) {
 
 func (b *breaker) newGeneration(now int64) {
 	b.generation++
-	b.requests, b.successes, b.failures, b.consecSuccesses, b.consecFailures = 0, 0, 0, 0, 0
+	b.requests, b.failures, b.consecSuccesses, b.consecFailures = 0, 0, 0, 0
+	b.closedUntil = -1
 	switch b.state {
 	case stateClosed:
 		if b.s.interval == 0 {
-			b.expiry = 0
+			b.expiry = noExpiry
 		} else {
 			b.expiry = now + b.s.interval
 		}
+		b.closedUntil = b.expiry
 	case stateOpen:
 		b.expiry = now + b.s.openDuration
 	default:
@@ -278,7 +290,7 @@ func (b *breaker) logTransition(prev, state int, now int64) {
 func before(b *breaker, now int64) (ok bool, gen uint64, retryIn int64) {
 	b.sem <- struct{}{}
 	state := b.state
-	if state != stateClosed || b.expiry != 0 && b.expiry < now {
+	if state != stateClosed || b.expiry < now {
 		state = b.currentState(now) // a method call costs ~1µs in Yaegi: only when time moves the state
 	}
 	if state == stateOpen {
@@ -303,7 +315,7 @@ func before(b *breaker, now int64) (ok bool, gen uint64, retryIn int64) {
 func after(b *breaker, gen uint64, outcome int, now int64) {
 	b.sem <- struct{}{}
 	state := b.state
-	if state != stateClosed || b.expiry != 0 && b.expiry < now {
+	if state != stateClosed || b.expiry < now {
 		state = b.currentState(now)
 	}
 	if gen != b.generation {
@@ -312,7 +324,6 @@ func after(b *breaker, gen uint64, outcome int, now int64) {
 	}
 	switch outcome {
 	case outcomeSuccess:
-		b.successes++
 		b.consecSuccesses++
 		b.consecFailures = 0
 		if state == stateHalfOpen && b.consecSuccesses >= b.s.maxRequests {

@@ -93,6 +93,37 @@ func TestBreakerIntervalResetsCounts(t *testing.T) {
 	}
 }
 
+// TestInlineStepsRespectTheWindow: the request path's inline steps (enter
+// and leave) hand over to before and after at the end of a counting window,
+// so an outcome from the old window is discarded, as gobreaker does.
+func TestInlineStepsRespectTheWindow(t *testing.T) {
+	b := testBreaker(t, func(c *CircuitBreakerConfig) { c.ConsecutiveFailures = 2; c.Interval = "10s" })
+	path := &canary{bs: b.s, ok200: true}
+	do(b, 1*sec, outcomeSuccess) // starts the window [1s, 11s]
+	gen := enter(b, 2*sec)
+	if gen == 0 {
+		t.Fatal("enter refused a closed breaker inside its window")
+	}
+	do(b, 3*sec, outcomeFailure)
+	if enter(b, 12*sec) != 0 {
+		t.Fatal("enter let a request through after the window ended: before must start a new one")
+	}
+	// The request that began at 2s fails at 12s, after the window ended:
+	// with the failure at 3s it would trip the breaker, but it is discarded.
+	leave(path, b, gen, http.StatusInternalServerError, 2*sec, 12*sec)
+	if b.state != stateClosed || b.consecFailures != 0 {
+		t.Fatalf("an outcome from an ended window counted: state %s, %d failures in a row", stateNames[b.state], b.consecFailures)
+	}
+	// A success inside the window ends a run of failures.
+	gen = enter(b, 13*sec)
+	do(b, 13*sec, outcomeFailure)
+	leave(path, b, gen, http.StatusOK, 13*sec, 14*sec)
+	do(b, 15*sec, outcomeFailure)
+	if b.state != stateClosed {
+		t.Fatal("failures on both sides of a success tripped a consecutive-failures breaker")
+	}
+}
+
 func TestBreakerOpenHalfOpenClosed(t *testing.T) {
 	b := testBreaker(t, func(c *CircuitBreakerConfig) {
 		c.ConsecutiveFailures = 1
@@ -180,6 +211,8 @@ func TestBreakerNeutralOutcomesDoNotCount(t *testing.T) {
 // the breaker with the same interleaved begin/end sequences. gobreaker reads
 // the wall clock, so the sequences use a 1ns open duration (the breaker
 // half-opens on the next call, as gobreaker does) and no counting window.
+// Each step goes at random through before/after or through the request
+// path's inline steps (enter, leave), which must decide the same.
 func TestBreakerMatchesGobreaker(t *testing.T) {
 	seqs := 200
 	if testing.Short() {
@@ -219,8 +252,17 @@ func TestBreakerMatchesGobreaker(t *testing.T) {
 			if got, want := stateNames[state], strings.ReplaceAll(ref.State().String(), "-", "_"); got != want {
 				t.Fatalf("seq %d step %d: state %s, gobreaker %s", s, i, got, want)
 			}
+			path := &canary{bs: b.s, ok200: true}
 			if len(inflight) == 0 || rng.Intn(2) == 0 {
-				ok, gen, _ := before(b, now)
+				var ok bool
+				var gen uint64
+				if rng.Intn(2) == 0 {
+					ok, gen, _ = before(b, now)
+				} else if gen = enter(b, now); gen != 0 {
+					ok = true
+				} else {
+					ok, gen, _ = before(b, now)
+				}
 				done, err := ref.Allow()
 				if ok != (err == nil) {
 					t.Fatalf("seq %d step %d: breaker allows %v, gobreaker %v (state %s)", s, i, ok, err, stateNames[state])
@@ -238,7 +280,13 @@ func TestBreakerMatchesGobreaker(t *testing.T) {
 			if success {
 				outcome = outcomeSuccess
 			}
-			after(b, p.gen, outcome, now)
+			if rng.Intn(2) == 0 {
+				after(b, p.gen, outcome, now)
+			} else if success {
+				leave(path, b, p.gen, http.StatusOK, now-5, now)
+			} else {
+				leave(path, b, p.gen, http.StatusInternalServerError, now-5, now)
+			}
 			p.done(success)
 		}
 	}
@@ -294,11 +342,11 @@ func breakerCanary(t *testing.T, canaryURL string, mutate func(*Config)) *canary
 	cfg.CircuitBreaker.OpenDuration = "1h"
 	mutate(cfg)
 	breakerSeq++
-	h, err := New(context.Background(), stableNext, cfg, fmt.Sprintf("cb-%d@file", breakerSeq))
+	c, err := newCanary(context.Background(), stableNext, cfg, fmt.Sprintf("cb-%d@file", breakerSeq))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return h.(*canary)
+	return c
 }
 
 func TestBreakerFallbackToPrimary(t *testing.T) {

@@ -22,11 +22,10 @@ func FuzzCookieAndOverride(f *testing.F) {
 	cfg.Override.TrustedIPs = []string{"10.0.0.0/8", "::1"}
 	cfg.Override.Cookie = "force"
 	cfg.Sticky.Cookie.PreviousSecrets = []string{"old"}
-	h, err := New(context.Background(), stableNext, cfg, "fuzz@file")
+	c, err := newCanary(context.Background(), stableNext, cfg, "fuzz@file")
 	if err != nil {
 		f.Fatal(err)
 	}
-	c := h.(*canary)
 	f.Add(c.signed.values[7], "canary", "10.0.0.1:1", "always")
 	f.Add("42.AAAAAAAAAAAAAAAAAAAAAA", "never", "192.0.2.1:80", "")
 	f.Add("", "", "[::1]:5", "CANARY")
@@ -41,7 +40,7 @@ func FuzzCookieAndOverride(f *testing.F) {
 		req.Header.Set("Cookie", "edgecanary="+cookie+"; force="+forceCookie)
 		req.Header["X-Canary"] = []string{override}
 		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, req)
+		c.ServeHTTP(rec, req)
 		if rec.Code >= 500 {
 			t.Fatalf("status %d for cookie %q override %q peer %q", rec.Code, cookie, override, remote)
 		}

@@ -29,70 +29,15 @@ func (w *statusWriter) WriteHeader(code int) {
 // counted with code 0 ("unknown"): their status cannot be observed without
 // breaking them. The test is inlined in serveObserved.
 
-// serveObserved serves r with the breaker (and fallback) and/or reporting
-// on. Yaegi allocates a frame sized by all of a function's code on every
-// call, so this hot function stays small and the rare cases live in their
-// own functions.
-func serveObserved(c *canary, r *route, rw http.ResponseWriter, req *http.Request) {
-	start := int64(time.Since(epoch)) + 1
-	served := r
-	var gen uint64
-	if b := r.br; b != nil {
-		// The closed breaker's step of before, inline: a call with three
-		// results costs dozens of allocations in Yaegi. Everything else
-		// goes through before.
-		b.sem <- struct{}{}
-		fast := b.state == stateClosed && (b.expiry == 0 || b.expiry >= start)
-		if fast {
-			b.requests++
-			gen = b.generation
-		}
-		<-b.sem
-		if !fast {
-			var ok bool
-			var retryIn int64
-			ok, gen, retryIn = before(b, start)
-			if !ok {
-				served, gen = fallback(c, r, rw, req, start, retryIn)
-				if served == nil {
-					return
-				}
-			}
-		}
+// admit asks r's breaker, which is not simply closed, to let a request
+// through, and falls back when it refuses. It returns the route to serve and
+// the generation for after, or nil when the request was answered.
+func admit(c *canary, r *route, rw http.ResponseWriter, req *http.Request, now int64) (*route, uint64) {
+	ok, gen, retryIn := before(r.br, now)
+	if ok {
+		return r, gen
 	}
-	code := 0
-	if _, up := req.Header["Upgrade"]; up || (req.ProtoMajor == 2 || req.Header["Accept"] != nil) && mayStream(req) {
-		served.handler.ServeHTTP(rw, req)
-	} else {
-		w := &statusWriter{ResponseWriter: rw, code: http.StatusOK}
-		served.handler.ServeHTTP(w, req)
-		code = w.code
-	}
-	end := start
-	if c.timed {
-		end = int64(time.Since(epoch)) + 1
-	}
-	if b := served.br; b != nil {
-		outcome := outcomeSuccess
-		if code != http.StatusOK || c.bs.slow > 0 || c.bs.failCodes[http.StatusOK] {
-			outcome = outcomeOf(c.bs, code, end-start) // a call only when there is something to classify
-		}
-		// after's step for a success while closed, inline (see above).
-		b.sem <- struct{}{}
-		fast := outcome == outcomeSuccess && b.state == stateClosed && gen == b.generation && (b.expiry == 0 || b.expiry >= end)
-		if fast {
-			b.successes++
-			b.consecSuccesses++
-			b.consecFailures = 0
-		}
-		<-b.sem
-		if !fast {
-			after(b, gen, outcome, end)
-		}
-	}
-	if c.st != nil {
-		record(served.vs, c.boundsNs, code, req.Method, end-start)
-	}
+	return fallback(c, r, rw, req, now, retryIn)
 }
 
 // mayStream reports whether a request without Upgrade may stream: server-sent
@@ -167,7 +112,7 @@ func refuse(c *canary, r *route, rw http.ResponseWriter, req *http.Request, retr
 	rw.WriteHeader(c.bs.responseCode)
 	_, _ = rw.Write([]byte(http.StatusText(c.bs.responseCode) + "\n"))
 	if c.st != nil {
-		record(r.vs, c.boundsNs, c.bs.responseCode, req.Method, -1)
+		recordRefused(r.vs, c.bs.responseCode, req.Method)
 	}
 }
 

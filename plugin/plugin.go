@@ -32,6 +32,7 @@ type canary struct {
 	bucketOf []*route          // bucket -> the version that owns it
 
 	signed     *signedBuckets
+	lookup     map[string]int // signed.lookup, one selection away for pick
 	cookieName string
 	cookieTmpl http.Cookie
 	key        []byte // HMAC key for sticky.header
@@ -48,7 +49,10 @@ type canary struct {
 	bs      *breakerSettings // nil when the breaker is off
 	st      *mwStats         // nil when reporting is off
 	observe bool             // breaker or reporting on: time and status are observed
-	timed   bool             // reporting or slowThreshold on: the end of a request is timed
+	fast    bool             // more than one version and no sticky header or override cookie: a valid cookie decides
+	ok200   bool             // breaker on, and a 200 is a success whatever its duration
+
+	serve http.HandlerFunc // the request path for this configuration (see serveFunc)
 
 	boundsNs []int64 // the histogram bounds this handler records with
 }
@@ -57,8 +61,17 @@ var _ http.Handler = (*canary)(nil)
 
 // New builds the middleware. Traefik calls it for every router that uses the
 // middleware and again on every reload, with the same cfg each time: New must
-// not modify cfg.
+// not modify cfg. The handler it returns is the request path chosen for the
+// configuration (see serveFunc).
 func New(ctx context.Context, next http.Handler, cfg *Config, name string) (http.Handler, error) {
+	c, err := newCanary(ctx, next, cfg, name)
+	if err != nil {
+		return nil, err
+	}
+	return c.serve, nil
+}
+
+func newCanary(ctx context.Context, next http.Handler, cfg *Config, name string) (*canary, error) {
 	if cfg == nil {
 		return nil, errors.New("edgecanary: no configuration")
 	}
@@ -98,7 +111,9 @@ func New(ctx context.Context, next http.Handler, cfg *Config, name string) (http
 		c.setupStats(ctx, target, interval, bounds, cfg.Versions)
 	}
 	c.observe = c.bs != nil || c.st != nil
-	c.timed = c.st != nil || c.bs != nil && c.bs.slow > 0
+	c.fast = !c.single && !c.slowPath
+	c.ok200 = c.bs != nil && c.bs.slow == 0 && !c.bs.failCodes[http.StatusOK]
+	c.serve = serveFunc(c)
 	return c, nil
 }
 
@@ -276,6 +291,7 @@ func (c *canary) setupSticky(s StickyConfig) error {
 		})
 	}
 	c.signed = getSignedBuckets(secret, previous)
+	c.lookup = c.signed.lookup
 	c.key = []byte(secret)
 	c.cookieName = ck.Name
 	path := ck.Path
@@ -367,32 +383,20 @@ func validHeaderName(s string) bool {
 
 func validCookieName(s string) bool { return validHeaderName(s) }
 
-// ServeHTTP routes the request. Every interpreted method call costs about a
-// microsecond in Yaegi, so the request path is this one method plus plain
-// functions, and each feature that is off costs one comparison.
-func (c *canary) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
-	if c.rl != nil && !allow(c.rl, rw, req) {
-		return
-	}
-	var r *route
-	if _, ok := req.Header[c.overrideHeader]; ok || c.slowPath {
-		r = choose(c, rw, req)
-	} else if c.single {
-		r = c.primary
-	} else if ck, err := req.Cookie(c.cookieName); err == nil {
-		if b, ok := c.signed.lookup[ck.Value]; ok && b < numBuckets {
-			r = c.bucketOf[b]
-		} else {
-			r = choose(c, rw, req)
+// ServeHTTP serves a request as the handler New returns does.
+func (c *canary) ServeHTTP(rw http.ResponseWriter, req *http.Request) { c.serve(rw, req) }
+
+// pick returns the version of a request: a returning client's valid cookie
+// is one lookup; everything else goes through choose.
+func pick(c *canary, rw http.ResponseWriter, req *http.Request) *route {
+	if c.fast && req.Header[c.overrideHeader] == nil {
+		if ck, err := req.Cookie(c.cookieName); err == nil {
+			if b, ok := c.lookup[ck.Value]; ok && b < numBuckets {
+				return c.bucketOf[b]
+			}
 		}
-	} else {
-		r = choose(c, rw, req)
 	}
-	if c.observe {
-		serveObserved(c, r, rw, req)
-		return
-	}
-	r.handler.ServeHTTP(rw, req)
+	return choose(c, rw, req)
 }
 
 // choose picks the version for a request: a trusted override first, then the

@@ -38,13 +38,13 @@ func baseConfig(canaryURL string, canaryWeight int) *Config {
 	return cfg
 }
 
-func newCanary(t *testing.T, cfg *Config) *canary {
+func testCanary(t *testing.T, cfg *Config) *canary {
 	t.Helper()
-	h, err := New(context.Background(), stableNext, cfg, "shop@file")
+	c, err := newCanary(context.Background(), stableNext, cfg, "shop@file")
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	return h.(*canary)
+	return c
 }
 
 // serve sends one request and returns the body and the response.
@@ -153,7 +153,7 @@ func TestNewDoesNotModifyConfig(t *testing.T) {
 	cfg := baseConfig("http://127.0.0.1:1", 20)
 	cfg.Sticky.Cookie.Secret = ""
 	cfg.Sticky.Cookie.Path = ""
-	newCanary(t, cfg)
+	testCanary(t, cfg)
 	if cfg.Sticky.Cookie.Secret != "" || cfg.Sticky.Cookie.Path != "" || len(cfg.Versions) != 2 {
 		t.Errorf("New changed the shared config: %+v", cfg)
 	}
@@ -197,7 +197,7 @@ func TestBucketsFollowWeights(t *testing.T) {
 		t.Run(test.desc, func(t *testing.T) {
 			cfg := baseConfig("", 0)
 			cfg.Versions = test.versions
-			c := newCanary(t, cfg)
+			c := testCanary(t, cfg)
 			counts := map[string]int{}
 			for _, r := range c.bucketOf {
 				counts[r.name]++
@@ -215,9 +215,9 @@ func TestBucketsFollowWeights(t *testing.T) {
 }
 
 func TestRaisingWeightOnlyAddsUsers(t *testing.T) {
-	prev := newCanary(t, baseConfig("http://c", 0))
+	prev := testCanary(t, baseConfig("http://c", 0))
 	for w := 1; w <= 100; w++ {
-		cur := newCanary(t, baseConfig("http://c", w))
+		cur := testCanary(t, baseConfig("http://c", w))
 		for b := 0; b < numBuckets; b++ {
 			if prev.bucketOf[b].name == "canary" && cur.bucketOf[b].name != "canary" {
 				t.Fatalf("weight %d moved bucket %d out of the canary", w, b)
@@ -234,7 +234,7 @@ func TestRaisingWeightOnlyAddsUsers(t *testing.T) {
 
 func TestStickyCookieRoundTrip(t *testing.T) {
 	canarySrv := versionServer(t, "canary")
-	c := newCanary(t, baseConfig(canarySrv.URL, 50))
+	c := testCanary(t, baseConfig(canarySrv.URL, 50))
 
 	seen := map[string]int{}
 	for i := 0; i < 200; i++ {
@@ -268,7 +268,7 @@ func TestStickyCookieRoundTrip(t *testing.T) {
 }
 
 func TestInvalidCookiesAreReplaced(t *testing.T) {
-	c := newCanary(t, baseConfig("http://127.0.0.1:1", 0))
+	c := testCanary(t, baseConfig("http://127.0.0.1:1", 0))
 	valid := c.signed.values[42]
 	other := getSignedBuckets("another-secret", nil).values[42]
 	testCases := []struct {
@@ -304,13 +304,13 @@ func TestInvalidCookiesAreReplaced(t *testing.T) {
 
 func TestCookieFromRemovedVersionIsRemapped(t *testing.T) {
 	canarySrv := versionServer(t, "canary")
-	before := newCanary(t, baseConfig(canarySrv.URL, 100))
+	before := testCanary(t, baseConfig(canarySrv.URL, 100))
 	_, res := serve(before, httptest.NewRequest(http.MethodGet, "http://shop.test/", nil))
 	ck := stickyCookie(res, "edgecanary")
 
 	cfg := baseConfig("", 0)
 	cfg.Versions = map[string]VersionConfig{"stable": {Weight: 100}}
-	after := newCanary(t, cfg)
+	after := testCanary(t, cfg)
 	req := httptest.NewRequest(http.MethodGet, "http://shop.test/", nil)
 	req.AddCookie(ck)
 	body, res2 := serve(after, req)
@@ -323,13 +323,13 @@ func TestCookieFromRemovedVersionIsRemapped(t *testing.T) {
 }
 
 func TestSecretRotation(t *testing.T) {
-	old := newCanary(t, baseConfig("http://127.0.0.1:1", 0))
+	old := testCanary(t, baseConfig("http://127.0.0.1:1", 0))
 	oldCookie := old.signed.values[1234]
 
 	cfg := baseConfig("http://127.0.0.1:1", 0)
 	cfg.Sticky.Cookie.Secret = "new-secret"
 	cfg.Sticky.Cookie.PreviousSecrets = []string{"test-secret"}
-	c := newCanary(t, cfg)
+	c := testCanary(t, cfg)
 	req := httptest.NewRequest(http.MethodGet, "http://shop.test/", nil)
 	req.Header.Set("Cookie", "edgecanary="+oldCookie)
 	_, res := serve(c, req)
@@ -346,7 +346,7 @@ func TestStickyHeaderIsDeterministicAcrossInstances(t *testing.T) {
 	canarySrv := versionServer(t, "canary")
 	cfg := baseConfig(canarySrv.URL, 50)
 	cfg.Sticky.Header = "X-User-ID"
-	a, b := newCanary(t, cfg), newCanary(t, cfg)
+	a, b := testCanary(t, cfg), testCanary(t, cfg)
 	seen := map[string]bool{}
 	for i := 0; i < 60; i++ {
 		user := "user-" + strings.Repeat("x", i)
@@ -395,7 +395,7 @@ func TestOverride(t *testing.T) {
 		t.Run(test.desc, func(t *testing.T) {
 			cfg := baseConfig(canarySrv.URL, 0)
 			cfg.Override.TrustedIPs = []string{"10.0.0.0/8", "::1"}
-			c := newCanary(t, cfg)
+			c := testCanary(t, cfg)
 			req := httptest.NewRequest(http.MethodGet, "http://shop.test/", nil)
 			req.RemoteAddr = test.remoteAddr
 			req.Header.Set("X-Canary", test.value)
@@ -412,7 +412,7 @@ func TestOverride(t *testing.T) {
 
 func TestOverrideIgnoredWithoutTrustedIPs(t *testing.T) {
 	canarySrv := versionServer(t, "canary")
-	c := newCanary(t, baseConfig(canarySrv.URL, 0))
+	c := testCanary(t, baseConfig(canarySrv.URL, 0))
 	req := httptest.NewRequest(http.MethodGet, "http://shop.test/", nil)
 	req.RemoteAddr = "127.0.0.1:1000"
 	req.Header.Set("X-Canary", "canary")
@@ -427,7 +427,7 @@ func TestOverrideCookie(t *testing.T) {
 	cfg := baseConfig(canarySrv.URL, 0)
 	cfg.Override.Cookie = "canary-override"
 	cfg.Override.TrustedIPs = []string{"192.0.2.0/24"}
-	c := newCanary(t, cfg)
+	c := testCanary(t, cfg)
 	req := httptest.NewRequest(http.MethodGet, "http://shop.test/", nil)
 	req.AddCookie(&http.Cookie{Name: "canary-override", Value: "always"})
 	if body, _ := serve(c, req); body != "canary" {
@@ -437,7 +437,7 @@ func TestOverrideCookie(t *testing.T) {
 
 func TestProxyKeepsHostAndForwardsFor(t *testing.T) {
 	canarySrv := versionServer(t, "canary")
-	c := newCanary(t, baseConfig(canarySrv.URL, 100))
+	c := testCanary(t, baseConfig(canarySrv.URL, 100))
 	req := httptest.NewRequest(http.MethodGet, "http://shop.test/path?q=1", nil)
 	req.RemoteAddr = "198.51.100.7:4000"
 	body, res := serve(c, req)
@@ -464,14 +464,14 @@ func TestProxyErrors(t *testing.T) {
 
 	cfg := baseConfig(slow.URL, 100)
 	cfg.Versions["canary"] = VersionConfig{Weight: 100, URL: slow.URL, Timeout: "50ms"}
-	c := newCanary(t, cfg)
+	c := testCanary(t, cfg)
 	if _, res := serve(c, httptest.NewRequest(http.MethodGet, "http://shop.test/", nil)); res.StatusCode != http.StatusGatewayTimeout {
 		t.Errorf("timeout: status %d, want 504", res.StatusCode)
 	}
 
 	closed := httptest.NewServer(http.NotFoundHandler())
 	closed.Close()
-	c = newCanary(t, baseConfig(closed.URL, 100))
+	c = testCanary(t, baseConfig(closed.URL, 100))
 	if _, res := serve(c, httptest.NewRequest(http.MethodGet, "http://shop.test/", nil)); res.StatusCode != http.StatusBadGateway {
 		t.Errorf("refused: status %d, want 502", res.StatusCode)
 	}
@@ -481,7 +481,7 @@ func TestRoundRobinURLs(t *testing.T) {
 	a, b := versionServer(t, "a"), versionServer(t, "b")
 	cfg := baseConfig("", 0)
 	cfg.Versions = map[string]VersionConfig{"stable": {Weight: 0}, "canary": {Weight: 1, URLs: []string{a.URL, b.URL}}}
-	c := newCanary(t, cfg)
+	c := testCanary(t, cfg)
 	seen := map[string]int{}
 	for i := 0; i < 10; i++ {
 		body, _ := serve(c, httptest.NewRequest(http.MethodGet, "http://shop.test/", nil))

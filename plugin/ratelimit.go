@@ -100,16 +100,14 @@ type limiter struct {
 	headers  bool
 	policy   []string   // RateLimit-Policy value
 	rlPrefix string     // `"<policy>";r=`
-	values   [][]string // precomputed RateLimit values: index r*tw + t
-	rw, tw   int64
+	byR      [][]string // RateLimit values of admitted requests by remaining count (see newLimiter)
+	nR       int64      // len(byR)
 
 	source     int
 	header     string // canonical header name, for sourceHeader
 	depth      int
 	excluded   []*net.IPNet
 	ipv6Subnet int
-
-	clock func() int64 // tests only: nanoseconds since epoch; nil reads the wall clock
 
 	// counters survive a limiter's replacement: they are cumulative per
 	// middleware name, for telemetry.
@@ -150,6 +148,18 @@ type bucket struct {
 	tat  int64
 	hits uint32
 	dead bool // evicted from buckets: peers entries pointing here are stale
+}
+
+// deadTat is the tat of an evicted bucket, and of noBucket: so far in the
+// future that allow's inline step always hands such a bucket to allowSlow,
+// which checks dead. The inline step thus tests neither nil nor dead.
+const deadTat = math.MaxInt64 / 4
+
+var noBucket = &bucket{tat: deadTat, dead: true}
+
+func kill(b *bucket) {
+	b.dead = true
+	b.tat = deadTat
 }
 
 // limiters keeps one limiter per middleware name across reloads, replaced
@@ -278,20 +288,15 @@ func newLimiter(name string, cfg RateLimitConfig) (*limiter, error) {
 	l.buckets = make(map[string]*bucket)
 	l.peers = make(map[string]*bucket)
 	l.counters = rlCountersFor(name, true)
-	// RateLimit values for every remaining count and whole second, when the
-	// table is small: the common response then costs no string building.
-	l.rw = burst + 1
-	l.tw = (l.window+l.maxDelay+int64(time.Second)-1)/int64(time.Second) + 1
-	if l.rw*l.tw <= 4096 {
-		l.values = make([][]string, l.rw*l.tw)
-		for r := int64(0); r < l.rw; r++ {
-			for t := int64(0); t < l.tw; t++ {
-				v := l.rlPrefix + strconv.FormatInt(r, 10) + ";t=" + strconv.FormatInt(t, 10)
-				l.values[r*l.tw+t] = []string{v}[:1:1]
-			}
+	// The RateLimit field of a request admitted without delay, by remaining
+	// count, when the window fits in one second (t is then always 1) and
+	// the table is small: the common response then costs no string building.
+	if l.window <= int64(time.Second) && burst <= 4096 {
+		l.byR = make([][]string, burst)
+		for r := int64(0); r < burst; r++ {
+			l.byR[r] = []string{l.rlPrefix + strconv.FormatInt(r, 10) + ";t=1"}[:1:1]
 		}
-	} else {
-		l.rw, l.tw = 0, 0
+		l.nR = burst
 	}
 	if len(limiters.m) >= maxLimiters {
 		for k := range limiters.m {
@@ -365,7 +370,7 @@ func insertBucket(l *limiter, key string, now int64) *bucket {
 	checked := 0
 	for k, b := range l.buckets {
 		if b.tat <= now {
-			b.dead = true
+			kill(b)
 			delete(l.buckets, k)
 		}
 		checked++
@@ -395,7 +400,7 @@ func insertBucket(l *limiter, key string, now int64) *bucket {
 			atomic.AddUint64(&l.counters.evictions, 1)
 		}
 		if v := l.buckets[victim]; v != nil {
-			v.dead = true
+			kill(v)
 		}
 		delete(l.buckets, victim)
 	}
@@ -404,35 +409,56 @@ func insertBucket(l *limiter, key string, now int64) *bucket {
 	return b
 }
 
-// allow runs the limiter for a request. It answers the request itself (429)
-// and returns false when the request is rejected. It stays small: Yaegi
-// allocates a frame sized by a function's code on every call.
-func allow(l *limiter, rw http.ResponseWriter, req *http.Request) bool {
-	var now int64
-	if l.clock != nil {
-		now = l.clock()
-	} else {
-		now = int64(time.Since(epoch)) + 1
+// allow runs the limiter for a request at now. It answers the request itself
+// (429) and returns false when the request is rejected. A keep-alive peer
+// admitted without delay, the common case, is handled inline: its bucket is
+// one lookup by RemoteAddr, and the GCRA step is reserve's (the tests hold
+// the two to the same decisions). Everything else goes through allowSlow.
+func allow(l *limiter, rw http.ResponseWriter, req *http.Request, now int64) bool {
+	if l.source != sourcePeer {
+		return allowSlow(l, rw, req, now)
 	}
+	l.sem <- struct{}{}
+	b := l.peers[req.RemoteAddr]
+	if b == nil {
+		b = noBucket
+	}
+	tat := b.tat
+	if tat < now {
+		tat = now
+	}
+	tat += l.interval
+	wait := tat - now - l.window
+	if wait > 0 {
+		<-l.sem
+		return allowSlow(l, rw, req, now)
+	}
+	b.tat = tat
+	b.hits++
+	<-l.sem
+	if l.headers {
+		h := rw.Header()
+		h["Ratelimit-Policy"] = l.policy
+		if r := -wait / l.interval; r < l.nR {
+			h["Ratelimit"] = l.byR[r]
+		} else {
+			h["Ratelimit"] = rateLimitField(l, wait)
+		}
+	}
+	return true
+}
+
+// allowSlow is allow for every other case: other sources, a new peer, a
+// delayed or rejected request.
+func allowSlow(l *limiter, rw http.ResponseWriter, req *http.Request, now int64) bool {
 	var wait int64
 	if l.source == sourcePeer {
-		// takePeer, inline: a call costs some thirty allocations in Yaegi.
-		// TestAllowMatchesTake holds this copy of the GCRA step to take's.
 		l.sem <- struct{}{}
 		b := l.peers[req.RemoteAddr]
 		if b == nil || b.dead {
 			b = peerBucket(l, req.RemoteAddr, now)
 		}
-		tat := b.tat
-		if tat < now {
-			tat = now
-		}
-		tat += l.interval
-		wait = tat - now - l.window
-		if wait <= l.maxDelay {
-			b.tat = tat
-			b.hits++
-		}
+		wait = reserve(l, b, now)
 		<-l.sem
 	} else {
 		wait = take(l, sourceKey(l, req), now)
@@ -441,16 +467,9 @@ func allow(l *limiter, rw http.ResponseWriter, req *http.Request) bool {
 		return rejected(l, rw, wait)
 	}
 	if l.headers {
-		ahead := wait + l.window // until the bucket is full again
-		r := (l.window - ahead) / l.interval
-		t := (ahead + 999999999) / 1e9
 		h := rw.Header()
 		h["Ratelimit-Policy"] = l.policy
-		if r >= 0 && r < l.rw && t < l.tw {
-			h["Ratelimit"] = l.values[r*l.tw+t]
-		} else {
-			h["Ratelimit"] = rateLimitValue(l, r, t)
-		}
+		h["Ratelimit"] = rateLimitField(l, wait)
 	}
 	if wait > 0 {
 		// At most maxDelay (500ms). A plain sleep: Yaegi's select with an
@@ -461,11 +480,17 @@ func allow(l *limiter, rw http.ResponseWriter, req *http.Request) bool {
 	return true
 }
 
-func rateLimitValue(l *limiter, r, t int64) []string {
+// rateLimitField is the RateLimit value of an admitted request that waits
+// wait (<= 0: none): r is the whole tokens left, (window - ahead) / interval,
+// and t how long until the bucket is full again, ahead = wait + window, in
+// seconds rounded up.
+func rateLimitField(l *limiter, wait int64) []string {
+	ahead := wait + l.window
+	r := (l.window - ahead) / l.interval
 	if r < 0 { // a delayed request: the bucket is in debt
 		r = 0
 	}
-	return []string{l.rlPrefix + strconv.FormatInt(r, 10) + ";t=" + strconv.FormatInt(t, 10)}
+	return []string{l.rlPrefix + strconv.FormatInt(r, 10) + ";t=" + strconv.FormatInt((ahead+999999999)/1e9, 10)}
 }
 
 // rejected counts a rejection and, unless in dry-run mode, answers 429.

@@ -178,11 +178,11 @@ func rlCanary(t *testing.T, rl RateLimitConfig) *canary {
 	cfg.Versions = map[string]VersionConfig{"stable": {Weight: 1}}
 	cfg.RateLimit = rl
 	limiterSeq++
-	h, err := New(context.Background(), stableNext, cfg, fmt.Sprintf("rl-http-%d@file", limiterSeq))
+	c, err := newCanary(context.Background(), stableNext, cfg, fmt.Sprintf("rl-http-%d@file", limiterSeq))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return h.(*canary)
+	return c
 }
 
 func TestRateLimitHTTP(t *testing.T) {
@@ -386,7 +386,7 @@ func TestLimiterKeys(t *testing.T) {
 			if l.source == sourcePeer {
 				// the peer path of allow
 				rec := httptest.NewRecorder()
-				allow(l, rec, req)
+				allow(l, rec, req, sec)
 				for k := range l.buckets {
 					got = k
 				}
@@ -487,12 +487,15 @@ func TestLimiterConcurrentOneKey(t *testing.T) {
 // TestAllowMatchesTake holds the GCRA step inlined in allow for peers to
 // the same decisions as take, on the same random arrivals at fixed instants.
 // Arrivals that take would delay are skipped in both, so allow never sleeps.
+// The RateLimit field of an admitted request must say what the bucket holds:
+// r whole tokens left, and t seconds (rounded up) until it is full again,
+// whether it comes from the precomputed table or not (the last config is too
+// large for one).
 func TestAllowMatchesTake(t *testing.T) {
 	rng := rand.New(rand.NewSource(3))
-	for _, cfg := range []RateLimitConfig{rlConfig(100, "1s", 1), rlConfig(100, "1s", 50), rlConfig(5, "10s", 2), rlConfig(7, "1s", 3)} {
+	for _, cfg := range []RateLimitConfig{rlConfig(100, "1s", 1), rlConfig(100, "1s", 50), rlConfig(5, "10s", 2), rlConfig(7, "1s", 3), rlConfig(100000, "1s", 5000)} {
 		byKey, byPeer := testLimiter(t, cfg), testLimiter(t, cfg)
 		var now int64
-		byPeer.clock = func() int64 { return now }
 		for i := 0; i < 1000; i++ {
 			now += 1 + int64(rng.ExpFloat64()*float64(byKey.interval)*0.8)
 			if b := byKey.buckets["192.0.2.1"]; b != nil {
@@ -505,8 +508,16 @@ func TestAllowMatchesTake(t *testing.T) {
 			wait := take(byKey, "192.0.2.1", now)
 			req := httptest.NewRequest(http.MethodGet, "http://x/", nil)
 			req.RemoteAddr = "192.0.2.1:4242"
-			if admitted := allow(byPeer, httptest.NewRecorder(), req); admitted != (wait <= 0) {
+			rec := httptest.NewRecorder()
+			if admitted := allow(byPeer, rec, req, now); admitted != (wait <= 0) {
 				t.Fatalf("%+v arrival %d: take waits %v, allow admitted %v", cfg, i, time.Duration(wait), admitted)
+			}
+			if wait <= 0 {
+				full := byKey.buckets["192.0.2.1"].tat - now // until the bucket is full again
+				want := fmt.Sprintf("%sr=%d;t=%d", strings.TrimSuffix(byPeer.rlPrefix, "r="), (byKey.window-full)/byKey.interval, (full+sec-1)/sec)
+				if got := rec.Header().Get("Ratelimit"); got != want {
+					t.Fatalf("%+v arrival %d: RateLimit %q, want %q", cfg, i, got, want)
+				}
 			}
 		}
 	}
@@ -517,10 +528,9 @@ func TestPeerCacheDropsEvictedBuckets(t *testing.T) {
 	cfg.MaxSources = 1
 	l := testLimiter(t, cfg)
 	now := sec
-	l.clock = func() int64 { return now }
 	req := httptest.NewRequest(http.MethodGet, "http://x/", nil)
 	req.RemoteAddr = "192.0.2.1:1"
-	if !allow(l, httptest.NewRecorder(), req) {
+	if !allow(l, httptest.NewRecorder(), req, now) {
 		t.Fatal("first request rejected")
 	}
 	take(l, "h:other", now) // evicts the peer's bucket: the map holds one
@@ -529,7 +539,7 @@ func TestPeerCacheDropsEvictedBuckets(t *testing.T) {
 	}
 	// The cached RemoteAddr entry points at the evicted bucket: it must not
 	// be used, and the peer's new bucket must be the one in the map.
-	if !allow(l, httptest.NewRecorder(), req) {
+	if !allow(l, httptest.NewRecorder(), req, now) {
 		t.Fatal("the peer's evicted bucket was still used")
 	}
 	if b := l.buckets["192.0.2.1"]; b == nil || l.peers["192.0.2.1:1"] != b {

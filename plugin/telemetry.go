@@ -38,13 +38,12 @@ func defaultSidecarConfig() SidecarConfig {
 	return SidecarConfig{Interval: "1s", Buckets: append([]float64(nil), defaultBuckets...)}
 }
 
-// Methods are normalised to the standard ones plus OTHER.
-var methodNames = []string{"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "OTHER"}
-
-const methodOther = 9
+// Methods are normalised to the standard ones plus OTHER, which is index 0:
+// a method missing from methodIndex is OTHER without a second comparison.
+var methodNames = []string{"OTHER", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 
 var methodIndex = map[string]int{
-	"GET": 0, "HEAD": 1, "POST": 2, "PUT": 3, "DELETE": 4, "CONNECT": 5, "OPTIONS": 6, "TRACE": 7, "PATCH": 8,
+	"GET": 1, "HEAD": 2, "POST": 3, "PUT": 4, "DELETE": 5, "CONNECT": 6, "OPTIONS": 7, "TRACE": 8, "PATCH": 9,
 }
 
 // processStart identifies this Traefik process: reports carry cumulative
@@ -173,27 +172,27 @@ func (st *mwStats) version(name string) *verStats {
 	return vs
 }
 
-// record counts one request with the histogram bounds of its handler. d < 0
-// means no duration is observed (a request the breaker refused). Codes
-// outside 0..999 count as 0.
+// record counts one request that took d, with the histogram bounds of its
+// handler (bounds may be older than vs.hist after a reload changed them).
+// Codes outside 0..999 are reported as 0 (see report).
 func record(vs *verStats, bounds []int64, code int, method string, d int64) {
-	m, ok := methodIndex[method]
-	if !ok {
-		m = methodOther
-	}
-	if code < 0 || code > 999 {
-		code = 0
-	}
 	i := 0
 	for i < len(bounds) && d > bounds[i] {
 		i++
 	}
 	vs.sem <- struct{}{}
-	vs.counts[code<<4|m]++
-	if d >= 0 && i < len(vs.hist) {
+	vs.counts[code<<4|methodIndex[method]]++
+	if i < len(vs.hist) {
 		vs.hist[i]++
 		vs.sumNs += d
 	}
+	<-vs.sem
+}
+
+// recordRefused counts a request the breaker refused: it has no duration.
+func recordRefused(vs *verStats, code int, method string) {
+	vs.sem <- struct{}{}
+	vs.counts[code<<4|methodIndex[method]]++
 	<-vs.sem
 }
 
@@ -446,10 +445,17 @@ func snapshot(st *mwStats) reportMWStat {
 		vs.sem <- struct{}{}
 		rv := reportVersion{Name: n, Primary: n == st.primary, Weight: w, Configured: configured,
 			Requests: []reportRequest{}, Hist: append([]uint64(nil), vs.hist...), SumSeconds: float64(vs.sumNs) / 1e9}
+		counts := make(map[int]uint64, len(vs.counts))
 		for k, c := range vs.counts {
-			rv.Requests = append(rv.Requests, reportRequest{Code: k >> 4, Method: methodNames[k&15], Count: c})
+			if code := k >> 4; code < 0 || code > 999 {
+				k &= 15 // not a status code: reported as 0
+			}
+			counts[k] += c
 		}
 		<-vs.sem
+		for k, c := range counts {
+			rv.Requests = append(rv.Requests, reportRequest{Code: k >> 4, Method: methodNames[k&15], Count: c})
+		}
 		if b := st.breakers[n]; b != nil {
 			rv.State, rv.Transitions = breakerSnapshot(b, breakerNow(b))
 		}

@@ -25,11 +25,11 @@ func reportingCanary(t *testing.T, name string) *canary {
 		}
 		_, _ = rw.Write([]byte("ok")) // an implicit 200
 	})
-	h, err := New(ctx, codes, cfg, name)
+	c, err := newCanary(ctx, codes, cfg, name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return h.(*canary)
+	return c
 }
 
 func TestRecordCountsByVersionCodeAndMethod(t *testing.T) {
@@ -60,6 +60,24 @@ func TestRecordCountsByVersionCodeAndMethod(t *testing.T) {
 	}
 	if inHist != 10 {
 		t.Errorf("histogram holds %d observations, want 10", inHist)
+	}
+}
+
+// TestOutOfRangeCodesReportAsZero: a status outside 0..999 (a handler that
+// called WriteHeader with nonsense) is one series with code 0 per method.
+func TestOutOfRangeCodesReportAsZero(t *testing.T) {
+	c := reportingCanary(t, "telemetry-codes@file")
+	vs := c.primary.vs
+	record(vs, c.boundsNs, 1000, "GET", 1)
+	record(vs, c.boundsNs, -7, "GET", 1)
+	recordRefused(vs, 0, "GET")
+	record(vs, c.boundsNs, 99999, "POST", 1)
+	got := map[string]uint64{}
+	for _, r := range snapshot(c.st).Versions[0].Requests {
+		got[fmt.Sprintf("%d %s", r.Code, r.Method)] = r.Count
+	}
+	if want := map[string]uint64{"0 GET": 3, "0 POST": 1}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("counts %v, want %v", got, want)
 	}
 }
 

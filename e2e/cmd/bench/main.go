@@ -61,7 +61,12 @@ var routers = []router{
 	{name: "breaker", label: "3c. edgecanary: circuit breaker only"},
 	{name: "reporting", label: "3d. edgecanary: reporting only (to the sidecar)"},
 	{name: "all", label: "4. edgecanary: everything on, reporting to the sidecar", cookie: "edgecanary"},
+	{name: "floor-next", label: "5a. reference Yaegi plugin that only calls next (the interpreter's floor)"},
+	{name: "floor-observe", label: "5b. reference Yaegi plugin that reads the status code and times the request (the floor of 3c, 3d and 4)"},
 }
+
+// floorModule is the reference plugin in floor/, staged next to edgecanary.
+const floorModule = "github.com/edgecanary/benchfloor"
 
 func run() int {
 	var o options
@@ -171,6 +176,9 @@ func bench(o options) error {
 	if err := stage.Plugin(root, filepath.Join(dir, "plugins-local")); err != nil {
 		return err
 	}
+	if err := stageFloor(filepath.Join(root, "e2e", "cmd", "bench", "floor"), filepath.Join(dir, "plugins-local", "src", floorModule)); err != nil {
+		return err
+	}
 	webPort, err := freePort()
 	if err != nil {
 		return err
@@ -201,7 +209,9 @@ experimental:
   localPlugins:
     edgecanary:
       moduleName: %s
-`, webPort, apiPort, filepath.Join(dir, "dynamic.yml"), stage.ModuleName)
+    floor:
+      moduleName: %s
+`, webPort, apiPort, filepath.Join(dir, "dynamic.yml"), stage.ModuleName, floorModule)
 	if err := os.WriteFile(filepath.Join(dir, "traefik.yml"), []byte(static), 0o644); err != nil {
 		return err
 	}
@@ -290,6 +300,23 @@ experimental:
 		}
 	}
 	return writeReport(o, selected, results, rssStart, rssEnd, mem, micro)
+}
+
+// stageFloor copies the reference plugin (three files) as a local plugin.
+func stageFloor(src, dst string) error {
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		return err
+	}
+	for _, f := range []string{".traefik.yml", "go.mod", "floor.go"} {
+		data, err := os.ReadFile(filepath.Join(src, f))
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dst, f), data, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func contains(rs []router, name string) bool {

@@ -29,6 +29,8 @@ func dynamicConfig(stable, canary, sidecar string) string {
 		case "plain":
 		case "native":
 			mws = "[native-ratelimit, native-breaker]"
+		case "floor-next", "floor-observe":
+			mws = "[" + r.name + "]"
 		default:
 			mws = "[ec-" + r.name + "]"
 		}
@@ -98,6 +100,8 @@ func dynamicConfig(stable, canary, sidecar string) string {
 	plugin := func(name string, parts ...string) {
 		fmt.Fprintf(&b, "    ec-%s:\n      plugin:\n        edgecanary:\n%s", name, strings.Join(parts, ""))
 	}
+	fmt.Fprintf(&b, "    floor-next:\n      plugin:\n        floor:\n          mode: next\n")
+	fmt.Fprintf(&b, "    floor-observe:\n      plugin:\n        floor:\n          mode: observe\n")
 	plugin("canary", versions, secret)
 	plugin("ratelimit", only, secret, rateLimit)
 	plugin("breaker", only, secret, breaker)
@@ -289,6 +293,11 @@ func writeReport(o options, selected []router, results map[string][]result, rssS
 	}
 	if v, ok := med("native", ratio); ok {
 		fmt.Fprintf(&b, "\nFor comparison, Traefik's own compiled chain kept %.3f in the same run.\n", v)
+	}
+	if v, ok := med("floor-observe", ratio); ok {
+		n, _ := med("floor-next", ratio)
+		a, _ := med("floor-observe", added)
+		fmt.Fprintf(&b, "The interpreter's floor, in the same run: a Yaegi plugin that only calls next kept %.3f; one that only reads the status code and times the request, the least that a circuit breaker or a latency histogram of the router's service can do, kept %.3f and added %+.0f µs to p50 (lines 5a and 5b; see below).\n", n, v, a)
 	}
 	if len(micro) > 0 {
 		fmt.Fprintf(&b, "\n## Where the interpreted time goes\n\n")

@@ -1,0 +1,58 @@
+// Package benchfloor is a reference Traefik plugin for `make bench`. It measures
+// what Yaegi costs a middleware before the middleware does any work of its
+// own, so that the benchmark can tell the interpreter's share of edgecanary's
+// cost from edgecanary's own.
+package benchfloor
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"net/http"
+	"time"
+)
+
+// Config selects what the handler does.
+type Config struct {
+	// Mode is "next": call next and nothing else; or "observe": also wrap
+	// the writer to read the status code, and read the clock before and
+	// after, which is the least a circuit breaker or a latency histogram of
+	// the router's own service can do.
+	Mode string `json:"mode,omitempty"`
+}
+
+// CreateConfig returns the default configuration.
+func CreateConfig() *Config { return &Config{Mode: "next"} }
+
+// statusWriter is edgecanary's status wrapper, as it is.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.code = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+var epoch = time.Now()
+
+// New returns the handler for the mode.
+func New(_ context.Context, next http.Handler, cfg *Config, name string) (http.Handler, error) {
+	switch cfg.Mode {
+	case "next":
+		return http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
+			next.ServeHTTP(rw, req)
+		}), nil
+	case "observe":
+		return http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
+			start := int64(time.Since(epoch))
+			w := &statusWriter{ResponseWriter: rw, code: 200}
+			next.ServeHTTP(w, req)
+			if w.code == 0 || int64(time.Since(epoch)) < start {
+				log.Printf("%s: no status or the clock went back", name)
+			}
+		}), nil
+	}
+	return nil, fmt.Errorf("mode: %q: want next or observe", cfg.Mode)
+}

@@ -1,0 +1,3 @@
+module github.com/edgecanary/benchfloor
+
+go 1.21

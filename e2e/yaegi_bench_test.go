@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 
 	"github.com/traefik/yaegi/interp"
@@ -261,3 +262,56 @@ func BenchmarkYaegiOracleXTimeRateReserve(b *testing.B) { oracleBench(b, "BenchX
 func BenchmarkYaegiLeanLimiterTake(b *testing.B)        { oracleBench(b, "BenchLeanLimiter") }
 func BenchmarkYaegiOracleGobreakerAllow(b *testing.B)   { oracleBench(b, "BenchGobreaker") }
 func BenchmarkYaegiLeanBreakerBeforeAfter(b *testing.B) { oracleBench(b, "BenchLeanBreaker") }
+
+// floorHandler builds the benchmark's reference plugin (cmd/bench/floor) in
+// Yaegi, in the given mode.
+func floorHandler(b *testing.B, mode string) http.Handler {
+	b.Helper()
+	goPath := b.TempDir()
+	dst := filepath.Join(goPath, "src", "github.com", "edgecanary", "benchfloor")
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	src, err := os.ReadFile(filepath.Join("cmd", "bench", "floor", "floor.go"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dst, "floor.go"), src, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	i := interp.New(interp.Options{GoPath: goPath, Env: os.Environ(), Stdout: io.Discard, Stderr: io.Discard})
+	if err := i.Use(stdlib.Symbols); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := i.Eval(`import "github.com/edgecanary/benchfloor"`); err != nil {
+		b.Fatal(err)
+	}
+	fnNew, err := i.Eval("benchfloor.New")
+	if err != nil {
+		b.Fatal(err)
+	}
+	fnCfg, err := i.Eval("benchfloor.CreateConfig")
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg := fnCfg.Call(nil)[0]
+	cfg.Elem().FieldByName("Mode").SetString(mode)
+	out := fnNew.Call([]reflect.Value{reflect.ValueOf(context.Background()), reflect.ValueOf(nopNext), cfg, reflect.ValueOf("floor@file")})
+	if !out[1].IsNil() {
+		b.Fatal(out[1].Interface())
+	}
+	return out[0].Interface().(http.Handler)
+}
+
+// BenchmarkYaegiFloorNext: the benchmark's reference plugin that only calls
+// next: the cost of entering the interpreter.
+func BenchmarkYaegiFloorNext(b *testing.B) {
+	runServe(b, floorHandler(b, "next"), httptest.NewRequest(http.MethodGet, "http://bench.test/", nil))
+}
+
+// BenchmarkYaegiFloorObserve: the reference plugin that reads the status code
+// and times the request, and does nothing else.
+func BenchmarkYaegiFloorObserve(b *testing.B) {
+	runServe(b, floorHandler(b, "observe"), httptest.NewRequest(http.MethodGet, "http://bench.test/", nil))
+}
+

@@ -76,12 +76,18 @@ func serveFunc(c *canary) http.HandlerFunc {
 		}
 	}
 	if c.fast {
-		lookup, bucketOf, cookieName := c.signed.lookup, c.bucketOf, c.cookieName
+		lookup, cookieName := c.lookup, c.cookieName
+		handlerOf := make([]http.Handler, numBuckets) // bucket -> its version's handler: one index, no selection
+		for b, r := range c.bucketOf {
+			handlerOf[b] = r.handler
+		}
 		return func(rw http.ResponseWriter, req *http.Request) {
-			if ck, err := req.Cookie(cookieName); err == nil && req.Header[oh] == nil {
-				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
-					bucketOf[b].handler.ServeHTTP(rw, req)
-					return
+			if req.Header[oh] == nil {
+				if ck, err := req.Cookie(cookieName); err == nil {
+					if b, ok := lookup[ck.Value]; ok && b < numBuckets {
+						handlerOf[b].ServeHTTP(rw, req)
+						return
+					}
 				}
 			}
 			choose(c, rw, req).handler.ServeHTTP(rw, req)

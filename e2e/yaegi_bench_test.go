@@ -314,4 +314,3 @@ func BenchmarkYaegiFloorNext(b *testing.B) {
 func BenchmarkYaegiFloorObserve(b *testing.B) {
 	runServe(b, floorHandler(b, "observe"), httptest.NewRequest(http.MethodGet, "http://bench.test/", nil))
 }
-

@@ -70,8 +70,8 @@ const floorModule = "github.com/edgecanary/benchfloor"
 
 func run() int {
 	var o options
-	flag.IntVar(&o.rounds, "rounds", 5, "interleaved rounds (the table reports medians)")
-	flag.DurationVar(&o.duration, "duration", 5*time.Second, "wrk duration per router per round")
+	flag.IntVar(&o.rounds, "rounds", 9, "interleaved rounds (the table reports medians)")
+	flag.DurationVar(&o.duration, "duration", 3*time.Second, "wrk duration per router per round")
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "warm-up per router before the rounds")
 	flag.IntVar(&o.connections, "connections", 32, "wrk connections")
 	flag.IntVar(&o.threads, "threads", 2, "wrk threads")

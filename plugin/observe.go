@@ -27,7 +27,7 @@ func (w *statusWriter) WriteHeader(code int) {
 // hijacked: WebSocket (and other) upgrades, server-sent events and gRPC over
 // HTTP/2. Those get the original writer, so they keep working, and are
 // counted with code 0 ("unknown"): their status cannot be observed without
-// breaking them. The test is inlined in serveObserved.
+// breaking them. The test is inlined in the observed request paths (serve.go).
 
 // admit asks r's breaker, which is not simply closed, to let a request
 // through, and falls back when it refuses. It returns the route to serve and

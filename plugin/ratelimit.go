@@ -155,6 +155,10 @@ type bucket struct {
 // which checks dead. The inline step thus tests neither nil nor dead.
 const deadTat = math.MaxInt64 / 4
 
+// maxWindow bounds burst × period / average (10 years), so that a bucket
+// with deadTat always waits (see allow).
+const maxWindow = int64(10 * 365 * 24 * time.Hour)
+
 var noBucket = &bucket{tat: deadTat, dead: true}
 
 func kill(b *bucket) {
@@ -252,8 +256,8 @@ func newLimiter(name string, cfg RateLimitConfig) (*limiter, error) {
 	if l.interval < 1 {
 		l.interval = 1
 	}
-	if burst > math.MaxInt64/l.interval {
-		return nil, fmt.Errorf("rateLimit.burst: %d is too large for this rate", burst)
+	if burst > maxWindow/l.interval {
+		return nil, fmt.Errorf("rateLimit.burst: %d is too large for this rate: a full bucket must refill within 10 years", burst)
 	}
 	l.window = burst * l.interval
 	// Traefik's maxDelay: half a token's interval, or 500ms below 1/s.
@@ -412,8 +416,9 @@ func insertBucket(l *limiter, key string, now int64) *bucket {
 // allow runs the limiter for a request at now. It answers the request itself
 // (429) and returns false when the request is rejected. A keep-alive peer
 // admitted without delay, the common case, is handled inline: its bucket is
-// one lookup by RemoteAddr, and the GCRA step is reserve's (the tests hold
-// the two to the same decisions). Everything else goes through allowSlow.
+// one lookup by RemoteAddr (a missing or evicted one has deadTat, so it falls
+// through), and the GCRA step is reserve's (the tests hold the two to the
+// same decisions). Everything else goes through allowSlow.
 func allow(l *limiter, rw http.ResponseWriter, req *http.Request, now int64) bool {
 	if l.source != sourcePeer {
 		return allowSlow(l, rw, req, now)

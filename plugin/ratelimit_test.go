@@ -285,6 +285,7 @@ func TestRateLimitBadConfig(t *testing.T) {
 	}{
 		{desc: "period abc", mutate: func(c *RateLimitConfig) { c.Period = "abc" }, wantErr: "rateLimit.period"},
 		{desc: "negative average", mutate: func(c *RateLimitConfig) { c.Average = -1 }, wantErr: "rateLimit.average"},
+		{desc: "a bucket that refills over centuries", mutate: func(c *RateLimitConfig) { c.Average = 1; c.Period = "1000000000"; c.Burst = 9 }, wantErr: "rateLimit.burst"},
 		{desc: "two criteria", mutate: func(c *RateLimitConfig) {
 			c.SourceCriterion.RequestHost = true
 			c.SourceCriterion.RequestHeaderName = "X-Key"

@@ -43,6 +43,9 @@ type options struct {
 	memoryKeys  int
 	only        string
 	noMicro     bool
+	// latencyRounds of one connection each measure the latency a router
+	// adds without queueing (see latencyPass).
+	latencyRounds int
 }
 
 // router is one line of the table: a Host on the shared Traefik.
@@ -70,7 +73,7 @@ const floorModule = "github.com/edgecanary/benchfloor"
 
 func run() int {
 	var o options
-	flag.IntVar(&o.rounds, "rounds", 9, "interleaved rounds (the table reports medians)")
+	flag.IntVar(&o.rounds, "rounds", 7, "interleaved rounds (the table reports medians)")
 	flag.DurationVar(&o.duration, "duration", 3*time.Second, "wrk duration per router per round")
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "warm-up per router before the rounds")
 	flag.IntVar(&o.connections, "connections", 32, "wrk connections")
@@ -81,6 +84,7 @@ func run() int {
 	flag.IntVar(&o.memoryKeys, "memory-keys", 1000000, "distinct rate-limit keys in the memory run (0: skip)")
 	flag.StringVar(&o.only, "only", "", "comma-separated router names to run (default: all)")
 	flag.BoolVar(&o.noMicro, "no-micro", false, "skip the Yaegi micro-benchmarks")
+	flag.IntVar(&o.latencyRounds, "latency-rounds", 4, "interleaved rounds of 2 s with one connection, for the latency without queueing (0: skip)")
 	flag.Parse()
 	if err := bench(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -247,8 +251,8 @@ experimental:
 		}
 	}
 
-	runOne := func(r router, d time.Duration) (result, error) {
-		args := []string{"-t", strconv.Itoa(o.threads), "-c", strconv.Itoa(o.connections), "-d", fmt.Sprintf("%ds", int(d.Seconds())),
+	runWith := func(r router, d time.Duration, threads, connections int) (result, error) {
+		args := []string{"-t", strconv.Itoa(threads), "-c", strconv.Itoa(connections), "-d", fmt.Sprintf("%ds", int(d.Seconds())),
 			"--latency", "-H", "Host: " + r.name + ".bench"}
 		if c := cookies[r.name]; c != "" {
 			args = append(args, "-H", "Cookie: "+c)
@@ -262,6 +266,7 @@ experimental:
 		res.rss = rss(cmd.Process.Pid)
 		return res, err
 	}
+	runOne := func(r router, d time.Duration) (result, error) { return runWith(r, d, o.threads, o.connections) }
 
 	fmt.Fprintf(os.Stderr, "warming up %d routers for %v each\n", len(selected), o.warmup)
 	for _, r := range selected {
@@ -285,6 +290,23 @@ experimental:
 	}
 	rssEnd := rss(cmd.Process.Pid)
 
+	// The latency pass: one connection, so a request never waits behind
+	// another and p50 is the time Traefik (and the middleware) spends on
+	// it. Under the saturating load above, p50 is mostly queueing, which
+	// follows throughput.
+	latency := map[string][]result{}
+	for round := 0; round < o.latencyRounds; round++ {
+		for i := range selected {
+			r := selected[(i+round)%len(selected)]
+			res, err := runWith(r, 2*time.Second, 1, 1)
+			if err != nil {
+				return err
+			}
+			latency[r.name] = append(latency[r.name], res)
+			fmt.Fprintf(os.Stderr, "latency round %d %-13s p50 %6.0fus p99 %6.0fus\n", round+1, r.name, res.p50, res.p99)
+		}
+	}
+
 	var mem *memoryResult
 	if o.memoryKeys > 0 && contains(selected, "ratelimit") {
 		mem, err = memoryRun(wrk, web, cmd.Process.Pid, o.memoryKeys, dir)
@@ -299,7 +321,7 @@ experimental:
 			return err
 		}
 	}
-	return writeReport(o, selected, results, rssStart, rssEnd, mem, micro)
+	return writeReport(o, selected, results, latency, rssStart, rssEnd, mem, micro)
 }
 
 // stageFloor copies the reference plugin (three files) as a local plugin.

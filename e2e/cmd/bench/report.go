@@ -229,7 +229,7 @@ func budgetLine(b *strings.Builder, what string, got, want float64, higherIsBett
 }
 
 // writeReport writes the Markdown table.
-func writeReport(o options, selected []router, results map[string][]result, rssStart, rssEnd int64, mem *memoryResult, micro []microResult) error {
+func writeReport(o options, selected []router, results, latency map[string][]result, rssStart, rssEnd int64, mem *memoryResult, micro []microResult) error {
 	var b strings.Builder
 	plain := results["plain"]
 	fmt.Fprintf(&b, "# Benchmarks\n\n")
@@ -239,7 +239,7 @@ func writeReport(o options, selected []router, results map[string][]result, rssS
 	fmt.Fprintf(&b, "- Load: %s, `-t%d -c%d`, %v per router per round, %d interleaved rounds (order rotated each round), %v warm-up\n",
 		wrkVersion("wrk"), o.threads, o.connections, o.duration, o.rounds, o.warmup)
 	fmt.Fprintf(&b, "- Backend: a compiled Go server on 127.0.0.1 returning 3 bytes; wrk, Traefik and the backend share the machine's cores\n")
-	fmt.Fprintf(&b, "- Command: `cd e2e && go run ./cmd/bench -rounds %d -duration %v -connections %d -threads %d`\n", o.rounds, o.duration, o.connections, o.threads)
+	fmt.Fprintf(&b, "- Command: `cd e2e && go run ./cmd/bench -rounds %d -duration %v -connections %d -threads %d -latency-rounds %d` (what `make bench` runs)\n", o.rounds, o.duration, o.connections, o.threads, o.latencyRounds)
 	fmt.Fprintf(&b, "- Routers with a sticky cookie are driven as one returning client of the primary (stable) version\n\n")
 	fmt.Fprintf(&b, "Ratios are to router 1 in the same round; the table gives their median and, in brackets, their range across rounds.\n")
 	fmt.Fprintf(&b, "p50 added is the router's p50 minus router 1's p50 in the same round (median).\n\n")
@@ -266,6 +266,21 @@ func writeReport(o options, selected []router, results map[string][]result, rssS
 	}
 	fmt.Fprintf(&b, "\nTraefik's resident memory: %.0f MiB after warm-up, %.0f MiB after all rounds (one process serves every router).\n",
 		float64(rssStart)/(1<<20), float64(rssEnd)/(1<<20))
+	if lp := latency["plain"]; len(lp) > 0 {
+		fmt.Fprintf(&b, "\n### Latency without queueing\n\n")
+		fmt.Fprintf(&b, "Under the load above every router is saturated, so its p50 is mostly time spent waiting behind other requests, and follows throughput. ")
+		fmt.Fprintf(&b, "This pass sends one request at a time (`wrk -t1 -c1`, 2 s per router, %d interleaved rounds): p50 is then the time Traefik, and the middleware, spend on a request.\n\n", len(lp))
+		fmt.Fprintf(&b, "| router | p50 | p50 added | p99 |\n|---|---:|---:|---:|\n")
+		for _, r := range selected {
+			var p50, p99, added []float64
+			for i, x := range latency[r.name] {
+				p50 = append(p50, x.p50)
+				p99 = append(p99, x.p99)
+				added = append(added, x.p50-lp[i].p50)
+			}
+			fmt.Fprintf(&b, "| %s | %.0f µs | %+.0f µs | %.0f µs |\n", r.label, median(p50), median(added), median(p99))
+		}
+	}
 	med := func(name string, f func(x, p result) float64) (float64, bool) {
 		rs, ok := results[name]
 		if !ok {
@@ -283,8 +298,15 @@ func writeReport(o options, selected []router, results map[string][]result, rssS
 	if v, ok := med("all", ratio); ok {
 		budgetLine(&b, "everything on, reporting to the sidecar: throughput ratio", v, 0.85, true, "")
 	}
+	if rs, lp := latency["all"], latency["plain"]; len(rs) > 0 && len(rs) == len(lp) {
+		var v []float64
+		for i, x := range rs {
+			v = append(v, x.p50-lp[i].p50)
+		}
+		budgetLine(&b, "everything on: p50 added, one connection (no queueing)", median(v), 60, false, " µs")
+	}
 	if v, ok := med("all", added); ok {
-		budgetLine(&b, "everything on: p50 added", v, 60, false, " µs")
+		budgetLine(&b, fmt.Sprintf("everything on: p50 added at %d connections (mostly queueing)", o.connections), v, 60, false, " µs")
 	}
 	for _, r := range selected {
 		if r.name == "canary" || r.name == "ratelimit" || r.name == "breaker" || r.name == "reporting" {

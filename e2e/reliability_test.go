@@ -292,7 +292,10 @@ func TestSoak(t *testing.T) {
 			defer wg.Done()
 			c := client("")
 			defer c.CloseIdleConnections()
-			var ck *http.Cookie
+			// Each user keeps its own sticky cookie: about 100 users, so
+			// some are always canary users (with one cookie per worker, all
+			// six could land on stable, and the breaker would go untested).
+			cookies := map[string]*http.Cookie{}
 			for i := 0; ; i++ {
 				select {
 				case <-stop:
@@ -305,7 +308,7 @@ func TestSoak(t *testing.T) {
 				}
 				req, _ := http.NewRequest(http.MethodGet, tr.web+"/", nil)
 				req.Header.Set("X-User", user)
-				if ck != nil {
+				if ck := cookies[user]; ck != nil {
 					req.AddCookie(ck)
 				}
 				res, err := c.Do(req)
@@ -316,7 +319,7 @@ func TestSoak(t *testing.T) {
 				_, _ = io.Copy(io.Discard, res.Body)
 				res.Body.Close()
 				if nc := cookieNamed(res, "edgecanary"); nc != nil {
-					ck = nc
+					cookies[user] = nc
 				}
 				switch {
 				case res.StatusCode == http.StatusTooManyRequests:

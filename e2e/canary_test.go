@@ -321,6 +321,15 @@ func TestTraefikStreamsThroughPlugin(t *testing.T) {
           sidecar:
             address: http://127.0.0.1:1
 `},
+		// Everything on takes its own request path (serveAll).
+		{desc: "everything on", extra: `          rateLimit:
+            average: 1000
+            burst: 1000
+          circuitBreaker:
+            consecutiveFailures: 1
+          sidecar:
+            address: http://127.0.0.1:1
+`},
 	} {
 		t.Run(setup.desc, func(t *testing.T) { testStreams(t, setup.extra) })
 	}

@@ -160,8 +160,8 @@ var fuseAll = true
 // with the sticky cookie, the limiter, the breaker and reporting), the one
 // the benchmark's budget names. It is serveFunc's observed path with the
 // common steps of pick, enter, leave and record inline: four calls and their
-// frames fewer, about 50 of 270 allocations per request. The copies are held
-// to the functions by TestServeAllMatchesServeFunc.
+// frames fewer, 272 -> 227 allocations per request in the micro-benchmark.
+// The copies are held to the functions by TestServeAllMatchesServeFunc.
 func serveAll(c *canary) http.HandlerFunc {
 	rl, oh, ok200, bounds := c.rl, c.overrideHeader, c.ok200, c.boundsNs
 	lookup, cookieName, bucketOf := c.lookup, c.cookieName, c.bucketOf

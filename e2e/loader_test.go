@@ -60,13 +60,7 @@ func loadYaegiPluginLogging(t testing.TB, stderr io.Writer) yaegiPlugin {
 	m := readManifest(t)
 	goPath := t.TempDir()
 	stagePlugin(t, goPath)
-	i := interp.New(interp.Options{GoPath: goPath, Env: os.Environ(), Stdout: io.Discard, Stderr: stderr})
-	if err := i.Use(stdlib.Symbols); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := i.Eval(fmt.Sprintf(`import %q`, m.Import)); err != nil {
-		t.Fatalf("importing %q in Yaegi: %v", m.Import, err)
-	}
+	i := yaegiImport(t, goPath, stderr, m.Import)
 	basePkg := m.BasePkg
 	if basePkg == "" {
 		basePkg = strings.ReplaceAll(path.Base(m.Import), "-", "_")
@@ -80,6 +74,20 @@ func loadYaegiPluginLogging(t testing.TB, stderr io.Writer) yaegiPlugin {
 		t.Fatal(err)
 	}
 	return yaegiPlugin{fnNew: fnNew, fnCreateConfig: fnCreateConfig}
+}
+
+// yaegiImport imports importPath from the GOPATH goPath into a new Yaegi
+// interpreter with the standard library, as Traefik does.
+func yaegiImport(t testing.TB, goPath string, stderr io.Writer, importPath string) *interp.Interpreter {
+	t.Helper()
+	i := interp.New(interp.Options{GoPath: goPath, Env: os.Environ(), Stdout: io.Discard, Stderr: stderr})
+	if err := i.Use(stdlib.Symbols); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := i.Eval(fmt.Sprintf(`import %q`, importPath)); err != nil {
+		t.Fatalf("importing %q in Yaegi: %v", importPath, err)
+	}
+	return i
 }
 
 // config runs CreateConfig and decodes raw into it with Traefik's options.

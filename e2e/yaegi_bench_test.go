@@ -9,9 +9,6 @@ import (
 	"path/filepath"
 	"reflect"
 	"testing"
-
-	"github.com/traefik/yaegi/interp"
-	"github.com/traefik/yaegi/stdlib"
 )
 
 // Micro-benchmarks of the per-request path, run through the Yaegi
@@ -239,13 +236,7 @@ func oracleBench(b *testing.B, fn string) {
 	if err := os.WriteFile(filepath.Join(dir, "zz_oracles.go"), []byte(oracleHelpers), 0o644); err != nil {
 		b.Fatal(err)
 	}
-	i := interp.New(interp.Options{GoPath: goPath, Env: os.Environ(), Stdout: io.Discard, Stderr: io.Discard})
-	if err := i.Use(stdlib.Symbols); err != nil {
-		b.Fatal(err)
-	}
-	if _, err := i.Eval(`import "` + moduleName + `/plugin"`); err != nil {
-		b.Fatal(err)
-	}
+	i := yaegiImport(b, goPath, io.Discard, moduleName+"/plugin")
 	v, err := i.Eval("plugin." + fn)
 	if err != nil {
 		b.Fatal(err)
@@ -279,13 +270,7 @@ func floorHandler(b *testing.B, mode string) http.Handler {
 	if err := os.WriteFile(filepath.Join(dst, "floor.go"), src, 0o644); err != nil {
 		b.Fatal(err)
 	}
-	i := interp.New(interp.Options{GoPath: goPath, Env: os.Environ(), Stdout: io.Discard, Stderr: io.Discard})
-	if err := i.Use(stdlib.Symbols); err != nil {
-		b.Fatal(err)
-	}
-	if _, err := i.Eval(`import "github.com/edgecanary/benchfloor"`); err != nil {
-		b.Fatal(err)
-	}
+	i := yaegiImport(b, goPath, io.Discard, "github.com/edgecanary/benchfloor")
 	fnNew, err := i.Eval("benchfloor.New")
 	if err != nil {
 		b.Fatal(err)

@@ -51,11 +51,11 @@ func defaultCircuitBreakerConfig() CircuitBreakerConfig {
 	}
 }
 
-// Breaker states, as gobreaker numbers them and as the metric publishes them.
 // noExpiry is the expiry of a closed breaker that never resets its counts
 // (interval 0): a closed breaker's window is then one comparison.
 const noExpiry = math.MaxInt64
 
+// Breaker states, as gobreaker numbers them and as the metric publishes them.
 const (
 	stateClosed   = 0
 	stateHalfOpen = 1

@@ -32,7 +32,6 @@ type canary struct {
 	bucketOf []*route          // bucket -> the version that owns it
 
 	signed     *signedBuckets
-	lookup     map[string]int // signed.lookup, one selection away for pick
 	cookieName string
 	cookieTmpl http.Cookie
 	key        []byte // HMAC key for sticky.header
@@ -291,7 +290,6 @@ func (c *canary) setupSticky(s StickyConfig) error {
 		})
 	}
 	c.signed = getSignedBuckets(secret, previous)
-	c.lookup = c.signed.lookup
 	c.key = []byte(secret)
 	c.cookieName = ck.Name
 	path := ck.Path
@@ -391,7 +389,7 @@ func (c *canary) ServeHTTP(rw http.ResponseWriter, req *http.Request) { c.serve(
 func pick(c *canary, rw http.ResponseWriter, req *http.Request) *route {
 	if c.fast && req.Header[c.overrideHeader] == nil {
 		if ck, err := req.Cookie(c.cookieName); err == nil {
-			if b, ok := c.lookup[ck.Value]; ok && b < numBuckets {
+			if b, ok := c.signed.lookup[ck.Value]; ok && b < numBuckets {
 				return c.bucketOf[b]
 			}
 		}

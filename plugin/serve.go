@@ -17,6 +17,7 @@ func serveFunc(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
 	primary := c.primary
 	rl := c.rl
+	pickEach := !c.single || c.slowPath // the route is picked per request, not always the primary
 	if fuseAll && rl != nil && c.bs != nil && c.st != nil && c.fast {
 		return serveAll(c)
 	}
@@ -27,7 +28,6 @@ func serveFunc(c *canary) http.HandlerFunc {
 		// breaker alone needs it only for an outcome that is not a plain
 		// success (see leave).
 		timed := st || c.bs.slow > 0
-		pickEach := !c.single || c.slowPath
 		return func(rw http.ResponseWriter, req *http.Request) {
 			start := int64(time.Since(epoch))
 			if rl != nil && !allow(rl, rw, req, start) {
@@ -66,7 +66,6 @@ func serveFunc(c *canary) http.HandlerFunc {
 		}
 	}
 	if rl != nil {
-		pickEach := !c.single || c.slowPath
 		return func(rw http.ResponseWriter, req *http.Request) {
 			if !allow(rl, rw, req, int64(time.Since(epoch))) {
 				return
@@ -79,7 +78,7 @@ func serveFunc(c *canary) http.HandlerFunc {
 		}
 	}
 	if c.fast {
-		lookup, cookieName := c.lookup, c.cookieName
+		lookup, cookieName := c.signed.lookup, c.cookieName
 		handlerOf := make([]http.Handler, numBuckets) // bucket -> its version's handler: one index, no selection
 		for b, r := range c.bucketOf {
 			handlerOf[b] = r.handler
@@ -164,7 +163,7 @@ var fuseAll = true
 // The copies are held to the functions by TestServeAllMatchesServeFunc.
 func serveAll(c *canary) http.HandlerFunc {
 	rl, oh, ok200, bounds := c.rl, c.overrideHeader, c.ok200, c.boundsNs
-	lookup, cookieName, bucketOf := c.lookup, c.cookieName, c.bucketOf
+	lookup, cookieName, bucketOf := c.signed.lookup, c.cookieName, c.bucketOf
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(time.Since(epoch))
 		if !allow(rl, rw, req, start) {

@@ -146,7 +146,6 @@ func rlCountersFor(name string, create bool) *rlCounters {
 
 type bucket struct {
 	tat  int64
-	hits uint32
 	dead bool // evicted from buckets: peers entries pointing here are stale
 }
 
@@ -339,7 +338,6 @@ func reserve(l *limiter, b *bucket, now int64) int64 {
 	wait := tat - now - l.window
 	if wait <= l.maxDelay {
 		b.tat = tat
-		b.hits++
 	}
 	return wait
 }
@@ -358,8 +356,15 @@ func peerBucket(l *limiter, remoteAddr string, now int64) *bucket {
 	if b == nil {
 		b = insertBucket(l, key, now)
 	}
-	if len(l.peers) >= 2*l.max {
-		l.peers = make(map[string]*bucket) // rebuilt lazily from buckets
+	if len(l.peers) >= 2*l.max { // forget two connections, any: they are looked up again on their next request
+		n := 0
+		for k := range l.peers {
+			delete(l.peers, k)
+			n++
+			if n == 2 {
+				break
+			}
+		}
 	}
 	l.peers[remoteAddr] = b
 	return b
@@ -368,8 +373,11 @@ func peerBucket(l *limiter, remoteAddr string, now int64) *bucket {
 // insert adds key, keeping the map within max entries. Called with the lock held.
 // A bucket whose tat has passed is full and carries no state: a few are
 // dropped on every insert, so idle clients expire. When the map is full, a
-// sample of entries is examined and the least used is evicted, so a busy
-// client is not pushed out by a flood of one-shot keys.
+// sample of entries is examined and the one closest to full (the earliest
+// tat) is evicted: dropping a bucket hands its client (tat - now) / interval
+// tokens, so this gives away the least. A client that uses its budget keeps
+// its tat ahead of every one-shot key's (arrival + interval) and is not
+// pushed out by a flood of them.
 func insertBucket(l *limiter, key string, now int64) *bucket {
 	checked := 0
 	for k, b := range l.buckets {
@@ -383,30 +391,23 @@ func insertBucket(l *limiter, key string, now int64) *bucket {
 		}
 	}
 	if len(l.buckets) >= l.max {
-		var victim string
-		var victimHits uint32 = math.MaxUint32
+		var victim *bucket
+		var victimKey string
 		checked = 0
 		for k, b := range l.buckets {
-			if b.tat <= now {
-				victim = k
-				victimHits = 0
-				break
-			}
-			if b.hits < victimHits {
-				victim, victimHits = k, b.hits
+			if victim == nil || b.tat < victim.tat {
+				victim, victimKey = b, k
 			}
 			checked++
-			if checked >= 8 {
+			if b.tat <= now || checked >= 8 {
 				break
 			}
 		}
-		if victimHits != 0 {
+		if victim.tat > now {
 			atomic.AddUint64(&l.counters.evictions, 1)
 		}
-		if v := l.buckets[victim]; v != nil {
-			kill(v)
-		}
-		delete(l.buckets, victim)
+		kill(victim)
+		delete(l.buckets, victimKey)
 	}
 	b := &bucket{}
 	l.buckets[key] = b
@@ -439,7 +440,6 @@ func allow(l *limiter, rw http.ResponseWriter, req *http.Request, now int64) boo
 		return allowSlow(l, rw, req, now)
 	}
 	b.tat = tat
-	b.hits++
 	<-l.sem
 	if l.headers {
 		h := rw.Header()

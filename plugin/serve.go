@@ -66,7 +66,7 @@ func serveFunc(c *canary) http.HandlerFunc {
 		}
 	}
 	if rl != nil {
-		return func(rw http.ResponseWriter, req *http.Request) {
+		slow := func(rw http.ResponseWriter, req *http.Request) {
 			if !allow(rl, rw, req, int64(time.Since(epoch))) {
 				return
 			}
@@ -76,6 +76,10 @@ func serveFunc(c *canary) http.HandlerFunc {
 			}
 			primary.handler.ServeHTTP(rw, req)
 		}
+		if rl.source == sourcePeer && rl.headers && rl.nR > 0 && !pickEach {
+			return serveLimited(rl, oh, primary.handler, slow)
+		}
+		return slow
 	}
 	if c.fast {
 		lookup, cookieName := c.signed.lookup, c.cookieName
@@ -232,5 +236,45 @@ func serveAll(c *canary) http.HandlerFunc {
 			vs.sumNs += d
 		}
 		<-vs.sem
+	}
+}
+
+// serveLimited is the request path with the limiter keyed by the peer's
+// address, headers on, one version, and no breaker or reporting (slow is the
+// general path for the same configuration). A keep-alive peer admitted
+// without delay is allow's inline step with the limiter's fields captured and
+// the RateLimit field from byQ; every other request goes to slow, which
+// decides it from scratch.
+func serveLimited(l *limiter, oh string, next http.Handler, slow http.HandlerFunc) http.HandlerFunc {
+	sem, peers, interval, span, policy := l.sem, l.peers, l.interval, l.window+l.interval, l.policy
+	since := time.Since // a captured function costs one selection less per call
+	// byQ[q] is byR[q-1]. With tat charged, q = (now + span - tat) / interval
+	// is (interval - wait) / interval, wait being reserve's: the remaining
+	// count plus one when the request waits for nothing (wait <= 0), and 0
+	// or less when it would wait, or the bucket is dead (deadTat). byQ[0] is
+	// never read.
+	byQ := make([][]string, l.nR+1)
+	copy(byQ[1:], l.byR)
+	return func(rw http.ResponseWriter, req *http.Request) {
+		now := int64(since(epoch))
+		sem <- struct{}{}
+		if b := peers[req.RemoteAddr]; b != nil && req.Header[oh] == nil {
+			tat := b.tat
+			if tat < now {
+				tat = now
+			}
+			tat += interval
+			if q := (now + span - tat) / interval; q > 0 {
+				b.tat = tat
+				<-sem
+				h := rw.Header()
+				h["Ratelimit-Policy"] = policy
+				h["Ratelimit"] = byQ[q]
+				next.ServeHTTP(rw, req)
+				return
+			}
+		}
+		<-sem
+		slow(rw, req)
 	}
 }

@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestServeAllMatchesServeFunc holds serveAll, the fused path for every
@@ -107,4 +109,104 @@ func TestServeAllMatchesServeFunc(t *testing.T) {
 	if fmt.Sprint(a.Fallbacks) != fmt.Sprint(b.Fallbacks) || len(a.Fallbacks) == 0 {
 		t.Errorf("fallbacks: fused %v, general %v (want some)", a.Fallbacks, b.Fallbacks)
 	}
+}
+
+// TestServeLimitedMatchesReserve holds serveLimited's inline step to
+// reserve, the GCRA step of take. serveLimited reads the clock itself, so the
+// test places the bucket's tat at a random offset from a clock reading lo
+// taken just before the request, reads the clock again (hi) just after, and
+// expects reserve's answer at lo or at hi: the request is either admitted
+// inline, with the bucket charged as reserve charges it and the RateLimit
+// field of the table, or handed to slow with the bucket untouched. New peers,
+// evicted buckets and override headers always go to slow.
+func TestServeLimitedMatchesReserve(t *testing.T) {
+	rng := rand.New(rand.NewSource(5))
+	l := testLimiter(t, rlConfig(4, "1s", 4)) // interval 250ms, window 1s: r = 3..0 all come from the table
+	next := http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) { rw.WriteHeader(http.StatusOK) })
+	var slowTat int64
+	slowCalls := 0
+	slow := func(rw http.ResponseWriter, req *http.Request) {
+		slowCalls++
+		slowTat = deadTat
+		if b := l.peers[req.RemoteAddr]; b != nil {
+			slowTat = b.tat
+		}
+		rw.WriteHeader(http.StatusTeapot)
+	}
+	h := serveLimited(l, "X-Canary", next, slow)
+	peer := "192.0.2.1:4242"
+	allow(l, httptest.NewRecorder(), &http.Request{RemoteAddr: peer, Header: http.Header{}}, 0) // the peer's bucket
+	b := l.peers[peer]
+	inline := 0
+	for i := 0; i < 2000; i++ {
+		req := httptest.NewRequest(http.MethodGet, "http://x/", nil)
+		req.RemoteAddr = peer
+		switch {
+		case i%50 == 7:
+			req.RemoteAddr = fmt.Sprintf("192.0.2.1:%d", 5000+i) // a new connection: no cached bucket
+		case i%50 == 9:
+			req.Header.Set("X-Canary", "always")
+		}
+		offset := int64(rng.Float64()*2000*float64(ms)) - 500*ms // tat from 0.5s behind the clock to 1.5s ahead
+		rec := httptest.NewRecorder()
+		l.sem <- struct{}{}
+		lo := int64(time.Since(epoch))
+		t0 := lo + offset
+		b.tat = t0
+		<-l.sem
+		h.ServeHTTP(rec, req)
+		hi := int64(time.Since(epoch))
+		atLo, atHi := reserveAt(l, t0, lo), reserveAt(l, t0, hi)
+		if req.RemoteAddr != peer || req.Header.Get("X-Canary") != "" {
+			atLo, atHi = false, false
+		}
+		if rec.Code == http.StatusTeapot {
+			if atLo && atHi {
+				t.Fatalf("request %d: tat %v from the clock: reserve admits it, serveLimited handed it to slow", i, time.Duration(offset))
+			}
+			if req.RemoteAddr == peer && slowTat != t0 {
+				t.Fatalf("request %d: handed to slow with the bucket changed (%d, was %d)", i, slowTat, t0)
+			}
+			continue
+		}
+		inline++
+		if !atLo && !atHi {
+			t.Fatalf("request %d: tat %v from the clock: reserve delays or rejects it, serveLimited admitted it", i, time.Duration(offset))
+		}
+		tat := b.tat
+		if tat < maxInt64(t0, lo)+l.interval || tat > maxInt64(t0, hi)+l.interval {
+			t.Fatalf("request %d: tat %d after, want max(%d, now in [%d, %d]) + %d", i, tat, t0, lo, hi, l.interval)
+		}
+		rLo, rHi := (lo+l.window-tat)/l.interval, (hi+l.window-tat)/l.interval
+		got := rec.Header().Get("Ratelimit")
+		if got != l.byR[rLo][0] && got != l.byR[rHi][0] {
+			t.Fatalf("request %d: RateLimit %q, want %q", i, got, l.byR[rLo][0])
+		}
+		if p := rec.Header().Get("Ratelimit-Policy"); p != l.policy[0] {
+			t.Fatalf("request %d: RateLimit-Policy %q, want %q", i, p, l.policy[0])
+		}
+	}
+	if inline < 400 || slowCalls < 400 {
+		t.Errorf("%d inline and %d slow answers: the offsets test too little", inline, slowCalls)
+	}
+	// An evicted bucket is never charged inline.
+	kill(b)
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, &http.Request{RemoteAddr: peer, Header: http.Header{}})
+	if rec.Code != http.StatusTeapot || b.tat != deadTat {
+		t.Errorf("an evicted bucket: status %d, tat %d", rec.Code, b.tat)
+	}
+}
+
+// reserveAt says whether reserve admits a request at now, without delay, on a
+// bucket with this tat.
+func reserveAt(l *limiter, tat, now int64) bool {
+	return reserve(l, &bucket{tat: tat}, now) <= 0
+}
+
+func maxInt64(a, b int64) int64 {
+	if a > b {
+		return a
+	}
+	return b
 }

@@ -299,3 +299,11 @@ func BenchmarkYaegiFloorNext(b *testing.B) {
 func BenchmarkYaegiFloorObserve(b *testing.B) {
 	runServe(b, floorHandler(b, "observe"), httptest.NewRequest(http.MethodGet, "http://bench.test/", nil))
 }
+
+// BenchmarkYaegiFloorLimit: the reference plugin that reads the clock, takes
+// a lock, stores the instant by peer and writes the two RateLimit fields.
+func BenchmarkYaegiFloorLimit(b *testing.B) {
+	req := httptest.NewRequest(http.MethodGet, "http://bench.test/", nil)
+	req.RemoteAddr = "192.0.2.1:1234"
+	runServe(b, floorHandler(b, "limit"), req)
+}

@@ -76,7 +76,7 @@ func serveFunc(c *canary) http.HandlerFunc {
 			}
 			primary.handler.ServeHTTP(rw, req)
 		}
-		if rl.source == sourcePeer && rl.headers && rl.nR > 0 && !pickEach {
+		if rl.source == sourcePeer && (rl.nR > 0 || !rl.headers) && !pickEach {
 			return serveLimited(rl, oh, primary.handler, slow)
 		}
 		return slow
@@ -240,13 +240,14 @@ func serveAll(c *canary) http.HandlerFunc {
 }
 
 // serveLimited is the request path with the limiter keyed by the peer's
-// address, headers on, one version, and no breaker or reporting (slow is the
-// general path for the same configuration). A keep-alive peer admitted
+// address, one version, and no breaker or reporting, when the RateLimit
+// field comes from byR or headers are off (slow is the general path for the
+// same configuration). A keep-alive peer admitted
 // without delay is allow's inline step with the limiter's fields captured and
 // the RateLimit field from byQ; every other request goes to slow, which
 // decides it from scratch.
 func serveLimited(l *limiter, oh string, next http.Handler, slow http.HandlerFunc) http.HandlerFunc {
-	sem, peers, interval, span, policy := l.sem, l.peers, l.interval, l.window+l.interval, l.policy
+	sem, peers, interval, span, headers, policy := l.sem, l.peers, l.interval, l.window+l.interval, l.headers, l.policy
 	since := time.Since // a captured function costs one selection less per call
 	// byQ[q] is byR[q-1]. With tat charged, q = (now + span - tat) / interval
 	// is (interval - wait) / interval, wait being reserve's: the remaining
@@ -267,9 +268,11 @@ func serveLimited(l *limiter, oh string, next http.Handler, slow http.HandlerFun
 			if q := (now + span - tat) / interval; q > 0 {
 				b.tat = tat
 				<-sem
-				h := rw.Header()
-				h["Ratelimit-Policy"] = policy
-				h["Ratelimit"] = byQ[q]
+				if headers {
+					h := rw.Header()
+					h["Ratelimit-Policy"] = policy
+					h["Ratelimit"] = byQ[q]
+				}
 				next.ServeHTTP(rw, req)
 				return
 			}

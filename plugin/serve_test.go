@@ -120,8 +120,15 @@ func TestServeAllMatchesServeFunc(t *testing.T) {
 // field of the table, or handed to slow with the bucket untouched. New peers,
 // evicted buckets and override headers always go to slow.
 func TestServeLimitedMatchesReserve(t *testing.T) {
+	for _, headers := range []bool{true, false} {
+		cfg := rlConfig(4, "1s", 4) // interval 250ms, window 1s: r = 3..0 all come from the table
+		cfg.Headers = headers
+		t.Run(fmt.Sprintf("headers=%v", headers), func(t *testing.T) { testServeLimited(t, testLimiter(t, cfg)) })
+	}
+}
+
+func testServeLimited(t *testing.T, l *limiter) {
 	rng := rand.New(rand.NewSource(5))
-	l := testLimiter(t, rlConfig(4, "1s", 4)) // interval 250ms, window 1s: r = 3..0 all come from the table
 	next := http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) { rw.WriteHeader(http.StatusOK) })
 	var slowTat int64
 	slowCalls := 0
@@ -176,6 +183,12 @@ func TestServeLimitedMatchesReserve(t *testing.T) {
 		tat := b.tat
 		if tat < maxInt64(t0, lo)+l.interval || tat > maxInt64(t0, hi)+l.interval {
 			t.Fatalf("request %d: tat %d after, want max(%d, now in [%d, %d]) + %d", i, tat, t0, lo, hi, l.interval)
+		}
+		if !l.headers {
+			if len(rec.Header()) != 0 {
+				t.Fatalf("request %d: headers %v with headers off", i, rec.Header())
+			}
+			continue
 		}
 		rLo, rHi := (lo+l.window-tat)/l.interval, (hi+l.window-tat)/l.interval
 		got := rec.Header().Get("Ratelimit")

@@ -66,6 +66,7 @@ var routers = []router{
 	{name: "all", label: "4. edgecanary: everything on, reporting to the sidecar", cookie: "edgecanary"},
 	{name: "floor-next", label: "5a. reference Yaegi plugin that only calls next (the interpreter's floor)"},
 	{name: "floor-observe", label: "5b. reference Yaegi plugin that reads the status code and times the request (the floor of 3c, 3d and 4)"},
+	{name: "floor-limit", label: "5c. reference Yaegi plugin that reads the clock, takes a lock, stores the instant by peer and writes the two RateLimit fields (the floor of 3b)"},
 }
 
 // floorModule is the reference plugin in floor/, staged next to edgecanary.

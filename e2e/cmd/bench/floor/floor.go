@@ -14,10 +14,13 @@ import (
 
 // Config selects what the handler does.
 type Config struct {
-	// Mode is "next": call next and nothing else; or "observe": also wrap
-	// the writer to read the status code, and read the clock before and
-	// after, which is the least a circuit breaker or a latency histogram of
-	// the router's own service can do.
+	// Mode is "next": call next and nothing else; "observe": also wrap the
+	// writer to read the status code, and read the clock before and after,
+	// which is the least a circuit breaker or a latency histogram of the
+	// router's own service can do; or "limit": read the clock, take a lock,
+	// store the instant under the client's address, and write the two
+	// RateLimit fields, which is the least a rate limiter keyed by the peer
+	// does before it decides anything.
 	Mode string `json:"mode,omitempty"`
 }
 
@@ -53,6 +56,24 @@ func New(_ context.Context, next http.Handler, cfg *Config, name string) (http.H
 				log.Printf("%s: no status or the clock went back", name)
 			}
 		}), nil
+	case "limit":
+		sem := make(chan struct{}, 1)
+		last := map[string]int64{} // RemoteAddr -> the instant of its last request
+		policy := []string{`"floor";q=100000;w=1`}
+		field := []string{`"floor";r=999;t=1`}
+		return http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
+			now := int64(time.Since(epoch))
+			sem <- struct{}{}
+			if len(last) >= 4096 {
+				last = map[string]int64{}
+			}
+			last[req.RemoteAddr] = now
+			<-sem
+			h := rw.Header()
+			h["Ratelimit-Policy"] = policy
+			h["Ratelimit"] = field
+			next.ServeHTTP(rw, req)
+		}), nil
 	}
-	return nil, fmt.Errorf("mode: %q: want next or observe", cfg.Mode)
+	return nil, fmt.Errorf("mode: %q: want next, observe or limit", cfg.Mode)
 }

@@ -326,7 +326,11 @@ func writeReport(o options, selected []router, results, latency map[string][]res
 		fmt.Fprintf(&b, "The interpreter's floor, in the same run: a Yaegi plugin that only calls next kept %.3f; one that only reads the status code and times the request, the least that a circuit breaker or a latency histogram of the router's service can do, kept %.3f and added %+.0f µs to p50 (lines 5a and 5b; see below).\n", n, v, a)
 	}
 	if v, ok := med("floor-limit", ratio); ok {
-		fmt.Fprintf(&b, "The floor of a rate limiter keyed by the peer, in the same run: a Yaegi plugin that only reads the clock, takes a lock, stores the instant under the client's address and writes the two RateLimit fields (it decides nothing) kept %.3f (line 5c; see below).\n", v)
+		verdict := "at or above"
+		if v < 0.92 {
+			verdict = "below"
+		}
+		fmt.Fprintf(&b, "The floor of a rate limiter keyed by the peer, in the same run: a Yaegi plugin that only reads the clock, takes a lock, stores the instant under the client's address and writes the two RateLimit fields (it decides nothing) kept %.3f, %s the rate limit line's budget (0.92) (line 5c; see below).\n", v, verdict)
 	}
 	if len(micro) > 0 {
 		fmt.Fprintf(&b, "\n## Where the interpreted time goes\n\n")

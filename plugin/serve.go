@@ -76,7 +76,7 @@ func serveFunc(c *canary) http.HandlerFunc {
 			}
 			primary.handler.ServeHTTP(rw, req)
 		}
-		if rl.source == sourcePeer && (rl.nR > 0 || !rl.headers) && !pickEach {
+		if peers, _ := inlineLimiter(rl); peers != nil && !pickEach {
 			return serveLimited(rl, oh, primary.handler, slow)
 		}
 		return slow
@@ -162,16 +162,40 @@ var fuseAll = true
 // serveAll is the request path with every feature on (two or more versions
 // with the sticky cookie, the limiter, the breaker and reporting), the one
 // the benchmark's budget names. It is serveFunc's observed path with the
-// common steps of pick, enter, leave and record inline: four calls and their
-// frames fewer, 272 -> 227 allocations per request in the micro-benchmark.
-// The copies are held to the functions by TestServeAllMatchesServeFunc.
+// common steps of allow, pick, enter, leave and record inline: five calls
+// and their frames fewer, 272 -> 200 allocations per request in the
+// micro-benchmark. The copies are held to the functions by
+// TestServeAllMatchesServeFunc and, for allow's step, which is
+// serveLimited's, by TestLimitedPathsMatchReserve.
 func serveAll(c *canary) http.HandlerFunc {
 	rl, oh, ok200, bounds := c.rl, c.overrideHeader, c.ok200, c.boundsNs
 	lookup, cookieName, bucketOf := c.signed.lookup, c.cookieName, c.bucketOf
+	peers, byQ := inlineLimiter(rl)
+	sem, interval, span, headers, policy := rl.sem, rl.interval, rl.window+rl.interval, rl.headers, rl.policy
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(time.Since(epoch))
-		if !allow(rl, rw, req, start) {
-			return
+		// allow: a keep-alive peer admitted without delay, as in serveLimited.
+		q := int64(0)
+		sem <- struct{}{}
+		if b := peers[req.RemoteAddr]; b != nil {
+			tat := b.tat
+			if tat < start {
+				tat = start
+			}
+			tat += interval
+			if q = (start + span - tat) / interval; q > 0 {
+				b.tat = tat
+			}
+		}
+		<-sem
+		if q <= 0 {
+			if !allowSlow(rl, rw, req, start) {
+				return
+			}
+		} else if headers {
+			h := rw.Header()
+			h["Ratelimit-Policy"] = policy
+			h["Ratelimit"] = byQ[q]
 		}
 		// pick: a returning client's valid cookie.
 		var r *route
@@ -239,23 +263,17 @@ func serveAll(c *canary) http.HandlerFunc {
 	}
 }
 
-// serveLimited is the request path with the limiter keyed by the peer's
-// address, one version, and no breaker or reporting, when the RateLimit
-// field comes from byR or headers are off (slow is the general path for the
-// same configuration). A keep-alive peer admitted
-// without delay is allow's inline step with the limiter's fields captured and
-// the RateLimit field from byQ; every other request goes to slow, which
-// decides it from scratch.
+// serveLimited is the request path with the limiter alone, on one version,
+// when inlineLimiter's step can answer: a keep-alive peer admitted without
+// delay is allow's inline step with the limiter's fields captured and the
+// RateLimit field from byQ (50 allocations per request in the
+// micro-benchmark, against 83 through allow). Every other request goes to
+// slow, the general path for the same configuration, which decides it from
+// scratch. TestLimitedPathsMatchReserve holds both to reserve.
 func serveLimited(l *limiter, oh string, next http.Handler, slow http.HandlerFunc) http.HandlerFunc {
-	sem, peers, interval, span, headers, policy := l.sem, l.peers, l.interval, l.window+l.interval, l.headers, l.policy
+	peers, byQ := inlineLimiter(l)
+	sem, interval, span, headers, policy := l.sem, l.interval, l.window+l.interval, l.headers, l.policy
 	since := time.Since // a captured function costs one selection less per call
-	// byQ[q] is byR[q-1]. With tat charged, q = (now + span - tat) / interval
-	// is (interval - wait) / interval, wait being reserve's: the remaining
-	// count plus one when the request waits for nothing (wait <= 0), and 0
-	// or less when it would wait, or the bucket is dead (deadTat). byQ[0] is
-	// never read.
-	byQ := make([][]string, l.nR+1)
-	copy(byQ[1:], l.byR)
 	return func(rw http.ResponseWriter, req *http.Request) {
 		now := int64(since(epoch))
 		sem <- struct{}{}
@@ -280,4 +298,23 @@ func serveLimited(l *limiter, oh string, next http.Handler, slow http.HandlerFun
 		<-sem
 		slow(rw, req)
 	}
+}
+
+// inlineLimiter returns what the inline GCRA step of serveLimited and
+// serveAll reads: the peer cache, and byQ, the RateLimit field by q.
+//
+// With tat charged, q = (now + span - tat) / interval, span = window +
+// interval, is (interval - wait) / interval, wait being reserve's: the
+// remaining count plus one when the request waits for nothing (wait <= 0),
+// and 0 or less when it would wait, or the bucket is dead (deadTat). byQ[q]
+// is byR[q-1]; byQ[0] is never read. When the step cannot answer (clients
+// keyed otherwise than by peer, or headers on without the byR table), the
+// peer cache returned is nil: every lookup misses, and allowSlow decides.
+func inlineLimiter(l *limiter) (map[string]*bucket, [][]string) {
+	byQ := make([][]string, l.nR+1)
+	copy(byQ[1:], l.byR)
+	if l.source != sourcePeer || l.headers && l.nR == 0 {
+		return nil, byQ
+	}
+	return l.peers, byQ
 }

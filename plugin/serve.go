@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"net/http"
+	"strings"
 	"time"
 )
 
@@ -28,6 +29,7 @@ func serveFunc(c *canary) http.HandlerFunc {
 		// breaker alone needs it only for an outcome that is not a plain
 		// success (see leave).
 		timed := st || c.bs.slow > 0
+		contains := strings.Contains // server-sent events: see mayStream, here inline (most requests carry Accept)
 		return func(rw http.ResponseWriter, req *http.Request) {
 			start := int64(time.Since(epoch))
 			if rl != nil && !allow(rl, rw, req, start) {
@@ -46,7 +48,7 @@ func serveFunc(c *canary) http.HandlerFunc {
 				}
 			}
 			code := 0
-			if req.Header["Upgrade"] != nil || (req.ProtoMajor == 2 || req.Header["Accept"] != nil) && mayStream(req) {
+			if a := req.Header["Accept"]; req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && mayStream(req) || len(a) > 0 && contains(a[0], "text/event-stream") {
 				r.handler.ServeHTTP(rw, req)
 			} else {
 				w := &statusWriter{ResponseWriter: rw, code: 200}
@@ -172,6 +174,7 @@ func serveAll(c *canary) http.HandlerFunc {
 	lookup, cookieName, bucketOf := c.signed.lookup, c.cookieName, c.bucketOf
 	peers, byQ := inlineLimiter(rl)
 	sem, interval, span, headers, policy := rl.sem, rl.interval, rl.window+rl.interval, rl.headers, rl.policy
+	contains := strings.Contains
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(time.Since(epoch))
 		// allow: a keep-alive peer admitted without delay, as in serveLimited.
@@ -225,7 +228,7 @@ func serveAll(c *canary) http.HandlerFunc {
 			br = r.br
 		}
 		code := 0
-		if req.Header["Upgrade"] != nil || (req.ProtoMajor == 2 || req.Header["Accept"] != nil) && mayStream(req) {
+		if a := req.Header["Accept"]; req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && mayStream(req) || len(a) > 0 && contains(a[0], "text/event-stream") {
 			r.handler.ServeHTTP(rw, req)
 		} else {
 			w := &statusWriter{ResponseWriter: rw, code: 200}

@@ -264,3 +264,88 @@ func maxInt64(a, b int64) int64 {
 	}
 	return b
 }
+
+// TestObservedPathsHandStreamsTheOriginalWriter: requests that may stream
+// (an Upgrade, server-sent events, gRPC over HTTP/2) must reach the version
+// with Traefik's own ResponseWriter, which can flush and hijack; every other
+// request goes through the status wrapper, on every observed path.
+func TestObservedPathsHandStreamsTheOriginalWriter(t *testing.T) {
+	var got http.ResponseWriter
+	next := http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) { got = rw })
+	cases := []struct {
+		accept, upgrade, contentType string
+		h2, stream                   bool
+	}{
+		{stream: false},
+		{accept: "text/html,application/xhtml+xml,*/*;q=0.8"},
+		{accept: "text/event-stream", stream: true},
+		{accept: "application/json, text/event-stream", stream: true},
+		{upgrade: "websocket", stream: true},
+		{contentType: "application/grpc"},
+		{contentType: "application/grpc+proto", h2: true, stream: true},
+		{contentType: "application/json", h2: true},
+		{accept: "text/event-stream", h2: true, stream: true},
+	}
+	for n, setup := range []struct {
+		name  string
+		fused bool
+		cfg   func(*Config)
+	}{
+		{"breaker only", true, func(cfg *Config) { cfg.CircuitBreaker.ConsecutiveFailures = 3 }},
+		{"reporting only", true, func(cfg *Config) { cfg.Sidecar.Address, cfg.Sidecar.Interval = "http://127.0.0.1:1", "1h" }},
+		{"everything on", true, func(cfg *Config) {
+			cfg.Versions = map[string]VersionConfig{"stable": {Weight: 100}, "canary": {Weight: 0, URL: "http://127.0.0.1:1"}}
+			cfg.Sticky.Cookie.Secret = "s"
+			cfg.RateLimit = rlConfig(1000, "1s", 1000)
+			cfg.CircuitBreaker.ConsecutiveFailures = 3
+			cfg.Sidecar.Address, cfg.Sidecar.Interval = "http://127.0.0.1:1", "1h"
+		}},
+		{"everything on, general path", false, func(cfg *Config) {
+			cfg.Versions = map[string]VersionConfig{"stable": {Weight: 100}, "canary": {Weight: 0, URL: "http://127.0.0.1:1"}}
+			cfg.Sticky.Cookie.Secret = "s"
+			cfg.RateLimit = rlConfig(1000, "1s", 1000)
+			cfg.CircuitBreaker.ConsecutiveFailures = 3
+			cfg.Sidecar.Address, cfg.Sidecar.Interval = "http://127.0.0.1:1", "1h"
+		}},
+	} {
+		t.Run(setup.name, func(t *testing.T) {
+			cfg := CreateConfig()
+			cfg.Versions = map[string]VersionConfig{"stable": {Weight: 100}}
+			setup.cfg(cfg)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			prev := fuseAll
+			fuseAll = setup.fused
+			c, err := newCanary(ctx, next, cfg, fmt.Sprintf("streams-%d@file", n))
+			fuseAll = prev
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !c.observe {
+				t.Fatal("not an observed path")
+			}
+			for _, tc := range cases {
+				req := httptest.NewRequest(http.MethodGet, "http://shop.test/", nil)
+				if tc.accept != "" {
+					req.Header.Set("Accept", tc.accept)
+				}
+				if tc.upgrade != "" {
+					req.Header.Set("Connection", "Upgrade")
+					req.Header.Set("Upgrade", tc.upgrade)
+				}
+				if tc.contentType != "" {
+					req.Header.Set("Content-Type", tc.contentType)
+				}
+				if tc.h2 {
+					req.Proto, req.ProtoMajor, req.ProtoMinor = "HTTP/2.0", 2, 0
+				}
+				rec := httptest.NewRecorder()
+				got = nil
+				c.ServeHTTP(rec, req)
+				if original := got == http.ResponseWriter(rec); original != tc.stream || got == nil {
+					t.Errorf("%+v: the version got the original writer: %v, want %v", tc, original, tc.stream)
+				}
+			}
+		})
+	}
+}

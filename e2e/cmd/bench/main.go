@@ -69,6 +69,11 @@ var routers = []router{
 	{name: "floor-limit", label: "5c. reference Yaegi plugin that reads the clock, takes a lock, stores the instant by peer and writes the two RateLimit fields (the floor of 3b)"},
 }
 
+// benchAccept is the Accept header of every benchmark request, as curl sends
+// it: real clients send one, and the middleware may look at it (server-sent
+// events are streamed past the status wrapper).
+const benchAccept = "*/*"
+
 // floorModule is the reference plugin in floor/, staged next to edgecanary.
 const floorModule = "github.com/edgecanary/benchfloor"
 
@@ -254,7 +259,7 @@ experimental:
 
 	runWith := func(r router, d time.Duration, threads, connections int) (result, error) {
 		args := []string{"-t", strconv.Itoa(threads), "-c", strconv.Itoa(connections), "-d", fmt.Sprintf("%ds", int(d.Seconds())),
-			"--latency", "-H", "Host: " + r.name + ".bench"}
+			"--latency", "-H", "Host: " + r.name + ".bench", "-H", "Accept: " + benchAccept}
 		if c := cookies[r.name]; c != "" {
 			args = append(args, "-H", "Cookie: "+c)
 		}

@@ -12,6 +12,22 @@ import (
 	"time"
 )
 
+// fusedCanary builds a canary with serveAll allowed or not; its context ends
+// with the test.
+func fusedCanary(t *testing.T, next http.Handler, cfg *Config, name string, fused bool) *canary {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	prev := fuseAll
+	fuseAll = fused
+	defer func() { fuseAll = prev }()
+	c, err := newCanary(ctx, next, cfg, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // TestServeAllMatchesServeFunc holds serveAll, the fused path for every
 // feature on, to the general observed path built from allow, pick, enter,
 // leave and record: the same requests must get the same answers, the same
@@ -39,16 +55,7 @@ func TestServeAllMatchesServeFunc(t *testing.T) {
 		cfg.Sidecar.Address = "http://127.0.0.1:1" // nothing listens: reporting fails quietly
 		cfg.Sidecar.Interval = "1h"
 		cfg.Override.TrustedIPs = []string{"192.0.2.0/24"}
-		ctx, cancel := context.WithCancel(context.Background())
-		t.Cleanup(cancel)
-		prev := fuseAll
-		fuseAll = fused
-		defer func() { fuseAll = prev }()
-		c, err := newCanary(ctx, next, cfg, name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
+		return fusedCanary(t, next, cfg, name, fused)
 	}
 	fusedC, generalC := build("fuse-a@file", true), build("fuse-b@file", false)
 	canaryBucket, stableBucket := 0, numBuckets-1 // canary takes the low buckets
@@ -145,16 +152,7 @@ func TestLimitedPathsMatchReserve(t *testing.T) {
 			}
 			cfg.RateLimit = rlConfig(4, "1s", 4) // interval 250ms, window 1s: r = 3..0 all come from the byR table
 			cfg.RateLimit.Headers = tc.headers
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			prev := fuseAll
-			fuseAll = tc.fused
-			c, err := newCanary(ctx, stableNext, cfg, fmt.Sprintf("limited-%d@file", n))
-			fuseAll = prev
-			if err != nil {
-				t.Fatal(err)
-			}
-			testLimitedPath(t, c)
+			testLimitedPath(t, fusedCanary(t, stableNext, cfg, fmt.Sprintf("limited-%d@file", n), tc.fused))
 		})
 	}
 }
@@ -286,6 +284,13 @@ func TestObservedPathsHandStreamsTheOriginalWriter(t *testing.T) {
 		{contentType: "application/json", h2: true},
 		{accept: "text/event-stream", h2: true, stream: true},
 	}
+	everything := func(cfg *Config) {
+		cfg.Versions = map[string]VersionConfig{"stable": {Weight: 100}, "canary": {Weight: 0, URL: "http://127.0.0.1:1"}}
+		cfg.Sticky.Cookie.Secret = "s"
+		cfg.RateLimit = rlConfig(1000, "1s", 1000)
+		cfg.CircuitBreaker.ConsecutiveFailures = 3
+		cfg.Sidecar.Address, cfg.Sidecar.Interval = "http://127.0.0.1:1", "1h"
+	}
 	for n, setup := range []struct {
 		name  string
 		fused bool
@@ -293,34 +298,14 @@ func TestObservedPathsHandStreamsTheOriginalWriter(t *testing.T) {
 	}{
 		{"breaker only", true, func(cfg *Config) { cfg.CircuitBreaker.ConsecutiveFailures = 3 }},
 		{"reporting only", true, func(cfg *Config) { cfg.Sidecar.Address, cfg.Sidecar.Interval = "http://127.0.0.1:1", "1h" }},
-		{"everything on", true, func(cfg *Config) {
-			cfg.Versions = map[string]VersionConfig{"stable": {Weight: 100}, "canary": {Weight: 0, URL: "http://127.0.0.1:1"}}
-			cfg.Sticky.Cookie.Secret = "s"
-			cfg.RateLimit = rlConfig(1000, "1s", 1000)
-			cfg.CircuitBreaker.ConsecutiveFailures = 3
-			cfg.Sidecar.Address, cfg.Sidecar.Interval = "http://127.0.0.1:1", "1h"
-		}},
-		{"everything on, general path", false, func(cfg *Config) {
-			cfg.Versions = map[string]VersionConfig{"stable": {Weight: 100}, "canary": {Weight: 0, URL: "http://127.0.0.1:1"}}
-			cfg.Sticky.Cookie.Secret = "s"
-			cfg.RateLimit = rlConfig(1000, "1s", 1000)
-			cfg.CircuitBreaker.ConsecutiveFailures = 3
-			cfg.Sidecar.Address, cfg.Sidecar.Interval = "http://127.0.0.1:1", "1h"
-		}},
+		{"everything on", true, everything},
+		{"everything on, general path", false, everything},
 	} {
 		t.Run(setup.name, func(t *testing.T) {
 			cfg := CreateConfig()
 			cfg.Versions = map[string]VersionConfig{"stable": {Weight: 100}}
 			setup.cfg(cfg)
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			prev := fuseAll
-			fuseAll = setup.fused
-			c, err := newCanary(ctx, next, cfg, fmt.Sprintf("streams-%d@file", n))
-			fuseAll = prev
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := fusedCanary(t, next, cfg, fmt.Sprintf("streams-%d@file", n), setup.fused)
 			if !c.observe {
 				t.Fatal("not an observed path")
 			}

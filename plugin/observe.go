@@ -43,7 +43,8 @@ func admit(c *canary, r *route, rw http.ResponseWriter, req *http.Request, now i
 // mayStream reports whether a request without Upgrade may stream: server-sent
 // events, or gRPC over HTTP/2. The request paths call it for HTTP/2 only and
 // test Accept for server-sent events inline: most requests carry Accept, and
-// under Yaegi this call costs about 30 allocations, the inline test 5.
+// under Yaegi this call cost 37 allocations for such a request, the inline
+// test 10.
 func mayStream(req *http.Request) bool {
 	if a, ok := req.Header["Accept"]; ok && len(a) > 0 && len(a[0]) >= 17 && strings.Contains(a[0], "text/event-stream") {
 		return true

@@ -212,7 +212,7 @@ func testLimitedPath(t *testing.T, c *canary) {
 			t.Fatalf("request %d: tat %v from the clock: reserve rejects it (wait %v), the path let it through", i, time.Duration(offset), time.Duration(waitLo))
 		}
 		if tat < maxInt64(t0, lo)+l.interval || tat > maxInt64(t0, hi)+l.interval {
-			t.Fatalf("request %d: tat %d after, want max(%d, now in [%d, %d]) + %d", i, tat, t0, lo, hi, l.interval)
+			t.Fatalf("request %d: tat %d after, want the later of %d and now in [%d, %d], plus %d", i, tat, t0, lo, hi, l.interval)
 		}
 		got := rec.Header().Get("Ratelimit")
 		if !l.headers {

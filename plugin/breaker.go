@@ -51,6 +51,9 @@ func defaultCircuitBreakerConfig() CircuitBreakerConfig {
 	}
 }
 
+// maxBreakerCount bounds the count settings, which the breaker keeps as uint32.
+const maxBreakerCount = 1<<31 - 1
+
 // noExpiry is the expiry of a closed breaker that never resets its counts
 // (interval 0): a closed breaker's window is then one comparison.
 const noExpiry = math.MaxInt64
@@ -87,17 +90,20 @@ type breakerSettings struct {
 }
 
 func newBreakerSettings(cfg CircuitBreakerConfig) (*breakerSettings, error) {
-	if cfg.ConsecutiveFailures < 0 {
-		return nil, fmt.Errorf("circuitBreaker.consecutiveFailures: must not be negative, got %d", cfg.ConsecutiveFailures)
+	for _, f := range []struct {
+		field string
+		v     int
+	}{
+		{"circuitBreaker.consecutiveFailures", cfg.ConsecutiveFailures},
+		{"circuitBreaker.minRequests", cfg.MinRequests},
+		{"circuitBreaker.halfOpenRequests", cfg.HalfOpenRequests},
+	} {
+		if err := checkCount(f.field, f.v, maxBreakerCount); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.FailureRatio < 0 || cfg.FailureRatio > 1 || cfg.FailureRatio != cfg.FailureRatio {
 		return nil, fmt.Errorf("circuitBreaker.failureRatio: must be between 0 and 1, got %v", cfg.FailureRatio)
-	}
-	if cfg.MinRequests < 0 {
-		return nil, fmt.Errorf("circuitBreaker.minRequests: must not be negative, got %d", cfg.MinRequests)
-	}
-	if cfg.HalfOpenRequests < 0 {
-		return nil, fmt.Errorf("circuitBreaker.halfOpenRequests: must not be negative, got %d", cfg.HalfOpenRequests)
 	}
 	if cfg.ResponseCode != 0 && (cfg.ResponseCode < 400 || cfg.ResponseCode > 599) {
 		return nil, fmt.Errorf("circuitBreaker.responseCode: must be a 4xx or 5xx status, got %d", cfg.ResponseCode)

@@ -43,8 +43,9 @@ type VersionConfig struct {
 	URL string `json:"url,omitempty"`
 	// URLs are several upstreams, used round robin. Not together with URL.
 	URLs []string `json:"urls,omitempty"`
-	// Timeout bounds the wait for the upstream's response headers, for a
-	// proxied version. Default 30s. Past it the client gets 504.
+	// Timeout bounds the whole wait for the upstream's response headers, for
+	// a proxied version: dial, TLS, sending the request and the answer.
+	// Default 30s; must be above 0. Past it the client gets 504.
 	Timeout string `json:"timeout,omitempty"`
 }
 
@@ -114,19 +115,24 @@ func CreateConfig() *Config {
 	}
 }
 
-// defaultVersionTimeout is the response-header timeout of a proxied version.
+// defaultVersionTimeout bounds a proxied version's wait for response headers,
+// dial included (see headerDeadline).
 const defaultVersionTimeout = 30 * time.Second
 
+// maxDuration bounds every duration setting (about 31 years), so that an
+// instant plus a duration never overflows the int64 nanosecond clock.
+const maxDuration = 1e9 * time.Second
+
 // parseDuration accepts a Go duration ("1s", "250ms") or a number of seconds
-// ("10", "0.5"), as Traefik does for its own durations.
+// ("10", "0.5"), as Traefik does for its own durations, from 0 to maxDuration.
 func parseDuration(field, s string) (time.Duration, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
 		return 0, fmt.Errorf("%s: empty duration", field)
 	}
 	if f, err := strconv.ParseFloat(s, 64); err == nil {
-		if f < 0 || f != f || f > 1e9 {
-			return 0, fmt.Errorf("%s: invalid duration %q", field, s)
+		if f < 0 || f != f || f > float64(maxDuration/time.Second) {
+			return 0, fmt.Errorf("%s: invalid duration %q: want 0 to %d seconds", field, s, int64(maxDuration/time.Second))
 		}
 		return time.Duration(f * float64(time.Second)), nil
 	}
@@ -137,7 +143,21 @@ func parseDuration(field, s string) (time.Duration, error) {
 	if d < 0 {
 		return 0, fmt.Errorf("%s: negative duration %q", field, s)
 	}
+	if d > maxDuration {
+		return 0, fmt.Errorf("%s: duration %q is too long: at most %v", field, s, maxDuration)
+	}
 	return d, nil
+}
+
+// checkCount rejects a count setting outside 0..max.
+func checkCount(field string, v, max int) error {
+	if v < 0 {
+		return fmt.Errorf("%s: must not be negative, got %d", field, v)
+	}
+	if v > max {
+		return fmt.Errorf("%s: must be at most %d, got %d", field, max, v)
+	}
+	return nil
 }
 
 // validVersionName reports whether s is lowercase letters, digits and dashes.

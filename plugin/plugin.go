@@ -62,13 +62,28 @@ var _ http.Handler = (*canary)(nil)
 // middleware and again on every reload, with the same cfg each time: New must
 // not modify cfg. The handler it returns is the request path chosen for the
 // configuration (see serveFunc).
-func New(ctx context.Context, next http.Handler, cfg *Config, name string) (http.Handler, error) {
-	c, err := newCanary(ctx, next, cfg, name)
+//
+// New never panics: Traefik builds middlewares in the goroutine that applies
+// the dynamic configuration, and a panic there stops every router until
+// Traefik restarts. Bad values are errors that name the field; a panic from a
+// bug in New is recovered and returned as an error, so only the routers that
+// use this middleware are disabled.
+func New(ctx context.Context, next http.Handler, cfg *Config, name string) (h http.Handler, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			h, err = nil, fmt.Errorf("edgecanary %s: internal error while building the middleware (please report it): %v", name, p)
+		}
+	}()
+	c, err := build(ctx, next, cfg, name)
 	if err != nil {
 		return nil, err
 	}
 	return c.serve, nil
 }
+
+// build is the constructor New guards; a variable only so that a test can
+// make it panic.
+var build = newCanary
 
 func newCanary(ctx context.Context, next http.Handler, cfg *Config, name string) (*canary, error) {
 	if cfg == nil {
@@ -221,9 +236,12 @@ func (c *canary) versionHandler(field string, v VersionConfig) (http.Handler, er
 		if err != nil {
 			return nil, err
 		}
+		if d <= 0 {
+			return nil, fmt.Errorf("%s.timeout: must be above 0, got %q", field, v.Timeout)
+		}
 		timeout = d
 	}
-	transport := sharedTransport(timeout)
+	rt := &headerDeadline{next: transport, timeout: timeout}
 	backends := make([]http.Handler, 0, len(urls))
 	for i, raw := range urls {
 		f := field + ".url"
@@ -234,7 +252,7 @@ func (c *canary) versionHandler(field string, v VersionConfig) (http.Handler, er
 		if err != nil {
 			return nil, err
 		}
-		backends = append(backends, newProxy(u, transport))
+		backends = append(backends, newProxy(u, rt))
 	}
 	if len(backends) == 1 {
 		return backends[0], nil

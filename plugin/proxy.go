@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -16,29 +17,14 @@ import (
 // statusClientClosedRequest is what Traefik answers when the client went away.
 const statusClientClosedRequest = 499
 
-// transports are shared by every proxied version with the same timeout, across
-// routers and reloads, so connections are pooled and nothing leaks per New.
-var transports = struct {
-	sync.Mutex
-	m map[time.Duration]*http.Transport
-}{m: map[time.Duration]*http.Transport{}}
+// transport is shared by every proxied version, across routers and reloads,
+// so connections are pooled and nothing leaks per New. A version's timeout is
+// applied per request by headerDeadline, not here.
+var transport = newTransport()
 
-const maxTransports = 32
-
-func sharedTransport(timeout time.Duration) *http.Transport {
-	transports.Lock()
-	defer transports.Unlock()
-	if t, ok := transports.m[timeout]; ok {
-		return t
-	}
-	if len(transports.m) >= maxTransports {
-		for k, t := range transports.m {
-			t.CloseIdleConnections()
-			delete(transports.m, k)
-		}
-	}
+func newTransport() *http.Transport {
 	dialer := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
-	t := &http.Transport{
+	return &http.Transport{
 		Proxy: nil, // never via an environment proxy: the upstream is explicit
 		// A closure, not the method value: Yaegi mistypes method values of
 		// compiled types. It runs once per new connection only.
@@ -51,10 +37,36 @@ func sharedTransport(timeout time.Duration) *http.Transport {
 		IdleConnTimeout:       90 * time.Second,
 		TLSHandshakeTimeout:   10 * time.Second,
 		ExpectContinueTimeout: 1 * time.Second,
-		ResponseHeaderTimeout: timeout,
 	}
-	transports.m[timeout] = t
-	return t
+}
+
+// headerDeadline bounds the whole wait for a version's response headers,
+// from the moment the request leaves for the upstream: dial, TLS, sending
+// the request and the upstream's answer. Past timeout the attempt is
+// cancelled and the proxy answers 504. Once the headers are in, the body
+// streams for as long as it takes (the timer is stopped).
+type headerDeadline struct {
+	next    http.RoundTripper
+	timeout time.Duration
+}
+
+// errHeaderTimeout is a version's timeout; errorStatus maps it to 504.
+var errHeaderTimeout = fmt.Errorf("no response headers within the version's timeout: %w", context.DeadlineExceeded)
+
+func (d *headerDeadline) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx, cancel := context.WithCancel(req.Context())
+	timer := time.AfterFunc(d.timeout, cancel)
+	res, err := d.next.RoundTrip(req.WithContext(ctx))
+	if !timer.Stop() { // fired: the headers came too late, or not at all
+		if res != nil {
+			res.Body.Close()
+		}
+		return nil, errHeaderTimeout
+	}
+	if err != nil {
+		cancel()
+	}
+	return res, err
 }
 
 // parseUpstream validates a version's URL.
@@ -91,9 +103,42 @@ func newProxy(target *url.URL, transport http.RoundTripper) *httputil.ReversePro
 }
 
 // proxyErrorHandler answers as Traefik does: 504 on a timeout, 499 when the
-// client went away, 502 otherwise. The error itself goes to the log only.
+// client went away, 502 otherwise. The error itself goes to the log only
+// (see logProxyError), never to the client.
 func proxyErrorHandler(rw http.ResponseWriter, req *http.Request, err error) {
-	rw.WriteHeader(errorStatus(req, err))
+	code := errorStatus(req, err)
+	if code != statusClientClosedRequest {
+		logProxyError(req.URL.Host, code, err, time.Now())
+	}
+	rw.WriteHeader(code)
+}
+
+// proxyErrors rate-limits the log of upstream errors: one line per
+// proxyLogEvery, with the number of errors it left out.
+var proxyErrors = struct {
+	sync.Mutex
+	last       time.Time
+	suppressed int
+}{}
+
+const proxyLogEvery = 10 * time.Second
+
+func logProxyError(host string, code int, err error, now time.Time) bool {
+	proxyErrors.Lock()
+	if !proxyErrors.last.IsZero() && now.Sub(proxyErrors.last) < proxyLogEvery {
+		proxyErrors.suppressed++
+		proxyErrors.Unlock()
+		return false
+	}
+	n := proxyErrors.suppressed
+	proxyErrors.last, proxyErrors.suppressed = now, 0
+	proxyErrors.Unlock()
+	extra := ""
+	if n > 0 {
+		extra = fmt.Sprintf(" (%d more upstream errors in the last %v not logged)", n, proxyLogEvery)
+	}
+	log.Printf("edgecanary: upstream %s failed, answered %d: %v%s", host, code, err, extra)
+	return true
 }
 
 func errorStatus(req *http.Request, err error) int {
@@ -115,5 +160,6 @@ type roundRobin struct {
 
 func (r *roundRobin) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 	i := atomic.AddUint32(&r.next, 1)
-	r.backends[int(i)%len(r.backends)].ServeHTTP(rw, req)
+	// The modulo in uint32: int(i) is negative past 2^31 on 32-bit builds.
+	r.backends[i%uint32(len(r.backends))].ServeHTTP(rw, req)
 }

@@ -179,6 +179,9 @@ type limiterEntry struct {
 
 const maxLimiters = 4096
 
+// maxMaxSources bounds rateLimit.maxSources: 16,777,216 clients.
+const maxMaxSources = 1 << 24
+
 func newLimiter(name string, cfg RateLimitConfig) (*limiter, error) {
 	if cfg.Average < 0 {
 		return nil, fmt.Errorf("rateLimit.average: must not be negative, got %d", cfg.Average)
@@ -193,8 +196,8 @@ func newLimiter(name string, cfg RateLimitConfig) (*limiter, error) {
 			period = d
 		}
 	}
-	if cfg.MaxSources < 0 {
-		return nil, fmt.Errorf("rateLimit.maxSources: must not be negative, got %d", cfg.MaxSources)
+	if err := checkCount("rateLimit.maxSources", cfg.MaxSources, maxMaxSources); err != nil {
+		return nil, err
 	}
 	sc := cfg.SourceCriterion
 	set := 0
@@ -249,16 +252,19 @@ func newLimiter(name string, cfg RateLimitConfig) (*limiter, error) {
 	if burst < 1 {
 		burst = 1
 	}
-	rate := float64(cfg.Average) * float64(time.Second) / float64(period) // tokens per second
+	// The interval is computed in floating point, so that no average (up to
+	// the int64 maximum) overflows or divides by zero.
+	interval := math.Round(float64(period) / float64(cfg.Average))
+	if interval < 1 {
+		return nil, fmt.Errorf("rateLimit.average: %d per %v is more than one request per nanosecond", cfg.Average, period)
+	}
+	if interval > float64(maxWindow) || burst > maxWindow/int64(interval) {
+		return nil, fmt.Errorf("rateLimit.burst: %d is too large for average %d per %v: a full bucket must refill within 10 years", burst, cfg.Average, period)
+	}
+	l.interval = int64(interval)
 	l.burst = burst
-	l.interval = int64(math.Round(float64(period) / float64(cfg.Average)))
-	if l.interval < 1 {
-		l.interval = 1
-	}
-	if burst > maxWindow/l.interval {
-		return nil, fmt.Errorf("rateLimit.burst: %d is too large for this rate: a full bucket must refill within 10 years", burst)
-	}
 	l.window = burst * l.interval
+	rate := float64(cfg.Average) * float64(time.Second) / float64(period) // tokens per second, at most 2e9 here
 	// Traefik's maxDelay: half a token's interval, or 500ms below 1/s.
 	if rate < 1 {
 		l.maxDelay = int64(500 * time.Millisecond)

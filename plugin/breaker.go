@@ -54,6 +54,11 @@ func defaultCircuitBreakerConfig() CircuitBreakerConfig {
 // maxBreakerCount bounds the count settings, which the breaker keeps as uint32.
 const maxBreakerCount = 1<<31 - 1
 
+// minProbeTimeout is the least time a half-open probe holds its slot before
+// it is given up: a probe is a real request, which takes a while even when
+// openDuration is short.
+const minProbeTimeout = time.Second
+
 // noExpiry is the expiry of a closed breaker that never resets its counts
 // (interval 0): a closed breaker's window is then one comparison.
 const noExpiry = math.MaxInt64
@@ -81,6 +86,7 @@ type breakerSettings struct {
 	minRequests  uint32
 	interval     int64 // ns, 0: never reset while closed
 	openDuration int64 // ns
+	probeTimeout int64 // ns: a half-open probe slot is freed after this (openDuration, at least minProbeTimeout)
 	maxRequests  uint32
 	failCodes    []bool // index: status code 0..599
 	slow         int64  // ns, 0: off
@@ -140,6 +146,10 @@ func newBreakerSettings(cfg CircuitBreakerConfig) (*breakerSettings, error) {
 		}
 		s.openDuration = int64(d)
 	}
+	s.probeTimeout = s.openDuration
+	if s.probeTimeout < int64(minProbeTimeout) {
+		s.probeTimeout = int64(minProbeTimeout)
+	}
 	if cfg.SlowThreshold != "" {
 		d, err := parseDuration("circuitBreaker.slowThreshold", cfg.SlowThreshold)
 		if err != nil {
@@ -196,7 +206,7 @@ type breaker struct {
 	name       string // "<middleware>/<version>", for the log
 	state      int
 	generation uint64
-	expiry     int64 // ns since epoch; noExpiry when closed without interval, 0 when half-open
+	expiry     int64 // ns since epoch; noExpiry when closed without interval
 	epoch      time.Time
 
 	requests, failures              uint32
@@ -239,6 +249,14 @@ func (b *breaker) currentState(now int64) int {
 		if b.expiry < now {
 			b.setState(stateHalfOpen, now)
 		}
+	case stateHalfOpen:
+		if b.expiry < now {
+			// Probes taken probeTimeout ago that never reported back (a
+			// stream that does not end, a request lost in a panic) do not
+			// hold their slots for ever: a new generation frees them and
+			// discards their late outcomes.
+			b.newGeneration(now)
+		}
 	}
 	return b.state
 }
@@ -270,8 +288,8 @@ func (b *breaker) newGeneration(now int64) {
 		b.closedUntil = b.expiry
 	case stateOpen:
 		b.expiry = now + b.s.openDuration
-	default:
-		b.expiry = 0
+	default: // half-open: probe slots are held until expiry at most
+		b.expiry = now + b.s.probeTimeout
 	}
 }
 

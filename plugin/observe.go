@@ -8,26 +8,92 @@ import (
 	"time"
 )
 
-// statusWriter records the status code. It embeds the writer so that Header
-// and Write, which Traefik's proxy calls most, stay compiled method calls;
-// only WriteHeader enters the interpreter. Compiled code cannot see Flush or
-// Hijack through an interpreted wrapper, so requests that may stream are
-// never wrapped (see streams).
+// statusWriter is the ResponseWriter an observed request is served with. It
+// records the status code and, for slowThreshold, when the headers were
+// written, and it flushes a response that streams.
+//
+// It embeds the writer, so Header stays a compiled call. Compiled code cannot
+// see Flush or Hijack through an interpreted wrapper (Traefik's proxy gets
+// "not supported" from http.NewResponseController), so a response without a
+// Content-Length (a stream: server-sent events, NDJSON, chunked progress,
+// long polling) is flushed by Write itself after every write, as Go's
+// ReverseProxy flushes such a response when it holds the original writer.
+// Upgrades, which need Hijack, and gRPC over HTTP/2 are never wrapped (see
+// bypassed).
 type statusWriter struct {
 	http.ResponseWriter
-	code int
+	code    int                      // the final status written; 200 until then
+	sent    int64                    // when the request left the plugin, ns since epoch
+	headers int64                    // when the final status was written, when timed; 0 until then
+	timed   bool                     // read the clock at WriteHeader (slowThreshold is set)
+	wrote   bool                     // WriteHeader was called with a final status
+	done    bool                     // the handler returned: see abandoned
+	flusher *http.ResponseController // set when the response streams: Write flushes
 }
 
 func (w *statusWriter) WriteHeader(code int) {
-	w.code = code
 	w.ResponseWriter.WriteHeader(code)
+	if code < 200 || w.wrote { // 1xx: the final status follows
+		return
+	}
+	w.code, w.wrote = code, true
+	if w.timed {
+		w.headers = int64(time.Since(epoch))
+	}
+	if w.ResponseWriter.Header()["Content-Length"] == nil {
+		w.flusher = http.NewResponseController(w.ResponseWriter)
+	}
 }
 
-// Requests that may stream need their response flushed or their connection
-// hijacked: WebSocket (and other) upgrades, server-sent events and gRPC over
-// HTTP/2. Those get the original writer, so they keep working, and are
-// counted with code 0 ("unknown"): their status cannot be observed without
-// breaking them. The test is inlined in the observed request paths (serve.go).
+func (w *statusWriter) Write(p []byte) (int, error) {
+	if !w.wrote {
+		w.WriteHeader(http.StatusOK)
+	}
+	n, err := w.ResponseWriter.Write(p)
+	if w.flusher != nil {
+		_ = w.flusher.Flush()
+	}
+	return n, err
+}
+
+// abandoned records a request whose handler did not return: it panicked,
+// as Go's and Traefik's proxies do with http.ErrAbortHandler when a body
+// breaks mid-copy. The request paths defer it, so the panic goes on up to
+// Traefik and the request is recorded exactly once: a 502 and a failure for
+// the breaker, or a neutral 499 when the client had gone. Without it, a
+// half-open breaker's probe slot would never be given back.
+func abandoned(c *canary, r *route, w *statusWriter, req *http.Request, gen uint64, start int64) {
+	if w.done {
+		return
+	}
+	w.code = http.StatusBadGateway
+	if req.Context().Err() != nil {
+		w.code = statusClientClosedRequest
+	}
+	end := int64(time.Since(epoch))
+	if r.br != nil {
+		after(r.br, gen, outcomeOf(c.bs, w.code, 0), end)
+	}
+	if r.vs != nil {
+		record(r.vs, c.boundsNs, w.code, req.Method, end-start)
+	}
+}
+
+// bypassed reports whether a request is served with the original writer:
+// upgrades (WebSocket and others) need Hijack, and gRPC over HTTP/2 needs
+// trailers and full-duplex streaming. Their status cannot be observed
+// without breaking them, so they are counted with code 0 ("unknown").
+func bypassed(req *http.Request) bool {
+	if req.Header["Upgrade"] != nil {
+		return true
+	}
+	if req.ProtoMajor == 2 {
+		if ct, ok := req.Header["Content-Type"]; ok && len(ct) > 0 && strings.HasPrefix(ct[0], "application/grpc") {
+			return true
+		}
+	}
+	return false
+}
 
 // admit asks r's breaker, which is not simply closed, to let a request
 // through, and falls back when it refuses. It returns the route to serve and
@@ -38,23 +104,6 @@ func admit(c *canary, r *route, rw http.ResponseWriter, req *http.Request, now i
 		return r, gen
 	}
 	return fallback(c, r, rw, req, now, retryIn)
-}
-
-// mayStream reports whether a request without Upgrade may stream: server-sent
-// events, or gRPC over HTTP/2. The request paths call it for HTTP/2 only and
-// test Accept for server-sent events inline: most requests carry Accept, and
-// under Yaegi this call cost 37 allocations for such a request, the inline
-// test 10.
-func mayStream(req *http.Request) bool {
-	if a, ok := req.Header["Accept"]; ok && len(a) > 0 && len(a[0]) >= 17 && strings.Contains(a[0], "text/event-stream") {
-		return true
-	}
-	if req.ProtoMajor == 2 {
-		if ct, ok := req.Header["Content-Type"]; ok && len(ct) > 0 && strings.HasPrefix(ct[0], "application/grpc") {
-			return true
-		}
-	}
-	return false
 }
 
 // outcomeOf classifies a response for the breaker. Transport errors (502

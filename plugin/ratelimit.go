@@ -420,13 +420,14 @@ func insertBucket(l *limiter, key string, now int64) *bucket {
 	return b
 }
 
-// allow runs the limiter for a request at now. It answers the request itself
-// (429) and returns false when the request is rejected. A keep-alive peer
-// admitted without delay, the common case, is handled inline: its bucket is
-// one lookup by RemoteAddr (a missing or evicted one has deadTat, so it falls
-// through), and the GCRA step is reserve's (the tests hold the two to the
-// same decisions). Everything else goes through allowSlow.
-func allow(l *limiter, rw http.ResponseWriter, req *http.Request, now int64) bool {
+// allow runs the limiter for a request at now. It returns the instant the
+// request may go on (now, or later when the limiter delayed it), or -1 when
+// it answered the request itself (429). A keep-alive peer admitted without
+// delay, the common case, is handled inline: its bucket is one lookup by
+// RemoteAddr (a missing or evicted one has deadTat, so it falls through), and
+// the GCRA step is reserve's (the tests hold the two to the same decisions).
+// Everything else goes through allowSlow.
+func allow(l *limiter, rw http.ResponseWriter, req *http.Request, now int64) int64 {
 	if l.source != sourcePeer {
 		return allowSlow(l, rw, req, now)
 	}
@@ -456,12 +457,12 @@ func allow(l *limiter, rw http.ResponseWriter, req *http.Request, now int64) boo
 			h["Ratelimit"] = rateLimitField(l, wait)
 		}
 	}
-	return true
+	return now
 }
 
 // allowSlow is allow for every other case: other sources, a new peer, a
 // delayed or rejected request.
-func allowSlow(l *limiter, rw http.ResponseWriter, req *http.Request, now int64) bool {
+func allowSlow(l *limiter, rw http.ResponseWriter, req *http.Request, now int64) int64 {
 	var wait int64
 	if l.source == sourcePeer {
 		l.sem <- struct{}{}
@@ -475,7 +476,10 @@ func allowSlow(l *limiter, rw http.ResponseWriter, req *http.Request, now int64)
 		wait = take(l, sourceKey(l, req), now)
 	}
 	if wait > l.maxDelay {
-		return rejected(l, rw, wait)
+		if rejected(l, rw, wait) {
+			return -1
+		}
+		return now // dry run
 	}
 	if l.headers {
 		h := rw.Header()
@@ -487,8 +491,9 @@ func allowSlow(l *limiter, rw http.ResponseWriter, req *http.Request, now int64)
 		// empty case body does not proceed (traefik/yaegi#887), and under
 		// concurrency we saw it take the wrong case.
 		time.Sleep(time.Duration(wait))
+		return now + wait
 	}
-	return true
+	return now
 }
 
 // rateLimitField is the RateLimit value of an admitted request that waits
@@ -504,15 +509,16 @@ func rateLimitField(l *limiter, wait int64) []string {
 	return []string{l.rlPrefix + strconv.FormatInt(r, 10) + ";t=" + strconv.FormatInt((ahead+999999999)/1e9, 10)}
 }
 
-// rejected counts a rejection and, unless in dry-run mode, answers 429.
+// rejected counts a rejection and, unless in dry-run mode, answers 429. It
+// reports whether it answered.
 func rejected(l *limiter, rw http.ResponseWriter, wait int64) bool {
 	if l.dryRun {
 		atomic.AddUint64(&l.counters.dryRejected, 1)
-		return true
+		return false
 	}
 	atomic.AddUint64(&l.counters.rejected, 1)
 	reject(l, rw, wait)
-	return false
+	return true
 }
 
 // reject answers 429 with Retry-After (whole seconds, rounded up) and

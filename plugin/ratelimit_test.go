@@ -510,7 +510,7 @@ func TestAllowMatchesTake(t *testing.T) {
 			req := httptest.NewRequest(http.MethodGet, "http://x/", nil)
 			req.RemoteAddr = "192.0.2.1:4242"
 			rec := httptest.NewRecorder()
-			if admitted := allow(byPeer, rec, req, now); admitted != (wait <= 0) {
+			if admitted := allow(byPeer, rec, req, now) >= 0; admitted != (wait <= 0) {
 				t.Fatalf("%+v arrival %d: take waits %v, allow admitted %v", cfg, i, time.Duration(wait), admitted)
 			}
 			if wait <= 0 {
@@ -531,7 +531,7 @@ func TestPeerCacheDropsEvictedBuckets(t *testing.T) {
 	now := sec
 	req := httptest.NewRequest(http.MethodGet, "http://x/", nil)
 	req.RemoteAddr = "192.0.2.1:1"
-	if !allow(l, httptest.NewRecorder(), req, now) {
+	if allow(l, httptest.NewRecorder(), req, now) < 0 {
 		t.Fatal("first request rejected")
 	}
 	take(l, "h:other", now) // evicts the peer's bucket: the map holds one
@@ -540,7 +540,7 @@ func TestPeerCacheDropsEvictedBuckets(t *testing.T) {
 	}
 	// The cached RemoteAddr entry points at the evicted bucket: it must not
 	// be used, and the peer's new bucket must be the one in the map.
-	if !allow(l, httptest.NewRecorder(), req, now) {
+	if allow(l, httptest.NewRecorder(), req, now) < 0 {
 		t.Fatal("the peer's evicted bucket was still used")
 	}
 	if b := l.buckets["192.0.2.1"]; b == nil || l.peers["192.0.2.1:1"] != b {

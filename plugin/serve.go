@@ -2,7 +2,6 @@ package plugin
 
 import (
 	"net/http"
-	"strings"
 	"time"
 )
 
@@ -25,16 +24,18 @@ func serveFunc(c *canary) http.HandlerFunc {
 	if c.observe {
 		st := c.st != nil
 		bounds := c.boundsNs
-		// The end of a request is read for reporting and slowThreshold. A
-		// breaker alone needs it only for an outcome that is not a plain
-		// success (see leave).
-		timed := st || c.bs.slow > 0
-		contains := strings.Contains // server-sent events: see mayStream, here inline (most requests carry Accept)
-		since := time.Since          // a captured function costs one selection less per call
+		slow := c.bs != nil && c.bs.slow > 0
+		// The end of a request is read for reporting. A breaker alone needs
+		// it only for an outcome that is not a plain success (see leave).
+		timed := st || slow
+		since := time.Since // a captured function costs one selection less per call
 		return func(rw http.ResponseWriter, req *http.Request) {
 			start := int64(since(epoch))
-			if rl != nil && !allow(rl, rw, req, start) {
-				return
+			sent := start
+			if rl != nil {
+				if sent = allow(rl, rw, req, start); sent < 0 {
+					return
+				}
 			}
 			r := primary
 			if pickEach || req.Header[oh] != nil {
@@ -42,35 +43,40 @@ func serveFunc(c *canary) http.HandlerFunc {
 			}
 			var gen uint64
 			if r.br != nil {
-				if gen = enter(r.br, start); gen == 0 {
-					if r, gen = admit(c, r, rw, req, start); r == nil {
+				if gen = enter(r.br, sent); gen == 0 {
+					if r, gen = admit(c, r, rw, req, sent); r == nil {
 						return
 					}
 				}
 			}
-			code := 0
-			if a := req.Header["Accept"]; req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && mayStream(req) || len(a) > 0 && contains(a[0], "text/event-stream") {
+			w := &statusWriter{ResponseWriter: rw, code: 200, sent: sent, timed: slow}
+			defer abandoned(c, r, w, req, gen, start)
+			if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && bypassed(req) {
 				r.handler.ServeHTTP(rw, req)
+				w.code = 0
 			} else {
-				w := &statusWriter{ResponseWriter: rw, code: 200}
 				r.handler.ServeHTTP(w, req)
-				code = w.code
 			}
+			w.done = true
 			end := start
 			if timed {
 				end = int64(since(epoch))
 			}
 			if r.br != nil {
-				leave(c, r.br, gen, code, start, end)
+				answered := end
+				if w.headers != 0 {
+					answered = w.headers
+				}
+				leave(c, r.br, gen, w.code, sent, answered)
 			}
 			if st {
-				record(r.vs, bounds, code, req.Method, end-start)
+				record(r.vs, bounds, w.code, req.Method, end-start)
 			}
 		}
 	}
 	if rl != nil {
 		slow := func(rw http.ResponseWriter, req *http.Request) {
-			if !allow(rl, rw, req, int64(time.Since(epoch))) {
+			if allow(rl, rw, req, int64(time.Since(epoch))) < 0 {
 				return
 			}
 			if pickEach || req.Header[oh] != nil {
@@ -131,14 +137,16 @@ func enter(b *breaker, now int64) uint64 {
 	return gen
 }
 
-// leave records the outcome of a request that started at start and ended at
-// end (end is start when the request was not timed). A success while
-// closed, in the same generation, is after's step inline: it only ends a run
-// of failures (the count of successes in a row matters only while
-// half-open, and every state change resets it). Such a success needs no
-// clock: had the window ended meanwhile, the next request starts a new one,
-// which clears the counts anyway. Every other outcome goes to after, at the
-// time it ended.
+// leave records the outcome of a request that was sent to its version at
+// start and answered (its response headers written) at end; end is start or
+// earlier when the request was not timed. slowThreshold judges end - start:
+// the time the backend controls, not the limiter's delay nor a slow client
+// reading the body. A success while closed, in the same generation, is
+// after's step inline: it only ends a run of failures (the count of
+// successes in a row matters only while half-open, and every state change
+// resets it). Such a success needs no clock: had the window ended meanwhile,
+// the next request starts a new one, which clears the counts anyway. Every
+// other outcome goes to after, at the time it was answered.
 func leave(c *canary, b *breaker, gen uint64, code int, start, end int64) {
 	if code == 200 && c.ok200 {
 		b.sem <- struct{}{}
@@ -153,7 +161,7 @@ func leave(c *canary, b *breaker, gen uint64, code int, start, end int64) {
 }
 
 func leaveSlow(c *canary, b *breaker, gen uint64, code int, start, end int64) {
-	if end == start {
+	if end <= start {
 		end = int64(time.Since(epoch))
 	}
 	after(b, gen, outcomeOf(c.bs, code, end-start), end)
@@ -175,9 +183,11 @@ func serveAll(c *canary) http.HandlerFunc {
 	lookup, cookieName, bucketOf := c.signed.lookup, c.cookieName, c.bucketOf
 	peers, byQ := inlineLimiter(rl)
 	sem, interval, span, headers, policy := rl.sem, rl.interval, rl.window+rl.interval, rl.headers, rl.policy
-	contains, since := strings.Contains, time.Since
+	slow := c.bs.slow > 0
+	since := time.Since
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
+		sent := start
 		// allow: a keep-alive peer admitted without delay, as in serveLimited.
 		q := int64(0)
 		sem <- struct{}{}
@@ -193,7 +203,7 @@ func serveAll(c *canary) http.HandlerFunc {
 		}
 		<-sem
 		if q <= 0 {
-			if !allowSlow(rl, rw, req, start) {
+			if sent = allowSlow(rl, rw, req, start); sent < 0 {
 				return
 			}
 		} else if headers {
@@ -217,39 +227,45 @@ func serveAll(c *canary) http.HandlerFunc {
 		br := r.br
 		var gen uint64
 		br.sem <- struct{}{}
-		if br.closedUntil >= start {
+		if br.closedUntil >= sent {
 			br.requests++
 			gen = br.generation
 			<-br.sem
 		} else {
 			<-br.sem
-			if r, gen = admit(c, r, rw, req, start); r == nil {
+			if r, gen = admit(c, r, rw, req, sent); r == nil {
 				return
 			}
 			br = r.br
 		}
-		code := 0
-		if a := req.Header["Accept"]; req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && mayStream(req) || len(a) > 0 && contains(a[0], "text/event-stream") {
+		w := &statusWriter{ResponseWriter: rw, code: 200, sent: sent, timed: slow}
+		defer abandoned(c, r, w, req, gen, start)
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && bypassed(req) {
 			r.handler.ServeHTTP(rw, req)
+			w.code = 0
 		} else {
-			w := &statusWriter{ResponseWriter: rw, code: 200}
 			r.handler.ServeHTTP(w, req)
-			code = w.code
 		}
+		w.done = true
+		code := w.code
 		end := int64(since(epoch))
 		d := end - start
 		// leave: a success while closed, in the same generation.
 		done := false
 		if code == 200 && ok200 {
 			br.sem <- struct{}{}
-			if br.closedUntil >= start && gen == br.generation {
+			if br.closedUntil >= sent && gen == br.generation {
 				br.consecFailures = 0
 				done = true
 			}
 			<-br.sem
 		}
 		if !done {
-			leaveSlow(c, br, gen, code, start, end)
+			answered := end
+			if w.headers != 0 {
+				answered = w.headers
+			}
+			leaveSlow(c, br, gen, code, sent, answered)
 		}
 		// record.
 		i := 0

@@ -6,7 +6,10 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -116,16 +119,34 @@ func TestStreamsAreFlushedThroughTheWrapper(t *testing.T) {
 // counted once as a 502. When the client has gone, it is neutral: the slot is
 // given back and it is counted as a 499.
 func TestAbortedRequestsAreRecordedOnce(t *testing.T) {
-	cut := http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) {
+	// The upstream promises 100 bytes, sends 7 and closes the connection;
+	// Go's reverse proxy, run as under a server, then panics.
+	upstream := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) {
 		rw.Header().Set("Content-Length", "100")
 		rw.WriteHeader(http.StatusOK)
 		_, _ = io.WriteString(rw, "partial")
-		panic(http.ErrAbortHandler)
-	})
+		_ = http.NewResponseController(rw).Flush()
+		if conn, _, err := http.NewResponseController(rw).Hijack(); err == nil {
+			conn.Close()
+		}
+	}))
+	defer upstream.Close()
+	whole := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(rw, strings.Repeat("x", 100))
+	}))
+	defer whole.Close()
+	proxyTo := func(target string) http.Handler {
+		u, _ := url.Parse(target)
+		return httputil.NewSingleHostReverseProxy(u)
+	}
 	for i, setup := range observedSetups {
 		for _, clientGone := range []bool{false, true} {
 			t.Run(setup.name+" client gone "+strconv.FormatBool(clientGone), func(t *testing.T) {
-				c := observedCanary(t, i, cut, nil)
+				next := proxyTo(upstream.URL)
+				if clientGone {
+					next = proxyTo(whole.URL)
+				}
+				c := observedCanary(t, i, next, nil)
 				b := c.primary.br
 				if b != nil {
 					now := int64(time.Since(epoch))
@@ -135,12 +156,14 @@ func TestAbortedRequestsAreRecordedOnce(t *testing.T) {
 					<-b.sem
 				}
 				req := httptest.NewRequest(http.MethodGet, "http://shop.test/", nil)
+				ctx, cancel := context.WithCancel(context.WithValue(req.Context(), http.ServerContextKey, upstream.Config))
+				defer cancel()
+				req = req.WithContext(ctx)
+				var rw http.ResponseWriter = httptest.NewRecorder()
 				if clientGone {
-					ctx, cancel := context.WithCancel(req.Context())
-					cancel()
-					req = req.WithContext(ctx)
+					rw = &goneClient{ResponseWriter: rw, cancel: cancel}
 				}
-				if p := serveRecovering(c, req); p != http.ErrAbortHandler {
+				if p := serveRecovering(c, rw, req); p != http.ErrAbortHandler {
 					t.Fatalf("the panic did not go on up: recovered %v", p)
 				}
 				want, code := stateOpen, http.StatusBadGateway
@@ -163,10 +186,21 @@ func TestAbortedRequestsAreRecordedOnce(t *testing.T) {
 	}
 }
 
-func serveRecovering(h http.Handler, req *http.Request) (p interface{}) {
+func serveRecovering(h http.Handler, rw http.ResponseWriter, req *http.Request) (p interface{}) {
 	defer func() { p = recover() }()
-	h.ServeHTTP(httptest.NewRecorder(), req)
+	h.ServeHTTP(rw, req)
 	return nil
+}
+
+// goneClient is a client that hangs up when the body starts.
+type goneClient struct {
+	http.ResponseWriter
+	cancel context.CancelFunc
+}
+
+func (w *goneClient) Write(p []byte) (int, error) {
+	w.cancel()
+	return 0, fmt.Errorf("client gone after %d bytes offered", len(p))
 }
 
 // TestHalfOpenProbeSlotExpires: a probe that never reports back frees its

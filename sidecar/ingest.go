@@ -180,20 +180,22 @@ func (h *ingestHandler) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 		return
 	}
 	if h.token != "" {
-		got := strings.TrimPrefix(req.Header.Get("Authorization"), "Bearer ")
-		if subtle.ConstantTimeCompare([]byte(got), []byte(h.token)) != 1 {
+		auth := req.Header.Get("Authorization")
+		got, bearer := strings.CutPrefix(auth, "Bearer ")
+		if !bearer || subtle.ConstantTimeCompare([]byte(got), []byte(h.token)) != 1 {
 			h.store.reject(reasonUnauthorized)
 			rw.Header().Set("WWW-Authenticate", `Bearer realm="edgecanary"`)
 			http.Error(rw, "unauthorized", http.StatusUnauthorized)
 			return
 		}
 	}
-	if ct := req.Header.Get("Content-Type"); ct != "" {
-		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
-			h.store.reject(reasonUnsupported)
-			http.Error(rw, "want application/json", http.StatusUnsupportedMediaType)
-			return
-		}
+	// application/json is required: a browser cannot send it cross-origin
+	// without a CORS preflight, which the sidecar never grants, so a web page
+	// cannot post reports to a sidecar without a token.
+	if mt, _, err := mime.ParseMediaType(req.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		h.store.reject(reasonUnsupported)
+		http.Error(rw, "want Content-Type: application/json", http.StatusUnsupportedMediaType)
+		return
 	}
 	if req.ContentLength > h.maxBody {
 		h.store.reject(reasonTooLarge)
@@ -226,7 +228,7 @@ func (h *ingestHandler) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 		return
 	}
 	if !h.store.merge(r, h.now()) {
-		http.Error(rw, "rejected: cardinality limit reached", http.StatusBadRequest)
+		http.Error(rw, fmt.Sprintf("rejected: the sidecar holds at most %d series", maxSeries), http.StatusUnprocessableEntity)
 		return
 	}
 	rw.WriteHeader(http.StatusNoContent)

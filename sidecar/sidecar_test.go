@@ -139,6 +139,8 @@ func TestIngestValidation(t *testing.T) {
 		{desc: "wrong method", method: http.MethodGet, wantStatus: 405, wantReason: reasonUnsupported},
 		{desc: "no token", token: "-", body: good, wantStatus: 401, wantReason: reasonUnauthorized},
 		{desc: "wrong token", token: "nope", body: good, wantStatus: 401, wantReason: reasonUnauthorized},
+		{desc: "bare token without Bearer", token: "bare", body: good, wantStatus: 401, wantReason: reasonUnauthorized},
+		{desc: "no content type", ctype: "-", body: good, wantStatus: 415, wantReason: reasonUnsupported},
 		{desc: "not json", body: []byte("hello"), wantStatus: 400, wantReason: reasonMalformed},
 		{desc: "foreign json", body: []byte(`{"hello":"world"}`), wantStatus: 400, wantReason: reasonMalformed},
 		{desc: "unknown field", body: bytes.Replace(good, []byte(`"source"`), []byte(`"extra":1,"source"`), 1), wantStatus: 400, wantReason: reasonMalformed},
@@ -167,14 +169,18 @@ func TestIngestValidation(t *testing.T) {
 			case "":
 				req.Header.Set("Authorization", "Bearer s3cret")
 			case "-":
+			case "bare":
+				req.Header.Set("Authorization", "s3cret")
 			default:
 				req.Header.Set("Authorization", "Bearer "+test.token)
 			}
-			ct := test.ctype
-			if ct == "" {
-				ct = "application/json"
+			switch test.ctype {
+			case "":
+				req.Header.Set("Content-Type", "application/json")
+			case "-":
+			default:
+				req.Header.Set("Content-Type", test.ctype)
 			}
-			req.Header.Set("Content-Type", ct)
 			rec := httptest.NewRecorder()
 			h.ServeHTTP(rec, req)
 			if rec.Code != test.wantStatus {
@@ -196,19 +202,168 @@ func TestIngestValidation(t *testing.T) {
 	}
 }
 
+// TestCardinalityIsBounded: middlewares past the cap are rejected, counted
+// under their own reason, and never published.
 func TestCardinalityIsBounded(t *testing.T) {
 	s := newStore()
-	for i := 0; i < maxMiddlewares+50; i++ {
+	for i := 0; i < maxSeries; i++ {
 		r := mkReport("a", "i1", int64(i), 1, 1)
 		r.Middlewares[0].Name = fmt.Sprintf("mw-%d@file", i)
-		s.merge(r, t0)
+		if !s.merge(r, t0) {
+			break
+		}
 	}
-	v := s.snapshot(t0)
-	if len(v.mws) > maxMiddlewares {
-		t.Errorf("%d middlewares held, bound %d", len(v.mws), maxMiddlewares)
+	if n := publishedSeries(t, s); n > maxSeries {
+		t.Errorf("%d series published, cap %d", n, maxSeries)
 	}
-	if s.rejected[reasonMalformed] == 0 {
-		t.Error("reports past the bound were not counted as rejected")
+	if s.rejected[reasonCardinality] == 0 || s.rejected[reasonMalformed] != 0 {
+		t.Errorf("rejections %v: want the reports past the cap under %q only", s.rejected, reasonCardinality)
+	}
+}
+
+// ingestRequest is a well-formed POST of body, without a token.
+func ingestRequest(body []byte) *http.Request {
+	req := httptest.NewRequest(http.MethodPost, "/v1/reports", bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	return req
+}
+
+// publishedSeries counts the series a scrape exposes, as Prometheus stores
+// them (a histogram is one series per bucket, plus sum and count).
+func publishedSeries(t testing.TB, s *store) int {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(&collector{store: s, now: func() time.Time { return t0 }})
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			if h := m.GetHistogram(); h != nil {
+				n += len(h.GetBucket()) + 3
+				continue
+			}
+			n++
+		}
+	}
+	return n
+}
+
+// TestEverySeriesKindCountsAgainstTheCap: one report within the size limit
+// that holds histogram and transition series for 64 versions of many
+// middlewares (227,356 series were accepted from such a report) is rejected
+// whole; the sidecar's series stay under the cap.
+func TestEverySeriesKindCountsAgainstTheCap(t *testing.T) {
+	s := newStore()
+	r := &report{Version: 1, Source: "a", Instance: "i1", SentAt: 1}
+	bounds := make([]float64, 64)
+	for i := range bounds {
+		bounds[i] = float64(i + 1)
+	}
+	for m := 0; m < 12; m++ { // 12 × 64 versions × 73 series: 56,064
+		mw := reportMWStat{Name: fmt.Sprintf("mw-%d@file", m), Buckets: bounds, Fallbacks: []reportFallback{}}
+		for v := 0; v < maxVersionsPerMW; v++ {
+			mw.Versions = append(mw.Versions, reportVersion{Name: fmt.Sprintf("v%d", v), Requests: []reportRequest{}, Hist: make([]uint64, 65)})
+		}
+		r.Middlewares = append(r.Middlewares, mw)
+	}
+	if err := validate(r); err != nil {
+		t.Fatal(err)
+	}
+	rec := httptest.NewRecorder()
+	h := &ingestHandler{store: s, maxBody: 1 << 20, now: func() time.Time { return t0 }}
+	h.ServeHTTP(rec, ingestRequest(body(t, r)))
+	if rec.Code != http.StatusUnprocessableEntity || s.rejected[reasonCardinality] != 1 {
+		t.Fatalf("status %d, rejections %v: want the report rejected for cardinality", rec.Code, s.rejected)
+	}
+	if n := publishedSeries(t, s); n > 10 {
+		t.Errorf("%d series published after a rejected report", n)
+	}
+	// A report within the cap is still accepted.
+	if !s.merge(mkReport("a", "i2", 1, 1, 1), t0) {
+		t.Fatal("a small report was rejected after the large one")
+	}
+}
+
+// TestRestartLoopIsAccepted: Traefik restarted 300 times, each process a
+// new instance on a new host (as a new pod is), reporting the same 100
+// series and going silent. Every process is accepted, the totals add up,
+// and what the sidecar holds stays bounded.
+func TestRestartLoopIsAccepted(t *testing.T) {
+	s := newStore()
+	now := t0
+	var want float64
+	for i := 0; i < 300; i++ {
+		r := mkReport(fmt.Sprintf("traefik-%d", i), fmt.Sprintf("i%d", i), now.UnixMilli(), 1, 1)
+		for code := 200; code < 300; code++ {
+			r.Middlewares[0].Versions[1].Requests = append(r.Middlewares[0].Versions[1].Requests[:0:0], reportRequest{Code: code, Method: "GET", Count: 1})
+		}
+		r.Middlewares[0].Versions[1].Requests = nil
+		for code := 200; code < 300; code++ {
+			r.Middlewares[0].Versions[1].Requests = append(r.Middlewares[0].Versions[1].Requests, reportRequest{Code: code, Method: "GET", Count: 1})
+		}
+		if !s.merge(r, now) {
+			t.Fatalf("restart %d rejected: %v", i, s.rejected)
+		}
+		want += 100
+		now = now.Add(2 * time.Minute)
+		s.retire(now)
+	}
+	if got := requests(t, s, "stable"); got != want {
+		t.Errorf("stable requests %v, want %v", got, want)
+	}
+	if len(s.lastReport) > maxSources || len(s.instances) > maxInstances || s.held > maxHeld {
+		t.Errorf("held: %d sources, %d instances, %d entries", len(s.lastReport), len(s.instances), s.held)
+	}
+	if s.rejected[reasonCardinality] != 0 {
+		t.Errorf("rejections %v", s.rejected)
+	}
+}
+
+// TestLastReportIsBounded: 20,000 sources leave at most maxSources
+// last-report series, and none once they have been silent for retireAfter.
+func TestLastReportIsBounded(t *testing.T) {
+	s := newStore()
+	for i := 0; i < 20000; i++ {
+		if !s.merge(mkReport(fmt.Sprintf("host-%d", i), "i1", 1, 1, 1), t0.Add(time.Duration(i)*time.Millisecond)) {
+			t.Fatalf("source %d rejected: %v", i, s.rejected)
+		}
+	}
+	if len(s.lastReport) > maxSources || len(s.lastReport) == 0 {
+		t.Errorf("%d last-report series, bound %d", len(s.lastReport), maxSources)
+	}
+	if _, ok := s.lastReport["host-19999"]; !ok {
+		t.Error("the newest source was dropped")
+	}
+	s.retire(t0.Add(retireAfter + time.Minute))
+	if len(s.lastReport) != 0 {
+		t.Errorf("%d silent sources kept after retireAfter", len(s.lastReport))
+	}
+}
+
+// TestInstancesHoldBoundedMemory: many live instances of a large
+// configuration are folded, oldest first, to keep maxHeld entries, and no
+// count is lost.
+func TestInstancesHoldBoundedMemory(t *testing.T) {
+	s := newStore()
+	var want float64
+	for i := 0; i < maxInstances; i++ {
+		r := mkReport("a", fmt.Sprintf("i%d", i), 1, 1, 1)
+		for code := 0; code < 300; code++ {
+			r.Middlewares[0].Versions[1].Requests = append(r.Middlewares[0].Versions[1].Requests, reportRequest{Code: 100 + code, Method: "PUT", Count: 1})
+		}
+		want += 301
+		if !s.merge(r, t0.Add(time.Duration(i)*time.Millisecond)) {
+			t.Fatalf("instance %d rejected: %v", i, s.rejected)
+		}
+		if s.held > maxHeld {
+			t.Fatalf("instance %d: %d entries held, bound %d", i, s.held, maxHeld)
+		}
+	}
+	if got := requests(t, s, "stable"); got != want {
+		t.Errorf("stable requests %v, want %v", got, want)
 	}
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"sort"
 	"sync"
 	"time"
@@ -18,16 +19,35 @@ import (
 //     forgotten (its id is remembered so a very late report is not counted
 //     twice).
 
+// Bounds. Every series the sidecar publishes counts against maxSeries: a
+// report that would go past it is rejected (reason "cardinality"), whatever
+// kind of series it adds. Counter series are kept while the sidecar runs
+// (their totals must not go down), so a new Traefik process reporting the
+// same series as the one it replaced adds nothing, after any number of
+// restarts. The per-source last-report gauge is the exception: at most
+// maxSources are kept, the oldest dropped first, and a source silent for
+// retireAfter is forgotten. Memory is bounded too: the instances together
+// hold at most maxHeld series entries (the oldest are folded into the
+// retired totals to make room), and at most maxRetiredIDs ids are kept.
 const (
 	retireAfter       = 10 * time.Minute
 	gaugeStaleAfter   = 2 * time.Minute
 	maxInstances      = 1024
 	maxRetiredIDs     = 10000
-	maxMiddlewares    = 1000
+	maxMiddlewares    = 1000 // in one report
 	maxVersionsPerMW  = 64
-	maxRequestSeries  = 20000
+	maxSeries         = 50000
+	maxSources        = 1024
+	maxHeld           = 4 * maxSeries
 	historySamples    = 120
 	historyResolution = time.Second
+)
+
+// Series per key, as the collector publishes them.
+const (
+	seriesPerMiddleware = 3 // the three rate-limit counters
+	seriesPerVersion    = 6 // circuit state, weight, info and three transition counters
+	seriesPerHistogram  = 3 // +Inf bucket, sum and count, besides one per bound
 )
 
 type reqKey struct {
@@ -80,6 +100,7 @@ type instance struct {
 	received time.Time
 	mws      map[string]*mwTotals
 	gauges   map[string]map[string]versionGauge // middleware -> version
+	keys     map[string]bool                    // the series keys it holds (see seriesKeys)
 }
 
 type instKey struct{ source, id string }
@@ -90,7 +111,9 @@ type store struct {
 	retired    map[string]*mwTotals
 	retiredIDs map[instKey]time.Time
 	lastReport map[string]time.Time // by source
-	series     int                  // request series held, for the cardinality bound
+	series     map[string]int       // every series key ever accepted -> its number of series
+	seriesN    int                  // the sum of series, for maxSeries
+	held       int                  // series entries held by the instances, for maxHeld
 
 	reports  uint64
 	rejected map[string]uint64
@@ -104,7 +127,8 @@ func newStore() *store {
 		retired:    map[string]*mwTotals{},
 		retiredIDs: map[instKey]time.Time{},
 		lastReport: map[string]time.Time{},
-		rejected:   map[string]uint64{reasonMalformed: 0, reasonTooLarge: 0, reasonUnauthorized: 0, reasonUnsupported: 0},
+		series:     map[string]int{},
+		rejected:   map[string]uint64{reasonMalformed: 0, reasonTooLarge: 0, reasonUnauthorized: 0, reasonUnsupported: 0, reasonCardinality: 0},
 	}
 }
 
@@ -114,6 +138,7 @@ const (
 	reasonTooLarge     = "too_large"
 	reasonUnauthorized = "unauthorized"
 	reasonUnsupported  = "unsupported"
+	reasonCardinality  = "cardinality"
 )
 
 func (s *store) reject(reason string) {
@@ -129,29 +154,73 @@ func maxU(a, b uint64) uint64 {
 	return b
 }
 
+// seriesKeys lists the series keys of a report, each with the number of
+// series it publishes.
+func seriesKeys(r *report) map[string]int {
+	keys := map[string]int{}
+	for _, m := range r.Middlewares {
+		keys["m\x00"+m.Name] = seriesPerMiddleware
+		for _, v := range m.Versions {
+			keys["v\x00"+m.Name+"\x00"+v.Name] = seriesPerVersion
+			keys["h\x00"+m.Name+"\x00"+v.Name] = len(m.Buckets) + seriesPerHistogram
+			for _, q := range v.Requests {
+				keys[fmt.Sprintf("r\x00%s\x00%s\x00%d\x00%s", m.Name, v.Name, q.Code, q.Method)] = 1
+			}
+		}
+		for _, f := range m.Fallbacks {
+			keys["f\x00"+m.Name+"\x00"+f.From+"\x00"+f.To] = 1
+		}
+	}
+	return keys
+}
+
 // merge folds a validated report into the store at now. It returns false
-// (and counts a malformed rejection) when accepting it would exceed the
-// cardinality bounds.
+// (and counts a cardinality rejection) when accepting it would take the
+// series past maxSeries.
 func (s *store) merge(r *report, now time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	key := instKey{r.Source, r.Instance}
 	if _, gone := s.retiredIDs[key]; gone {
 		s.reports++ // well-formed, but its totals are already folded in
-		s.lastReport[r.Source] = now
+		s.sawSource(r.Source, now)
 		return true
+	}
+	keys := seriesKeys(r)
+	add := 0
+	for k, n := range keys {
+		if old := s.series[k]; n > old {
+			add += n - old // new, or a histogram with more bounds
+		}
+	}
+	if _, known := s.lastReport[r.Source]; !known && len(s.lastReport) < maxSources {
+		add++
+	}
+	if s.seriesN+len(s.lastReport)+add > maxSeries {
+		s.rejected[reasonCardinality]++
+		return false
+	}
+	for k, n := range keys {
+		if old := s.series[k]; n > old {
+			s.series[k] = n
+			s.seriesN += n - old
+		}
 	}
 	inst := s.instances[key]
 	if inst == nil {
 		if len(s.instances) >= maxInstances {
-			s.retireOldest()
+			s.retireOldest(now)
 		}
-		inst = &instance{source: r.Source, id: r.Instance, mws: map[string]*mwTotals{}, gauges: map[string]map[string]versionGauge{}}
+		inst = &instance{source: r.Source, id: r.Instance, mws: map[string]*mwTotals{}, gauges: map[string]map[string]versionGauge{}, keys: map[string]bool{}}
 		s.instances[key] = inst
 	}
-	if s.newMiddlewares(inst, r) > maxMiddlewares || s.series+s.newSeries(inst, r) > maxRequestSeries {
-		s.rejected[reasonMalformed]++
-		return false
+	for k := range keys {
+		if !inst.keys[k] {
+			inst.keys[k] = true
+			s.held++
+		}
+	}
+	for s.held > maxHeld && s.foldOldestExcept(key, now) {
 	}
 	newer := r.SentAt >= inst.sentAt
 	for i := range r.Middlewares {
@@ -172,9 +241,6 @@ func (s *store) merge(r *report, now time.Time) bool {
 		for _, v := range m.Versions {
 			for _, q := range v.Requests {
 				k := reqKey{v.Name, q.Code, q.Method}
-				if _, ok := t.requests[k]; !ok {
-					s.series++
-				}
 				t.requests[k] = maxU(t.requests[k], q.Count)
 			}
 			h := t.hist[v.Name]
@@ -206,47 +272,29 @@ func (s *store) merge(r *report, now time.Time) bool {
 		inst.sentAt = r.SentAt
 	}
 	inst.received = now
-	s.lastReport[r.Source] = now
+	s.sawSource(r.Source, now)
 	s.reports++
 	return true
 }
 
-func (s *store) newMiddlewares(inst *instance, r *report) int {
-	names := map[string]bool{}
-	for _, i := range s.instances {
-		for n := range i.mws {
-			names[n] = true
-		}
-	}
-	for n := range s.retired {
-		names[n] = true
-	}
-	for _, m := range r.Middlewares {
-		names[m.Name] = true
-	}
-	return len(names)
-}
-
-func (s *store) newSeries(inst *instance, r *report) int {
-	n := 0
-	for _, m := range r.Middlewares {
-		t := inst.mws[m.Name]
-		for _, v := range m.Versions {
-			for _, q := range v.Requests {
-				if t == nil {
-					n++
-					continue
-				}
-				if _, ok := t.requests[reqKey{v.Name, q.Code, q.Method}]; !ok {
-					n++
-				}
+// sawSource records a report from source at now, forgetting the source
+// heard from least recently when maxSources are held.
+func (s *store) sawSource(source string, now time.Time) {
+	if _, ok := s.lastReport[source]; !ok && len(s.lastReport) >= maxSources {
+		var oldest string
+		var oldestT time.Time
+		for src, t := range s.lastReport {
+			if oldest == "" || t.Before(oldestT) {
+				oldest, oldestT = src, t
 			}
 		}
+		delete(s.lastReport, oldest)
 	}
-	return n
+	s.lastReport[source] = now
 }
 
-// retire folds instances silent for retireAfter into the retired totals.
+// retire folds instances silent for retireAfter into the retired totals, and
+// forgets the sources silent that long.
 func (s *store) retire(now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -255,19 +303,32 @@ func (s *store) retire(now time.Time) {
 			s.fold(k, inst, now)
 		}
 	}
+	for src, t := range s.lastReport {
+		if now.Sub(t) > retireAfter {
+			delete(s.lastReport, src)
+		}
+	}
 }
 
-func (s *store) retireOldest() {
+func (s *store) retireOldest(now time.Time) {
+	s.foldOldestExcept(instKey{}, now)
+}
+
+// foldOldestExcept folds the instance heard from least recently, other than
+// keep, into the retired totals. It reports whether there was one.
+func (s *store) foldOldestExcept(keep instKey, now time.Time) bool {
 	var oldest *instance
 	var oldestKey instKey
 	for k, inst := range s.instances {
-		if oldest == nil || inst.received.Before(oldest.received) {
+		if k != keep && (oldest == nil || inst.received.Before(oldest.received)) {
 			oldest, oldestKey = inst, k
 		}
 	}
-	if oldest != nil {
-		s.fold(oldestKey, oldest, time.Now())
+	if oldest == nil {
+		return false
 	}
+	s.fold(oldestKey, oldest, now)
+	return true
 }
 
 func (s *store) fold(k instKey, inst *instance, now time.Time) {
@@ -280,6 +341,7 @@ func (s *store) fold(k instKey, inst *instance, now time.Time) {
 		addTotals(r, t)
 	}
 	delete(s.instances, k)
+	s.held -= len(inst.keys)
 	if len(s.retiredIDs) >= maxRetiredIDs {
 		var oldK instKey
 		var oldT time.Time

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -273,5 +274,117 @@ func TestSlowThresholdJudgesTheBackend(t *testing.T) {
 				t.Error("a backend slower than slowThreshold did not open the breaker")
 			}
 		})
+	}
+}
+
+// TestEveryStickyCookieOfTheNameCounts: a stale cookie before the valid one
+// does not re-draw the client.
+func TestEveryStickyCookieOfTheNameCounts(t *testing.T) {
+	srv := versionServer(t, "canary")
+	c := testCanary(t, baseConfig(srv.URL, 50))
+	for b := 0; b < numBuckets; b++ {
+		if c.bucketOf[b].name != "canary" {
+			continue
+		}
+		req := httptest.NewRequest(http.MethodGet, "http://shop.test/", nil)
+		req.Header.Set("Cookie", "edgecanary=stale; edgecanary="+c.signed.values[b])
+		body, res := serve(c, req)
+		if body != "canary" || stickyCookie(res, "edgecanary") != nil {
+			t.Fatalf("stale then valid cookie: served %q, Set-Cookie %v", body, res.Header["Set-Cookie"])
+		}
+		return
+	}
+}
+
+// TestTwoMiddlewaresShareTheDefaultCookieName: two middlewares on one host,
+// both with the default cookie name and different secrets. Each takes the
+// bucket of the other's cookie and leaves the cookie alone, so a client is
+// not re-drawn on every request as they take turns.
+func TestTwoMiddlewaresShareTheDefaultCookieName(t *testing.T) {
+	srv := versionServer(t, "canary")
+	cfgA, cfgB := baseConfig(srv.URL, 50), baseConfig(srv.URL, 50)
+	cfgA.Sticky.Cookie.Secret, cfgB.Sticky.Cookie.Secret = "secret-of-a", "secret-of-b"
+	a, err := newCanary(context.Background(), stableNext, cfgA, "api@file")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := newCanary(context.Background(), stableNext, cfgB, "shop@file")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, res := serve(a, httptest.NewRequest(http.MethodGet, "http://shop.test/api", nil))
+	ck := stickyCookie(res, "edgecanary")
+	if ck == nil {
+		t.Fatal("no cookie from the first middleware")
+	}
+	first := ""
+	for i := 0; i < 20; i++ {
+		h := http.Handler(a)
+		if i%2 == 1 {
+			h = b
+		}
+		req := httptest.NewRequest(http.MethodGet, "http://shop.test/", nil)
+		req.AddCookie(ck)
+		body, res := serve(h, req)
+		if nc := stickyCookie(res, "edgecanary"); nc != nil {
+			t.Fatalf("request %d: the cookie was replaced (%s)", i, nc.Value)
+		}
+		if first == "" {
+			first = body
+		} else if body != first {
+			t.Fatalf("request %d: served %q, then %q", i, first, body)
+		}
+	}
+}
+
+// TestVersionTimeoutCoversConnecting: an upstream that accepts connections
+// and never answers the TLS handshake gets the version's timeout, not
+// Go's 10 s handshake timeout.
+func TestVersionTimeoutCoversConnecting(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	go func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, conn) // accepted, and silent
+		}
+	}()
+	cfg := baseConfig("https://"+l.Addr().String(), 100)
+	cfg.Versions["canary"] = VersionConfig{Weight: 100, URL: "https://" + l.Addr().String(), Timeout: "300ms"}
+	c := testCanary(t, cfg)
+	start := time.Now()
+	_, res := serve(c, httptest.NewRequest(http.MethodGet, "http://shop.test/", nil))
+	if elapsed := time.Since(start); res.StatusCode != http.StatusGatewayTimeout || elapsed > 3*time.Second {
+		t.Fatalf("status %d after %v, want 504 after about 300ms", res.StatusCode, elapsed)
+	}
+}
+
+// TestProxyErrorsAreLoggedRateLimited: one line per 10 s, at fixed instants.
+func TestProxyErrorsAreLoggedRateLimited(t *testing.T) {
+	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC).Add(time.Duration(hardeningSeq) * time.Hour)
+	hardeningSeq++
+	err := fmt.Errorf("connection refused")
+	if !logProxyError("127.0.0.1:1", 502, err, t0) {
+		t.Fatal("the first error was not logged")
+	}
+	for i := 1; i < 10; i++ {
+		if logProxyError("127.0.0.1:1", 502, err, t0.Add(time.Duration(i)*time.Second)) {
+			t.Fatalf("error %d within 10 s was logged", i)
+		}
+	}
+	if !logProxyError("127.0.0.1:1", 502, err, t0.Add(10*time.Second)) {
+		t.Fatal("no line after 10 s")
 	}
 }

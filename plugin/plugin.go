@@ -308,6 +308,7 @@ func (c *canary) setupSticky(s StickyConfig) error {
 		})
 	}
 	c.signed = getSignedBuckets(secret, previous)
+	shareCookieTable(ck.Name, c.name, c.signed)
 	c.key = []byte(secret)
 	c.cookieName = ck.Name
 	path := ck.Path
@@ -430,18 +431,42 @@ func choose(c *canary, rw http.ResponseWriter, req *http.Request) *route {
 			return c.bucketOf[headerBucket(c.key, v)]
 		}
 	}
-	if ck, err := req.Cookie(c.cookieName); err == nil {
-		if b, ok := c.signed.lookup[ck.Value]; ok {
-			if b >= numBuckets { // signed with a previous secret: re-sign
-				b -= numBuckets
-				c.setCookie(rw, b)
-			}
-			return c.bucketOf[b]
-		}
+	if b, ok := cookieBucket(c, rw, req); ok {
+		return c.bucketOf[b]
 	}
 	b := rand.Intn(numBuckets)
 	c.setCookie(rw, b)
 	return c.bucketOf[b]
+}
+
+// cookieBucket finds the bucket of a request's sticky cookie. Every cookie
+// of the name counts, not only the first (a stale one may come first): one
+// signed with the current secret, else one signed with a previous secret
+// (re-signed), else one of another middleware with the same cookie name (left
+// as it is: see cookieTables).
+func cookieBucket(c *canary, rw http.ResponseWriter, req *http.Request) (int, bool) {
+	var values []string
+	for _, ck := range req.Cookies() {
+		if ck.Name != c.cookieName {
+			continue
+		}
+		if b, ok := c.signed.lookup[ck.Value]; ok && b < numBuckets {
+			return b, true
+		}
+		values = append(values, ck.Value)
+	}
+	for _, v := range values {
+		if b, ok := c.signed.lookup[v]; ok { // signed with a previous secret: re-sign
+			c.setCookie(rw, b-numBuckets)
+			return b - numBuckets, true
+		}
+	}
+	for _, v := range values {
+		if b, ok := foreignBucket(c.cookieName, c.name, v); ok {
+			return b, true
+		}
+	}
+	return 0, false
 }
 
 func (c *canary) setCookie(rw http.ResponseWriter, b int) {

@@ -125,7 +125,7 @@ const proxyLogEvery = 10 * time.Second
 
 func logProxyError(host string, code int, err error, now time.Time) bool {
 	proxyErrors.Lock()
-	if !proxyErrors.last.IsZero() && now.Sub(proxyErrors.last) < proxyLogEvery {
+	if d := now.Sub(proxyErrors.last); !proxyErrors.last.IsZero() && d >= 0 && d < proxyLogEvery {
 		proxyErrors.suppressed++
 		proxyErrors.Unlock()
 		return false

@@ -49,7 +49,14 @@ func cookieValue(key []byte, b int) string {
 
 // getSignedBuckets returns the table for secret and previous, computing it once.
 func getSignedBuckets(secret string, previous []string) *signedBuckets {
-	cacheKey := secret + "\x00" + strings.Join(previous, "\x00")
+	// Each part length-prefixed: no two lists of secrets share a key.
+	var kb strings.Builder
+	for _, k := range append([]string{secret}, previous...) {
+		kb.WriteString(strconv.Itoa(len(k)))
+		kb.WriteByte(':')
+		kb.WriteString(k)
+	}
+	cacheKey := kb.String()
 	signCache.Lock()
 	defer signCache.Unlock()
 	if t, ok := signCache.m[cacheKey]; ok {
@@ -108,4 +115,58 @@ func headerBucket(key []byte, value string) int {
 	mac := hmac.New(sha256.New, key)
 	mac.Write([]byte(value))
 	return int(binary.BigEndian.Uint64(mac.Sum(nil)) % numBuckets)
+}
+
+// cookieTables are the sticky tables in use in this process, by cookie name
+// and middleware name (the latest New of each). Two middlewares on one host
+// with the same cookie name (the default) but different secrets would
+// otherwise overwrite each other's cookie on every request, since a browser
+// keeps one cookie per name, domain and path: each accepts the other's
+// cookie as valid, takes its bucket (a client's bucket is its own random
+// draw, whichever middleware drew it) and leaves the cookie as it is.
+var cookieTables = struct {
+	sync.Mutex
+	m map[string]map[string]*signedBuckets
+}{m: map[string]map[string]*signedBuckets{}}
+
+const maxCookieTables = 64 // middlewares sharing one cookie name
+
+// shareCookieTable publishes middleware's table for cookieName.
+func shareCookieTable(cookieName, middleware string, t *signedBuckets) {
+	cookieTables.Lock()
+	defer cookieTables.Unlock()
+	if len(cookieTables.m) >= maxCookieTables && cookieTables.m[cookieName] == nil {
+		for k := range cookieTables.m {
+			delete(cookieTables.m, k)
+			break
+		}
+	}
+	byMW := cookieTables.m[cookieName]
+	if byMW == nil {
+		byMW = map[string]*signedBuckets{}
+		cookieTables.m[cookieName] = byMW
+	}
+	if len(byMW) >= maxCookieTables && byMW[middleware] == nil {
+		for k := range byMW {
+			delete(byMW, k)
+			break
+		}
+	}
+	byMW[middleware] = t
+}
+
+// foreignBucket looks value up in the tables of the other middlewares that
+// use cookieName, and returns its bucket.
+func foreignBucket(cookieName, middleware, value string) (int, bool) {
+	cookieTables.Lock()
+	defer cookieTables.Unlock()
+	for mw, t := range cookieTables.m[cookieName] {
+		if mw == middleware {
+			continue
+		}
+		if b, ok := t.lookup[value]; ok {
+			return b % numBuckets, true
+		}
+	}
+	return 0, false
 }

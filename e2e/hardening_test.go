@@ -392,3 +392,41 @@ func TestTraefikBadValueLeavesOtherRoutersServing(t *testing.T) {
 		t.Errorf("Traefik logged a panic:\n%s", tr.logs.String())
 	}
 }
+
+// TestTraefikRestartLoopAgainstOneSidecar: Traefik restarted again and again
+// against one sidecar whose cap is low (300 series). Each process reports
+// the same series as the one before it: every report is accepted, none is
+// rejected for cardinality, and the totals of every process add up.
+func TestTraefikRestartLoopAgainstOneSidecar(t *testing.T) {
+	stable, canary := newBackend(t, "stable"), newBackend(t, "canary")
+	sc := startSidecar(t, "--ingest.maxSeries=300")
+	sent := map[string]float64{}
+	restarts := 12
+	if testing.Short() {
+		restarts = 4
+	}
+	for i := 0; i < restarts; i++ {
+		tr := startTraefik(t, reportingDynamic(stable.URL, canary.URL, sc.ingest, ""), traefikOptions{})
+		tr.waitRouter("shop")
+		c := client("")
+		for code := 200; code < 225; code++ {
+			a := try(c, fmt.Sprintf("%s/status/%d", tr.web, code), nil)
+			if a.err != nil {
+				t.Fatal(a.err)
+			}
+			sent[fmt.Sprintf("%s %d", a.version, a.status)]++
+		}
+		// Wait until this process's totals are in, then stop it.
+		waitFor(t, 20*time.Second, fmt.Sprintf("process %d's requests published", i), func() bool {
+			return sameCounts(requestCounts(sc.scrape(), "shop@file"), sent)
+		})
+		tr.stop()
+	}
+	mfs := sc.scrape()
+	for _, m := range mfs["edgecanary_sidecar_reports_rejected_total"].GetMetric() {
+		if m.GetCounter().GetValue() != 0 {
+			t.Errorf("reports rejected: %v %v", labels(m), m.GetCounter().GetValue())
+		}
+	}
+	t.Logf("%d Traefik processes, %d series of requests, all published", restarts, len(sent))
+}

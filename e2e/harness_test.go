@@ -68,13 +68,14 @@ func freePort(t testing.TB) int {
 
 // traefikProc is a running Traefik with the plugin as a local plugin.
 type traefikProc struct {
-	t       testing.TB
-	dir     string
-	web     string // http://127.0.0.1:port of the web entry point
-	api     string // http://127.0.0.1:port of the API (and pprof)
-	cmd     *exec.Cmd
-	logs    *syncBuffer
-	dynamic string
+	t        testing.TB
+	dir      string
+	web      string // http://127.0.0.1:port of the web entry point
+	api      string // http://127.0.0.1:port of the API (and pprof)
+	cmd      *exec.Cmd
+	logs     *syncBuffer
+	dynamic  string
+	stopOnce sync.Once
 }
 
 type syncBuffer struct {
@@ -163,15 +164,7 @@ experimental:
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = p.cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = p.cmd.Process.Kill()
-			<-done
-		}
+		p.stop()
 		if t.Failed() {
 			t.Logf("Traefik logs:\n%s", p.logs.String())
 		}
@@ -193,6 +186,22 @@ func quoteList(list []string) string {
 		q[i] = strconv.Quote(s)
 	}
 	return strings.Join(q, ", ")
+}
+
+// stop ends Traefik (SIGTERM, then SIGKILL after 10 s) and waits for it. It
+// may be called more than once.
+func (p *traefikProc) stop() {
+	p.stopOnce.Do(func() {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = p.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = p.cmd.Process.Kill()
+			<-done
+		}
+	})
 }
 
 // writeDynamic replaces the watched dynamic configuration atomically.

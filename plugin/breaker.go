@@ -235,7 +235,7 @@ func newBreaker(s *breakerSettings, name string) *breaker {
 	return b
 }
 
-// now is the breaker's clock: nanoseconds since its epoch, never 0.
+// breakerNow is the breaker's clock: nanoseconds since its epoch, never 0.
 func breakerNow(b *breaker) int64 { return int64(time.Since(b.epoch)) + 1 }
 
 // currentState advances time-based transitions. Called with mu held.
@@ -373,7 +373,7 @@ func after(b *breaker, gen uint64, outcome int, now int64) {
 	<-b.sem
 }
 
-// snapshot returns the state (as of now) and the transition counts.
+// breakerSnapshot returns the state (as of now) and the transition counts.
 func breakerSnapshot(b *breaker, now int64) (int, [3]uint64) {
 	b.sem <- struct{}{}
 	state := b.currentState(now)

@@ -319,7 +319,7 @@ func TestTwoMiddlewaresShareTheDefaultCookieName(t *testing.T) {
 	}
 	first := ""
 	for i := 0; i < 20; i++ {
-		h := http.Handler(a)
+		h := a
 		if i%2 == 1 {
 			h = b
 		}

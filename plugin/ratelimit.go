@@ -376,7 +376,7 @@ func peerBucket(l *limiter, remoteAddr string, now int64) *bucket {
 	return b
 }
 
-// insert adds key, keeping the map within max entries. Called with the lock held.
+// insertBucket adds key, keeping the map within max entries. Called with the lock held.
 // A bucket whose tat has passed is full and carries no state: a few are
 // dropped on every insert, so idle clients expire. When the map is full, a
 // sample of entries is examined and the one closest to full (the earliest
@@ -620,7 +620,7 @@ func forwardedKey(l *limiter, values []string, peer string) string {
 	return normalizeAddr(l, peer, peer)
 }
 
-// normalize turns an address (with or without port, brackets or zone) into
+// normalizeAddr turns an address (with or without port, brackets or zone) into
 // its canonical key: IPv4-mapped IPv6 becomes IPv4, the zone and port go, and
 // IPv6 is masked to ipv6Subnet. Anything that is not an address yields the
 // normalised fallback (the peer), which is always an address.

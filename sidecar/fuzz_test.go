@@ -18,7 +18,7 @@ func FuzzIngest(f *testing.F) {
 	f.Add([]byte(`[]`))
 	f.Add([]byte(`{"version":1,"source":"a","instance":"b","middlewares":[{"name":"m","buckets":[1],"versions":[{"name":"v","durationBuckets":[1,2],"requests":[{"code":200,"method":"GET","count":1}]}]}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		s := newStore()
+		s := newStore(defaultMaxSeries)
 		h := &ingestHandler{store: s, maxBody: 1 << 16, now: func() time.Time { return t0 }}
 		req := httptest.NewRequest(http.MethodPost, "/v1/reports", bytes.NewReader(data))
 		req.Header.Set("Content-Type", "application/json")

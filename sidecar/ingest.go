@@ -228,7 +228,7 @@ func (h *ingestHandler) ServeHTTP(rw http.ResponseWriter, req *http.Request) {
 		return
 	}
 	if !h.store.merge(r, h.now()) {
-		http.Error(rw, fmt.Sprintf("rejected: the sidecar holds at most %d series", maxSeries), http.StatusUnprocessableEntity)
+		http.Error(rw, fmt.Sprintf("rejected: the sidecar holds at most %d series (ingest.maxSeries)", h.store.maxSeries), http.StatusUnprocessableEntity)
 		return
 	}
 	rw.WriteHeader(http.StatusNoContent)

@@ -37,6 +37,7 @@ type IngestConfig struct {
 	Address      string `description:"Listen address for reports (POST /v1/reports). Loopback by default." json:"address,omitempty" toml:"address,omitempty" yaml:"address,omitempty"`
 	Token        string `description:"Bearer token the plugin must send (sidecar.token). Empty: no token required." json:"token,omitempty" toml:"token,omitempty" yaml:"token,omitempty" loggable:"false"`
 	MaxBodyBytes int64  `description:"Largest report accepted, in bytes." json:"maxBodyBytes,omitempty" toml:"maxBodyBytes,omitempty" yaml:"maxBodyBytes,omitempty"`
+	MaxSeries    int    `description:"Most series published; a report that would add more is rejected (reason cardinality)." json:"maxSeries,omitempty" toml:"maxSeries,omitempty" yaml:"maxSeries,omitempty"`
 }
 
 // MetricsConfig is the scrape listener.
@@ -48,6 +49,7 @@ type MetricsConfig struct {
 func (c *IngestConfig) SetDefaults() {
 	c.Address = "127.0.0.1:9191"
 	c.MaxBodyBytes = 1 << 20
+	c.MaxSeries = defaultMaxSeries
 }
 
 // SetDefaults sets the metrics defaults.
@@ -80,6 +82,9 @@ func (c *Configuration) validate() error {
 	}
 	if c.Ingest.MaxBodyBytes <= 0 {
 		return fmt.Errorf("ingest.maxBodyBytes: must be above 0, got %d", c.Ingest.MaxBodyBytes)
+	}
+	if c.Ingest.MaxSeries < 100 || c.Ingest.MaxSeries > 10000000 {
+		return fmt.Errorf("ingest.maxSeries: must be from 100 to 10000000, got %d", c.Ingest.MaxSeries)
 	}
 	return nil
 }
@@ -128,7 +133,7 @@ func run() int {
 // ready is not nil, it receives the bound addresses (ingest, metrics).
 func serve(ctx context.Context, cfg *Configuration, logw io.Writer, ready chan<- [2]string) error {
 	logger := log.New(logw, "edgecanary-sidecar ", log.LstdFlags)
-	st := newStore()
+	st := newStore(cfg.Ingest.MaxSeries)
 	now := time.Now
 
 	reg := prometheus.NewRegistry()

@@ -80,7 +80,7 @@ func requests(t testing.TB, s *store, version string) float64 {
 }
 
 func TestMergeCumulativeReports(t *testing.T) {
-	s := newStore()
+	s := newStore(defaultMaxSeries)
 	steps := []struct {
 		desc       string
 		r          *report
@@ -158,7 +158,7 @@ func TestIngestValidation(t *testing.T) {
 	}
 	for _, test := range testCases {
 		t.Run(test.desc, func(t *testing.T) {
-			s := newStore()
+			s := newStore(defaultMaxSeries)
 			h := &ingestHandler{store: s, token: "s3cret", maxBody: 1 << 20, now: func() time.Time { return t0 }}
 			method := test.method
 			if method == "" {
@@ -205,16 +205,16 @@ func TestIngestValidation(t *testing.T) {
 // TestCardinalityIsBounded: middlewares past the cap are rejected, counted
 // under their own reason, and never published.
 func TestCardinalityIsBounded(t *testing.T) {
-	s := newStore()
-	for i := 0; i < maxSeries; i++ {
+	s := newStore(defaultMaxSeries)
+	for i := 0; i < defaultMaxSeries; i++ {
 		r := mkReport("a", "i1", int64(i), 1, 1)
 		r.Middlewares[0].Name = fmt.Sprintf("mw-%d@file", i)
 		if !s.merge(r, t0) {
 			break
 		}
 	}
-	if n := publishedSeries(t, s); n > maxSeries {
-		t.Errorf("%d series published, cap %d", n, maxSeries)
+	if n := publishedSeries(t, s); n > defaultMaxSeries {
+		t.Errorf("%d series published, cap %d", n, defaultMaxSeries)
 	}
 	if s.rejected[reasonCardinality] == 0 || s.rejected[reasonMalformed] != 0 {
 		t.Errorf("rejections %v: want the reports past the cap under %q only", s.rejected, reasonCardinality)
@@ -256,7 +256,7 @@ func publishedSeries(t testing.TB, s *store) int {
 // middlewares (227,356 series were accepted from such a report) is rejected
 // whole; the sidecar's series stay under the cap.
 func TestEverySeriesKindCountsAgainstTheCap(t *testing.T) {
-	s := newStore()
+	s := newStore(defaultMaxSeries)
 	r := &report{Version: 1, Source: "a", Instance: "i1", SentAt: 1}
 	bounds := make([]float64, 64)
 	for i := range bounds {
@@ -292,7 +292,7 @@ func TestEverySeriesKindCountsAgainstTheCap(t *testing.T) {
 // series and going silent. Every process is accepted, the totals add up,
 // and what the sidecar holds stays bounded.
 func TestRestartLoopIsAccepted(t *testing.T) {
-	s := newStore()
+	s := newStore(defaultMaxSeries)
 	now := t0
 	var want float64
 	for i := 0; i < 300; i++ {
@@ -314,7 +314,7 @@ func TestRestartLoopIsAccepted(t *testing.T) {
 	if got := requests(t, s, "stable"); got != want {
 		t.Errorf("stable requests %v, want %v", got, want)
 	}
-	if len(s.lastReport) > maxSources || len(s.instances) > maxInstances || s.held > maxHeld {
+	if len(s.lastReport) > maxSources || len(s.instances) > maxInstances || s.held > s.maxHeld {
 		t.Errorf("held: %d sources, %d instances, %d entries", len(s.lastReport), len(s.instances), s.held)
 	}
 	if s.rejected[reasonCardinality] != 0 {
@@ -325,7 +325,7 @@ func TestRestartLoopIsAccepted(t *testing.T) {
 // TestLastReportIsBounded: 20,000 sources leave at most maxSources
 // last-report series, and none once they have been silent for retireAfter.
 func TestLastReportIsBounded(t *testing.T) {
-	s := newStore()
+	s := newStore(defaultMaxSeries)
 	for i := 0; i < 20000; i++ {
 		if !s.merge(mkReport(fmt.Sprintf("host-%d", i), "i1", 1, 1, 1), t0.Add(time.Duration(i)*time.Millisecond)) {
 			t.Fatalf("source %d rejected: %v", i, s.rejected)
@@ -347,7 +347,7 @@ func TestLastReportIsBounded(t *testing.T) {
 // configuration are folded, oldest first, to keep maxHeld entries, and no
 // count is lost.
 func TestInstancesHoldBoundedMemory(t *testing.T) {
-	s := newStore()
+	s := newStore(defaultMaxSeries)
 	var want float64
 	for i := 0; i < maxInstances; i++ {
 		r := mkReport("a", fmt.Sprintf("i%d", i), 1, 1, 1)
@@ -358,8 +358,8 @@ func TestInstancesHoldBoundedMemory(t *testing.T) {
 		if !s.merge(r, t0.Add(time.Duration(i)*time.Millisecond)) {
 			t.Fatalf("instance %d rejected: %v", i, s.rejected)
 		}
-		if s.held > maxHeld {
-			t.Fatalf("instance %d: %d entries held, bound %d", i, s.held, maxHeld)
+		if s.held > s.maxHeld {
+			t.Fatalf("instance %d: %d entries held, bound %d", i, s.held, s.maxHeld)
 		}
 	}
 	if got := requests(t, s, "stable"); got != want {
@@ -373,7 +373,7 @@ func TestExpositionPassesPromtool(t *testing.T) {
 	if err != nil {
 		t.Fatal("promtool not found: apt-get install --no-install-recommends prometheus")
 	}
-	s := newStore()
+	s := newStore(defaultMaxSeries)
 	s.merge(mkReport("a", "i1", 1, 10, 2), t0)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(&collector{store: s, now: func() time.Time { return t0 }})

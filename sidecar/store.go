@@ -19,7 +19,8 @@ import (
 //     forgotten (its id is remembered so a very late report is not counted
 //     twice).
 
-// Bounds. Every series the sidecar publishes counts against maxSeries: a
+// Bounds. Every series the sidecar publishes counts against one cap
+// (ingest.maxSeries, default defaultMaxSeries): a
 // report that would go past it is rejected (reason "cardinality"), whatever
 // kind of series it adds. Counter series are kept while the sidecar runs
 // (their totals must not go down), so a new Traefik process reporting the
@@ -27,7 +28,7 @@ import (
 // restarts. The per-source last-report gauge is the exception: at most
 // maxSources are kept, the oldest dropped first, and a source silent for
 // retireAfter is forgotten. Memory is bounded too: the instances together
-// hold at most maxHeld series entries (the oldest are folded into the
+// hold at most heldPerSeries × the cap series entries (the oldest are folded into the
 // retired totals to make room), and at most maxRetiredIDs ids are kept.
 const (
 	retireAfter       = 10 * time.Minute
@@ -36,9 +37,9 @@ const (
 	maxRetiredIDs     = 10000
 	maxMiddlewares    = 1000 // in one report
 	maxVersionsPerMW  = 64
-	maxSeries         = 50000
+	defaultMaxSeries  = 50000
 	maxSources        = 1024
-	maxHeld           = 4 * maxSeries
+	heldPerSeries     = 4
 	historySamples    = 120
 	historyResolution = time.Second
 )
@@ -114,6 +115,8 @@ type store struct {
 	series     map[string]int       // every series key ever accepted -> its number of series
 	seriesN    int                  // the sum of series, for maxSeries
 	held       int                  // series entries held by the instances, for maxHeld
+	maxSeries  int                  // the cap on published series
+	maxHeld    int                  // the cap on entries held by the instances
 
 	reports  uint64
 	rejected map[string]uint64
@@ -121,8 +124,11 @@ type store struct {
 	history []snapshotSample // for the status page
 }
 
-func newStore() *store {
+// newStore returns an empty store that publishes at most maxSeries series.
+func newStore(maxSeries int) *store {
 	return &store{
+		maxSeries:  maxSeries,
+		maxHeld:    heldPerSeries * maxSeries,
 		instances:  map[instKey]*instance{},
 		retired:    map[string]*mwTotals{},
 		retiredIDs: map[instKey]time.Time{},
@@ -176,7 +182,7 @@ func seriesKeys(r *report) map[string]int {
 
 // merge folds a validated report into the store at now. It returns false
 // (and counts a cardinality rejection) when accepting it would take the
-// series past maxSeries.
+// series past s.maxSeries.
 func (s *store) merge(r *report, now time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -196,7 +202,7 @@ func (s *store) merge(r *report, now time.Time) bool {
 	if _, known := s.lastReport[r.Source]; !known && len(s.lastReport) < maxSources {
 		add++
 	}
-	if s.seriesN+len(s.lastReport)+add > maxSeries {
+	if s.seriesN+len(s.lastReport)+add > s.maxSeries {
 		s.rejected[reasonCardinality]++
 		return false
 	}
@@ -220,7 +226,7 @@ func (s *store) merge(r *report, now time.Time) bool {
 			s.held++
 		}
 	}
-	for s.held > maxHeld && s.foldOldestExcept(key, now) {
+	for s.held > s.maxHeld && s.foldOldestExcept(key, now) {
 	}
 	newer := r.SentAt >= inst.sentAt
 	for i := range r.Middlewares {

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -228,5 +229,26 @@ func TestYaegiBadConfigIsAnError(t *testing.T) {
 				t.Fatalf("got %v, want an error naming %q", err, test.wantErr)
 			}
 		})
+	}
+}
+
+// TestYaegiNewReturnsOnExtremeConfigs runs the numbers at the edges of their
+// types (extremeConfigs, also FuzzConfig's seeds) through New as Traefik's
+// interpreter runs it: New returns, with nil or an error naming the field.
+func TestYaegiNewReturnsOnExtremeConfigs(t *testing.T) {
+	p := loadYaegiPluginLogging(t, io.Discard)
+	for i, raw := range extremeConfigs {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(raw), &m); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := p.config(m)
+		if err != nil {
+			continue // Traefik reports decoding errors itself
+		}
+		_, err = p.handler(context.Background(), http.NotFoundHandler(), cfg, fmt.Sprintf("extreme-%d@file", i))
+		if !namesAField(err) {
+			t.Errorf("%s: %v", raw, err)
+		}
 	}
 }

@@ -22,60 +22,68 @@ import (
 // bypassed).
 type statusWriter struct {
 	http.ResponseWriter
-	code    int                      // the final status written; 200 until then
-	sent    int64                    // when the request left the plugin, ns since epoch
-	headers int64                    // when the final status was written, when timed; 0 until then
-	timed   bool                     // read the clock at WriteHeader (slowThreshold is set)
-	wrote   bool                     // WriteHeader was called with a final status
-	done    bool                     // the handler returned: see abandoned
-	flusher *http.ResponseController // set when the response streams: Write flushes
+	code    int   // the final status written; 200 until then
+	headers int64 // when the final status was written, ns since epoch, when timed; 0 until then
+	timed   bool  // read the clock at WriteHeader (slowThreshold is set)
+	stream  bool  // the response has no Content-Length: Write flushes
+	done    bool  // the handler returned: see abandoned
+
+	// What abandoned records, should the handler not return.
+	c     *canary
+	r     *route
+	req   *http.Request
+	gen   uint64
+	start int64
 }
 
+// WriteHeader records the status and whether the response streams. After an
+// informational (1xx) status, the final one overwrites both.
 func (w *statusWriter) WriteHeader(code int) {
 	w.ResponseWriter.WriteHeader(code)
-	if code < 200 || w.wrote { // 1xx: the final status follows
-		return
-	}
-	w.code, w.wrote = code, true
+	w.code = code
+	w.stream = w.ResponseWriter.Header()["Content-Length"] == nil
 	if w.timed {
 		w.headers = int64(time.Since(epoch))
 	}
-	if w.ResponseWriter.Header()["Content-Length"] == nil {
-		w.flusher = http.NewResponseController(w.ResponseWriter)
-	}
 }
 
+// Write writes p and flushes it when the response streams. A handler that
+// writes without calling WriteHeader (Go's and Traefik's proxies always call
+// it) is not flushed early.
 func (w *statusWriter) Write(p []byte) (int, error) {
-	if !w.wrote {
-		w.WriteHeader(http.StatusOK)
-	}
 	n, err := w.ResponseWriter.Write(p)
-	if w.flusher != nil {
-		_ = w.flusher.Flush()
+	if w.stream {
+		_ = http.NewResponseController(w.ResponseWriter).Flush()
 	}
 	return n, err
 }
 
-// abandoned records a request whose handler did not return: it panicked,
-// as Go's and Traefik's proxies do with http.ErrAbortHandler when a body
-// breaks mid-copy. The request paths defer it, so the panic goes on up to
-// Traefik and the request is recorded exactly once: a 502 and a failure for
-// the breaker, or a neutral 499 when the client had gone. Without it, a
-// half-open breaker's probe slot would never be given back.
-func abandoned(c *canary, r *route, w *statusWriter, req *http.Request, gen uint64, start int64) {
-	if w.done {
-		return
+// abandoned is deferred by the observed request paths. When the handler did
+// not return (w.done is false) it panicked, as Go's and Traefik's proxies do
+// with http.ErrAbortHandler when a body breaks mid-copy: the panic goes on up
+// to Traefik, and recordAbandoned records the request exactly once. Without
+// it, a half-open breaker's probe slot would never be given back. It is this
+// small because under Yaegi a deferred call costs every variable of the
+// function it calls, on every request.
+func abandoned(w *statusWriter) {
+	if !w.done {
+		recordAbandoned(w)
 	}
+}
+
+// recordAbandoned records an aborted request: a 502 and a failure for the
+// breaker, or a neutral 499 when the client had gone.
+func recordAbandoned(w *statusWriter) {
 	w.code = http.StatusBadGateway
-	if req.Context().Err() != nil {
+	if w.req.Context().Err() != nil {
 		w.code = statusClientClosedRequest
 	}
 	end := int64(time.Since(epoch))
-	if r.br != nil {
-		after(r.br, gen, outcomeOf(c.bs, w.code, 0), end)
+	if w.r.br != nil {
+		after(w.r.br, w.gen, outcomeOf(w.c.bs, w.code, 0), end)
 	}
-	if r.vs != nil {
-		record(r.vs, c.boundsNs, w.code, req.Method, end-start)
+	if w.r.vs != nil {
+		record(w.r.vs, w.c.boundsNs, w.code, w.req.Method, end-w.start)
 	}
 }
 

@@ -49,8 +49,8 @@ func serveFunc(c *canary) http.HandlerFunc {
 					}
 				}
 			}
-			w := &statusWriter{ResponseWriter: rw, code: 200, sent: sent, timed: slow}
-			defer abandoned(c, r, w, req, gen, start)
+			w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
+			defer abandoned(w)
 			if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && bypassed(req) {
 				r.handler.ServeHTTP(rw, req)
 				w.code = 0
@@ -62,15 +62,14 @@ func serveFunc(c *canary) http.HandlerFunc {
 			if timed {
 				end = int64(since(epoch))
 			}
-			if r.br != nil {
-				answered := end
-				if w.headers != 0 {
-					answered = w.headers
-				}
-				leave(c, r.br, gen, w.code, sent, answered)
-			}
 			if st {
 				record(r.vs, bounds, w.code, req.Method, end-start)
+			}
+			if r.br != nil {
+				if slow && w.headers != 0 {
+					end = w.headers // the breaker judges the time to the headers
+				}
+				leave(c, r.br, gen, w.code, sent, end)
 			}
 		}
 	}
@@ -238,8 +237,8 @@ func serveAll(c *canary) http.HandlerFunc {
 			}
 			br = r.br
 		}
-		w := &statusWriter{ResponseWriter: rw, code: 200, sent: sent, timed: slow}
-		defer abandoned(c, r, w, req, gen, start)
+		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
+		defer abandoned(w)
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && bypassed(req) {
 			r.handler.ServeHTTP(rw, req)
 			w.code = 0
@@ -261,11 +260,10 @@ func serveAll(c *canary) http.HandlerFunc {
 			<-br.sem
 		}
 		if !done {
-			answered := end
-			if w.headers != 0 {
-				answered = w.headers
+			if slow && w.headers != 0 {
+				end = w.headers // the breaker judges the time to the headers
 			}
-			leaveSlow(c, br, gen, code, sent, answered)
+			leaveSlow(c, br, gen, code, sent, end)
 		}
 		// record.
 		i := 0

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -346,8 +347,11 @@ func TestVersionTimeoutCoversConnecting(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
+	var mu sync.Mutex
 	var held []net.Conn
 	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
 		for _, c := range held {
 			c.Close()
 		}
@@ -358,7 +362,9 @@ func TestVersionTimeoutCoversConnecting(t *testing.T) {
 			if err != nil {
 				return
 			}
+			mu.Lock()
 			held = append(held, conn) // accepted, and silent
+			mu.Unlock()
 		}
 	}()
 	cfg := baseConfig("https://"+l.Addr().String(), 100)

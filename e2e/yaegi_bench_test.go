@@ -154,6 +154,44 @@ func BenchmarkYaegiBreaker(b *testing.B) {
 	runServe(b, h, httptest.NewRequest(http.MethodGet, "http://bench.test/", nil))
 }
 
+// bodyNext answers as a backend behind Traefik's proxy does: WriteHeader,
+// then a body with its Content-Length, or without one (a stream).
+func bodyNext(length bool) http.Handler {
+	body := []byte("ok\n")
+	return http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) {
+		if length {
+			rw.Header()["Content-Length"] = []string{"3"}
+		}
+		rw.WriteHeader(http.StatusOK)
+		_, _ = rw.Write(body)
+	})
+}
+
+// benchBreakerBody is BenchmarkYaegiBreaker with a body written through the
+// status wrapper: its Write is interpreted, and flushes when the response
+// has no Content-Length.
+func benchBreakerBody(b *testing.B, length bool) {
+	p := loadYaegiPluginLogging(b, io.Discard)
+	cfg, err := p.config(map[string]any{
+		"versions":       map[string]any{"stable": map[string]any{"weight": 1}},
+		"circuitBreaker": map[string]any{"consecutiveFailures": 5, "failureRatio": 0.5},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	h, err := p.handler(context.Background(), bodyNext(length), cfg, "bench@file")
+	if err != nil {
+		b.Fatal(err)
+	}
+	runServe(b, h, httptest.NewRequest(http.MethodGet, "http://bench.test/", nil))
+}
+
+// BenchmarkYaegiBreakerBody: a response with a Content-Length, one write.
+func BenchmarkYaegiBreakerBody(b *testing.B) { benchBreakerBody(b, true) }
+
+// BenchmarkYaegiBreakerStream: a response without one, one write and a flush.
+func BenchmarkYaegiBreakerStream(b *testing.B) { benchBreakerBody(b, false) }
+
 // BenchmarkYaegiAggregation: the per-version figures for the sidecar (the
 // sender itself runs in the background and is not timed).
 func BenchmarkYaegiAggregation(b *testing.B) {

@@ -12,20 +12,24 @@ import (
 // records the status code and, for slowThreshold, when the headers were
 // written, and it flushes a response that streams.
 //
-// It embeds the writer, so Header stays a compiled call. Compiled code cannot
-// see Flush or Hijack through an interpreted wrapper (Traefik's proxy gets
-// "not supported" from http.NewResponseController), so a response without a
+// It embeds the writer, so Header and Write stay compiled method calls: only
+// WriteHeader enters the interpreter. Compiled code cannot see Flush or
+// Hijack through an interpreted wrapper (Traefik's proxy gets "not
+// supported" from http.NewResponseController), so a response without a
 // Content-Length (a stream: server-sent events, NDJSON, chunked progress,
-// long polling) is flushed by Write itself after every write, as Go's
-// ReverseProxy flushes such a response when it holds the original writer.
-// Upgrades, which need Hijack, and gRPC over HTTP/2 are never wrapped (see
-// bypassed).
+// long polling) would wait for the end. WriteHeader therefore swaps the
+// embedded writer of such a response for a flushWriter, whose Write flushes
+// after every write, as Go's ReverseProxy flushes such a response when it
+// holds the original writer. The promoted Write follows the embedded field
+// under Yaegi too, so only streams pay for an interpreted Write (about 30
+// allocations per write, measured). Upgrades, which need Hijack, and gRPC
+// over HTTP/2 are never wrapped (see bypassed).
 type statusWriter struct {
 	http.ResponseWriter
 	code    int   // the final status written; 200 until then
 	headers int64 // when the final status was written, ns since epoch, when timed; 0 until then
 	timed   bool  // read the clock at WriteHeader (slowThreshold is set)
-	stream  bool  // the response has no Content-Length: Write flushes
+	stream  bool  // the response has no Content-Length: the embedded writer is a flushWriter
 	done    bool  // the handler returned: see abandoned
 
 	// What abandoned records, should the handler not return.
@@ -36,25 +40,31 @@ type statusWriter struct {
 	start int64
 }
 
-// WriteHeader records the status and whether the response streams. After an
-// informational (1xx) status, the final one overwrites both.
+// WriteHeader records the status, the time and whether the response
+// streams. After an informational (1xx) status, the final one overwrites the
+// status and the time; a response that sent one (it has no Content-Length)
+// is flushed as a stream, which costs only time.
 func (w *statusWriter) WriteHeader(code int) {
 	w.ResponseWriter.WriteHeader(code)
 	w.code = code
-	w.stream = w.ResponseWriter.Header()["Content-Length"] == nil
+	if !w.stream && w.ResponseWriter.Header()["Content-Length"] == nil {
+		w.stream = true
+		w.ResponseWriter = &flushWriter{ResponseWriter: w.ResponseWriter}
+	}
 	if w.timed {
 		w.headers = int64(time.Since(epoch))
 	}
 }
 
-// Write writes p and flushes it when the response streams. A handler that
-// writes without calling WriteHeader (Go's and Traefik's proxies always call
-// it) is not flushed early.
-func (w *statusWriter) Write(p []byte) (int, error) {
-	n, err := w.ResponseWriter.Write(p)
-	if w.stream {
-		_ = http.NewResponseController(w.ResponseWriter).Flush()
-	}
+// flushWriter is the embedded writer of a statusWriter whose response
+// streams: it flushes the original writer after every write.
+type flushWriter struct {
+	http.ResponseWriter
+}
+
+func (f *flushWriter) Write(p []byte) (int, error) {
+	n, err := f.ResponseWriter.Write(p)
+	_ = http.NewResponseController(f.ResponseWriter).Flush()
 	return n, err
 }
 

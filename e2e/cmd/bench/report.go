@@ -205,6 +205,8 @@ var microNotes = map[string]string{
 	"RateLimit":              "one client's token bucket, with the RateLimit headers",
 	"RateLimitNoHeaders":     "the same, headers: false",
 	"Breaker":                "a closed breaker: status observed through the wrapper, outcome recorded",
+	"BreakerBody":            "the same, the backend writing a 3-byte body with its Content-Length (one Write through the wrapper)",
+	"BreakerStream":          "the same without a Content-Length: the wrapper flushes after the Write",
 	"Aggregation":            "the figures for the sidecar (the sender runs in the background)",
 	"Everything":             "cookie, limiter, breaker and aggregation",
 	"OracleXTimeRateReserve": "golang.org/x/time/rate ReserveN + DelayFrom, interpreted (the oracle)",

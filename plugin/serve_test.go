@@ -285,31 +285,9 @@ func TestObservedPathsHandStreamsTheOriginalWriter(t *testing.T) {
 		{contentType: "application/json", h2: true},
 		{accept: "text/event-stream", h2: true},
 	}
-	everything := func(cfg *Config) {
-		cfg.Versions = map[string]VersionConfig{"stable": {Weight: 100}, "canary": {Weight: 0, URL: "http://127.0.0.1:1"}}
-		cfg.Sticky.Cookie.Secret = "s"
-		cfg.RateLimit = rlConfig(1000, "1s", 1000)
-		cfg.CircuitBreaker.ConsecutiveFailures = 3
-		cfg.Sidecar.Address, cfg.Sidecar.Interval = "http://127.0.0.1:1", "1h"
-	}
-	for n, setup := range []struct {
-		name  string
-		fused bool
-		cfg   func(*Config)
-	}{
-		{"breaker only", true, func(cfg *Config) { cfg.CircuitBreaker.ConsecutiveFailures = 3 }},
-		{"reporting only", true, func(cfg *Config) { cfg.Sidecar.Address, cfg.Sidecar.Interval = "http://127.0.0.1:1", "1h" }},
-		{"everything on", true, everything},
-		{"everything on, general path", false, everything},
-	} {
+	for n, setup := range observedSetups {
 		t.Run(setup.name, func(t *testing.T) {
-			cfg := CreateConfig()
-			cfg.Versions = map[string]VersionConfig{"stable": {Weight: 100}}
-			setup.cfg(cfg)
-			c := fusedCanary(t, next, cfg, fmt.Sprintf("streams-%d@file", n), setup.fused)
-			if !c.observe {
-				t.Fatal("not an observed path")
-			}
+			c := observedCanary(t, n, next, nil)
 			for _, tc := range cases {
 				req := httptest.NewRequest(http.MethodGet, "http://shop.test/", nil)
 				if tc.accept != "" {

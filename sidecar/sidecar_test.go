@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/traefik/paerser/cli"
 )
 
@@ -54,8 +55,8 @@ func body(t testing.TB, r *report) []byte {
 	return b
 }
 
-// requests returns the published edgecanary_requests_total of a version.
-func requests(t testing.TB, s *store, version string) float64 {
+// gather scrapes s at t0.
+func gather(t testing.TB, s *store) []*dto.MetricFamily {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(&collector{store: s, now: func() time.Time { return t0 }})
@@ -63,8 +64,14 @@ func requests(t testing.TB, s *store, version string) float64 {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return mfs
+}
+
+// requests returns the published edgecanary_requests_total of a version.
+func requests(t testing.TB, s *store, version string) float64 {
+	t.Helper()
 	var sum float64
-	for _, mf := range mfs {
+	for _, mf := range gather(t, s) {
 		if mf.GetName() != "edgecanary_requests_total" {
 			continue
 		}
@@ -232,14 +239,8 @@ func ingestRequest(body []byte) *http.Request {
 // them (a histogram is one series per bucket, plus sum and count).
 func publishedSeries(t testing.TB, s *store) int {
 	t.Helper()
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(&collector{store: s, now: func() time.Time { return t0 }})
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
 	n := 0
-	for _, mf := range mfs {
+	for _, mf := range gather(t, s) {
 		for _, m := range mf.GetMetric() {
 			if h := m.GetHistogram(); h != nil {
 				n += len(h.GetBucket()) + 3

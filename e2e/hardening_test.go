@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -429,4 +430,67 @@ func TestTraefikRestartLoopAgainstOneSidecar(t *testing.T) {
 		}
 	}
 	t.Logf("%d Traefik processes, %d series of requests, all published", restarts, len(sent))
+}
+
+// trickle is an upload that sends one byte per delay.
+type trickle struct {
+	n     int
+	delay time.Duration
+}
+
+func (s *trickle) Read(p []byte) (int, error) {
+	if s.n == 0 {
+		return 0, io.EOF
+	}
+	time.Sleep(s.delay)
+	s.n--
+	p[0] = 'x'
+	return 1, nil
+}
+
+// TestTraefikSlowUploadsAreNotBackendTimeouts: clients that upload their
+// bodies slower than the canary's timeout are served by a healthy canary,
+// and do not open its breaker for everyone. (Found by review.)
+func TestTraefikSlowUploadsAreNotBackendTimeouts(t *testing.T) {
+	stable := newBackend(t, "stable")
+	upload := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
+		n, _ := io.Copy(io.Discard, req.Body)
+		rw.Header().Set("X-Version", "canary")
+		fmt.Fprintf(rw, "stored %d bytes", n)
+	}))
+	defer upload.Close()
+	tr := startTraefik(t, shopDynamic(stable.URL, fmt.Sprintf(`          versions:
+            stable:
+              weight: 0
+            canary:
+              weight: 100
+              url: %q
+              timeout: 1s
+`, upload.URL), `          circuitBreaker:
+            consecutiveFailures: 3
+            openDuration: 1m
+`), traefikOptions{})
+	tr.waitRouter("shop")
+	c := client("127.0.0.2")
+	for i := 0; i < 3; i++ {
+		req, _ := http.NewRequest(http.MethodPost, tr.web+"/upload", &trickle{n: 10, delay: 150 * time.Millisecond})
+		req.ContentLength = 10
+		res, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != http.StatusOK {
+			t.Errorf("upload %d (1.5 s, healthy canary): %d %q, want 200", i, res.StatusCode, body)
+		}
+	}
+	res, err := c.Get(tr.web + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if v := res.Header.Get("X-Version"); v != "canary" {
+		t.Fatalf("after three slow uploads a canary user is served by %q (fallback %q): the canary's breaker opened", v, res.Header.Get("Edgecanary-Fallback"))
+	}
 }

@@ -86,7 +86,7 @@ type breakerSettings struct {
 	minRequests  uint32
 	interval     int64 // ns, 0: never reset while closed
 	openDuration int64 // ns
-	probeTimeout int64 // ns: a half-open probe slot is freed after this (openDuration, at least minProbeTimeout)
+	probeTimeout int64 // ns: half-open probe slots not reported back after this are freed (openDuration, at least minProbeTimeout)
 	maxRequests  uint32
 	failCodes    []bool // index: status code 0..599
 	slow         int64  // ns, 0: off
@@ -206,7 +206,7 @@ type breaker struct {
 	name       string // "<middleware>/<version>", for the log
 	state      int
 	generation uint64
-	expiry     int64 // ns since epoch; noExpiry when closed without interval
+	expiry     int64 // ns since epoch; noExpiry when closed without interval; half-open: when the probe slots in flight are freed
 	epoch      time.Time
 
 	requests, failures              uint32
@@ -250,12 +250,12 @@ func (b *breaker) currentState(now int64) int {
 			b.setState(stateHalfOpen, now)
 		}
 	case stateHalfOpen:
-		if b.expiry < now {
-			// Probes taken probeTimeout ago that never reported back (a
-			// stream that does not end, a request lost in a panic) do not
-			// hold their slots for ever: a new generation frees them and
-			// discards their late outcomes.
-			b.newGeneration(now)
+		if b.expiry < now && b.requests > b.consecSuccesses {
+			// The probes in flight were all let through probeTimeout ago or
+			// more and have not reported back (a stream that does not end):
+			// their slots are freed, so the version is probed again. Their
+			// outcomes still count when they come, as gobreaker's would.
+			b.requests = b.consecSuccesses
 		}
 	}
 	return b.state
@@ -323,10 +323,13 @@ func before(b *breaker, now int64) (ok bool, gen uint64, retryIn int64) {
 		<-b.sem
 		return false, gen, retryIn
 	}
-	if state == stateHalfOpen && b.requests >= b.s.maxRequests {
-		gen = b.generation
-		<-b.sem
-		return false, gen, 0
+	if state == stateHalfOpen {
+		if b.requests >= b.s.maxRequests {
+			gen = b.generation
+			<-b.sem
+			return false, gen, 0
+		}
+		b.expiry = now + b.s.probeTimeout // the probe's slot is held until then at most
 	}
 	b.requests++
 	gen = b.generation

@@ -124,6 +124,7 @@ func newCanary(ctx context.Context, next http.Handler, cfg *Config, name string)
 	if target.url != "" {
 		c.setupStats(ctx, target, interval, bounds, cfg.Versions)
 	}
+	shareCookieTable(c.cookieName, name, c.signed, ctx)
 	c.observe = c.bs != nil || c.st != nil
 	c.fast = !c.single && !c.slowPath
 	c.ok200 = c.bs != nil && c.bs.slow == 0 && !c.bs.failCodes[http.StatusOK]
@@ -308,7 +309,6 @@ func (c *canary) setupSticky(s StickyConfig) error {
 		})
 	}
 	c.signed = getSignedBuckets(secret, previous)
-	shareCookieTable(ck.Name, c.name, c.signed)
 	c.key = []byte(secret)
 	c.cookieName = ck.Name
 	path := ck.Path
@@ -443,7 +443,7 @@ func choose(c *canary, rw http.ResponseWriter, req *http.Request) *route {
 // of the name counts, not only the first (a stale one may come first): one
 // signed with the current secret, else one signed with a previous secret
 // (re-signed), else one of another middleware with the same cookie name (left
-// as it is: see cookieTables).
+// as it is, with a bucket derived from it: see cookieTables).
 func cookieBucket(c *canary, rw http.ResponseWriter, req *http.Request) (int, bool) {
 	var values []string
 	for _, ck := range req.Cookies() {
@@ -462,8 +462,8 @@ func cookieBucket(c *canary, rw http.ResponseWriter, req *http.Request) (int, bo
 		}
 	}
 	for _, v := range values {
-		if b, ok := foreignBucket(c.cookieName, c.name, v); ok {
-			return b, true
+		if signedElsewhere(c.cookieName, c.name, v) {
+			return foreignBucket(c.key, v), true
 		}
 	}
 	return 0, false

@@ -7,6 +7,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/url"
 	"sync"
@@ -40,11 +41,13 @@ func newTransport() *http.Transport {
 	}
 }
 
-// headerDeadline bounds the whole wait for a version's response headers,
-// from the moment the request leaves for the upstream: dial, TLS, sending
-// the request and the upstream's answer. Past timeout the attempt is
-// cancelled and the proxy answers 504. Once the headers are in, the body
-// streams for as long as it takes (the timer is stopped).
+// headerDeadline bounds a version's wait for response headers: the time to
+// get a connection (dial and TLS handshake included) plus the time from the
+// request being written to its response headers, together at most timeout.
+// Sending the request body is not counted, as with Traefik's own
+// responseHeaderTimeout: a client uploading slowly is not the backend's
+// fault. Past timeout the attempt is cancelled and the proxy answers 504.
+// Once the headers are in, the body streams for as long as it takes.
 type headerDeadline struct {
 	next    http.RoundTripper
 	timeout time.Duration
@@ -55,9 +58,28 @@ var errHeaderTimeout = fmt.Errorf("no response headers within the version's time
 
 func (d *headerDeadline) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx, cancel := context.WithCancel(req.Context())
-	timer := time.AfterFunc(d.timeout, cancel)
-	res, err := d.next.RoundTrip(req.WithContext(ctx))
-	if !timer.Stop() { // fired: the headers came too late, or not at all
+	var fired int32
+	timer := time.AfterFunc(d.timeout, func() {
+		atomic.StoreInt32(&fired, 1)
+		cancel()
+	})
+	deadline := time.Now().Add(d.timeout)
+	var left time.Duration // what is left of timeout once the connection is there
+	trace := &httptrace.ClientTrace{
+		GotConn: func(info httptrace.GotConnInfo) {
+			if timer.Stop() {
+				left = time.Until(deadline)
+			}
+		},
+		WroteRequest: func(info httptrace.WroteRequestInfo) {
+			if left > 0 {
+				timer.Reset(left)
+			}
+		},
+	}
+	res, err := d.next.RoundTrip(req.WithContext(httptrace.WithClientTrace(ctx, trace)))
+	timer.Stop()
+	if atomic.LoadInt32(&fired) != 0 {
 		if res != nil {
 			res.Body.Close()
 		}

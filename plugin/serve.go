@@ -67,7 +67,7 @@ func serveFunc(c *canary) http.HandlerFunc {
 			}
 			if r.br != nil {
 				if slow && w.headers != 0 {
-					end = w.headers // the breaker judges the time to the headers
+					sent = end - (w.headers - sent) // leave judges end - start: the time to the headers
 				}
 				leave(c, r.br, gen, w.code, sent, end)
 			}
@@ -136,11 +136,14 @@ func enter(b *breaker, now int64) uint64 {
 	return gen
 }
 
-// leave records the outcome of a request that was sent to its version at
-// start and answered (its response headers written) at end; end is start or
-// earlier when the request was not timed. slowThreshold judges end - start:
-// the time the backend controls, not the limiter's delay nor a slow client
-// reading the body. A success while closed, in the same generation, is
+// leave records, at end, the outcome of a request whose version took
+// end - start to answer; end is start or earlier when the request was not
+// timed. slowThreshold judges end - start, so with it the request paths pass
+// start = end - (headers - sent): the time from the request leaving the
+// plugin to the response headers, what the backend controls, not the
+// limiter's delay nor a slow client reading the body. The outcome itself is
+// recorded at end, so a breaker opened by it stays open openDuration from
+// then. A success while closed, in the same generation, is
 // after's step inline: it only ends a run of failures (the count of
 // successes in a row matters only while half-open, and every state change
 // resets it). Such a success needs no clock: had the window ended meanwhile,
@@ -261,7 +264,7 @@ func serveAll(c *canary) http.HandlerFunc {
 		}
 		if !done {
 			if slow && w.headers != 0 {
-				end = w.headers // the breaker judges the time to the headers
+				sent = end - (w.headers - sent) // leaveSlow judges end - start: the time to the headers
 			}
 			leaveSlow(c, br, gen, code, sent, end)
 		}

@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -118,55 +119,74 @@ func headerBucket(key []byte, value string) int {
 }
 
 // cookieTables are the sticky tables in use in this process, by cookie name
-// and middleware name (the latest New of each). Two middlewares on one host
-// with the same cookie name (the default) but different secrets would
-// otherwise overwrite each other's cookie on every request, since a browser
-// keeps one cookie per name, domain and path: each accepts the other's
-// cookie as valid, takes its bucket (a client's bucket is its own random
-// draw, whichever middleware drew it) and leaves the cookie as it is.
+// and middleware name (the latest New of each, while its context is live: a
+// middleware removed from the configuration drops out at the next reload).
+//
+// Two middlewares on one host with the same cookie name (the default) but
+// different secrets would otherwise overwrite each other's cookie on every
+// request, since a browser keeps one cookie per name, domain and path. A
+// middleware that finds another's valid cookie leaves it as it is and takes
+// a bucket derived from it under its own key (foreignBucket): sticky, since
+// the cookie stays, and not chosen by whoever knows the other secret.
 var cookieTables = struct {
 	sync.Mutex
-	m map[string]map[string]*signedBuckets
-}{m: map[string]map[string]*signedBuckets{}}
+	m map[string]map[string]cookieTable
+}{m: map[string]map[string]cookieTable{}}
 
-const maxCookieTables = 64 // middlewares sharing one cookie name
+type cookieTable struct {
+	t    *signedBuckets
+	live context.Context // the New call's: done once a reload replaced it
+}
+
+const maxCookieTables = 64 // cookie names, and middlewares sharing one
 
 // shareCookieTable publishes middleware's table for cookieName.
-func shareCookieTable(cookieName, middleware string, t *signedBuckets) {
+func shareCookieTable(cookieName, middleware string, t *signedBuckets, live context.Context) {
 	cookieTables.Lock()
 	defer cookieTables.Unlock()
-	if len(cookieTables.m) >= maxCookieTables && cookieTables.m[cookieName] == nil {
-		for k := range cookieTables.m {
-			delete(cookieTables.m, k)
-			break
-		}
-	}
 	byMW := cookieTables.m[cookieName]
 	if byMW == nil {
-		byMW = map[string]*signedBuckets{}
+		if len(cookieTables.m) >= maxCookieTables {
+			for k := range cookieTables.m {
+				delete(cookieTables.m, k)
+				break
+			}
+		}
+		byMW = map[string]cookieTable{}
 		cookieTables.m[cookieName] = byMW
 	}
-	if len(byMW) >= maxCookieTables && byMW[middleware] == nil {
+	for mw, e := range byMW {
+		if e.live.Err() != nil {
+			delete(byMW, mw)
+		}
+	}
+	if _, ok := byMW[middleware]; !ok && len(byMW) >= maxCookieTables {
 		for k := range byMW {
 			delete(byMW, k)
 			break
 		}
 	}
-	byMW[middleware] = t
+	byMW[middleware] = cookieTable{t: t, live: live}
 }
 
-// foreignBucket looks value up in the tables of the other middlewares that
-// use cookieName, and returns its bucket.
-func foreignBucket(cookieName, middleware, value string) (int, bool) {
+// signedElsewhere reports whether value is a valid cookie of another live
+// middleware that uses cookieName.
+func signedElsewhere(cookieName, middleware, value string) bool {
 	cookieTables.Lock()
 	defer cookieTables.Unlock()
-	for mw, t := range cookieTables.m[cookieName] {
-		if mw == middleware {
+	for mw, e := range cookieTables.m[cookieName] {
+		if mw == middleware || e.live.Err() != nil {
 			continue
 		}
-		if b, ok := t.lookup[value]; ok {
-			return b % numBuckets, true
+		if _, ok := e.t.lookup[value]; ok {
+			return true
 		}
 	}
-	return 0, false
+	return false
+}
+
+// foreignBucket is the bucket of a client whose cookie another middleware
+// signed: an HMAC of the cookie under this middleware's key.
+func foreignBucket(key []byte, value string) int {
+	return headerBucket(key, "cookie:"+value)
 }

@@ -20,16 +20,19 @@ import (
 //     twice).
 
 // Bounds. Every series the sidecar publishes counts against one cap
-// (ingest.maxSeries, default defaultMaxSeries): a
-// report that would go past it is rejected (reason "cardinality"), whatever
-// kind of series it adds. Counter series are kept while the sidecar runs
+// (ingest.maxSeries, default defaultMaxSeries), whatever its kind. The series
+// of a report that do not fit are left out, and the report is counted once
+// as a rejection for reason "cardinality"; the rest of it is merged. Counter series are kept while the sidecar runs
 // (their totals must not go down), so a new Traefik process reporting the
 // same series as the one it replaced adds nothing, after any number of
 // restarts. The per-source last-report gauge is the exception: at most
 // maxSources are kept, the oldest dropped first, and a source silent for
 // retireAfter is forgotten. Memory is bounded too: the instances together
-// hold at most heldPerSeries × the cap series entries (the oldest are folded into the
-// retired totals to make room), and at most maxRetiredIDs ids are kept.
+// hold at most heldPerSeries × the cap series entries, and at most
+// maxInstances. To make room for a new Traefik process, processes silent for
+// gaugeStaleAfter are folded into the retired totals early; when every
+// process held is live, the new one's report is rejected ("cardinality")
+// rather than a live one's counts frozen. At most maxRetiredIDs ids are kept.
 const (
 	retireAfter       = 10 * time.Minute
 	gaugeStaleAfter   = 2 * time.Minute
@@ -39,7 +42,7 @@ const (
 	maxVersionsPerMW  = 64
 	defaultMaxSeries  = 50000
 	maxSources        = 1024
-	heldPerSeries     = 4
+	heldPerSeries     = 16
 	historySamples    = 120
 	historyResolution = time.Second
 )
@@ -160,29 +163,92 @@ func maxU(a, b uint64) uint64 {
 	return b
 }
 
+// Series keys: one per thing the collector publishes series for.
+func mwKey(mw string) string         { return "m\x00" + mw }
+func versionKey(mw, v string) string { return "v\x00" + mw + "\x00" + v }
+func histKey(mw, v string) string    { return "h\x00" + mw + "\x00" + v }
+func fallbackKey(mw string, f reportFallback) string {
+	return "f\x00" + mw + "\x00" + f.From + "\x00" + f.To
+}
+func requestKey(mw, v string, q reportRequest) string {
+	return fmt.Sprintf("r\x00%s\x00%s\x00%d\x00%s", mw, v, q.Code, q.Method)
+}
+
 // seriesKeys lists the series keys of a report, each with the number of
 // series it publishes.
 func seriesKeys(r *report) map[string]int {
 	keys := map[string]int{}
 	for _, m := range r.Middlewares {
-		keys["m\x00"+m.Name] = seriesPerMiddleware
+		keys[mwKey(m.Name)] = seriesPerMiddleware
 		for _, v := range m.Versions {
-			keys["v\x00"+m.Name+"\x00"+v.Name] = seriesPerVersion
-			keys["h\x00"+m.Name+"\x00"+v.Name] = len(m.Buckets) + seriesPerHistogram
+			keys[versionKey(m.Name, v.Name)] = seriesPerVersion
+			keys[histKey(m.Name, v.Name)] = len(m.Buckets) + seriesPerHistogram
 			for _, q := range v.Requests {
-				keys[fmt.Sprintf("r\x00%s\x00%s\x00%d\x00%s", m.Name, v.Name, q.Code, q.Method)] = 1
+				keys[requestKey(m.Name, v.Name, q)] = 1
 			}
 		}
 		for _, f := range m.Fallbacks {
-			keys["f\x00"+m.Name+"\x00"+f.From+"\x00"+f.To] = 1
+			keys[fallbackKey(m.Name, f)] = 1
 		}
 	}
 	return keys
 }
 
-// merge folds a validated report into the store at now. It returns false
-// (and counts a cardinality rejection) when accepting it would take the
-// series past s.maxSeries.
+// admitSeries adds a report's new series keys to the store while they fit
+// under maxSeries, and returns how many did not fit. The order follows what
+// the collector needs to publish a series: a middleware's own series, then
+// each version's, then its histogram and request counts, then fallbacks. A
+// report is never rejected for its series: what the store already publishes
+// keeps being updated, so a new series near the cap (a canary starting to
+// answer 503) does not freeze the rest of that Traefik's figures.
+func (s *store) admitSeries(r *report) int {
+	budget := s.maxSeries - s.seriesN - len(s.lastReport)
+	if _, known := s.lastReport[r.Source]; !known && len(s.lastReport) < maxSources {
+		budget-- // the source's own timestamp
+	}
+	dropped := 0
+	admit := func(key string, n int) bool {
+		old := s.series[key]
+		if n <= old {
+			return true
+		}
+		if n-old > budget {
+			dropped++
+			return false
+		}
+		s.series[key] = n
+		s.seriesN += n - old
+		budget -= n - old
+		return true
+	}
+	for _, m := range r.Middlewares {
+		if !admit(mwKey(m.Name), seriesPerMiddleware) {
+			continue
+		}
+		for _, v := range m.Versions {
+			if !admit(versionKey(m.Name, v.Name), seriesPerVersion) {
+				continue
+			}
+			admit(histKey(m.Name, v.Name), len(m.Buckets)+seriesPerHistogram)
+			for _, q := range v.Requests {
+				admit(requestKey(m.Name, v.Name, q), 1)
+			}
+		}
+		for _, f := range m.Fallbacks {
+			admit(fallbackKey(m.Name, f), 1)
+		}
+	}
+	return dropped
+}
+
+// published reports whether the store publishes key with n series.
+func (s *store) published(key string, n int) bool { return s.series[key] >= n }
+
+// merge folds a validated report into the store at now. Series that do not
+// fit under maxSeries are left out (the report counts once as a cardinality
+// rejection). It returns false, and counts a cardinality rejection, only for
+// a new Traefik process that the instances' memory bound cannot hold while
+// every process it holds is live.
 func (s *store) merge(r *report, now time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -193,44 +259,35 @@ func (s *store) merge(r *report, now time.Time) bool {
 		return true
 	}
 	keys := seriesKeys(r)
-	add := 0
-	for k, n := range keys {
-		if old := s.series[k]; n > old {
-			add += n - old // new, or a histogram with more bounds
-		}
-	}
-	if _, known := s.lastReport[r.Source]; !known && len(s.lastReport) < maxSources {
-		add++
-	}
-	if s.seriesN+len(s.lastReport)+add > s.maxSeries {
-		s.rejected[reasonCardinality]++
-		return false
-	}
-	for k, n := range keys {
-		if old := s.series[k]; n > old {
-			s.series[k] = n
-			s.seriesN += n - old
-		}
-	}
 	inst := s.instances[key]
 	if inst == nil {
-		if len(s.instances) >= maxInstances {
-			s.retireOldest(now)
+		// Make room by folding processes silent for gaugeStaleAfter (a
+		// restarted Traefik's old process), never a live one: its later
+		// reports would be ignored.
+		for (len(s.instances) >= maxInstances || s.held+len(keys) > s.maxHeld) && s.foldOldestSilent(now) {
+		}
+		if len(s.instances) >= maxInstances || s.held+len(keys) > s.maxHeld {
+			s.rejected[reasonCardinality]++
+			return false
 		}
 		inst = &instance{source: r.Source, id: r.Instance, mws: map[string]*mwTotals{}, gauges: map[string]map[string]versionGauge{}, keys: map[string]bool{}}
 		s.instances[key] = inst
 	}
-	for k := range keys {
-		if !inst.keys[k] {
+	if s.admitSeries(r) > 0 {
+		s.rejected[reasonCardinality]++
+	}
+	for k, n := range keys {
+		if !inst.keys[k] && s.published(k, n) {
 			inst.keys[k] = true
 			s.held++
 		}
 	}
-	for s.held > s.maxHeld && s.foldOldestExcept(key, now) {
-	}
 	newer := r.SentAt >= inst.sentAt
 	for i := range r.Middlewares {
 		m := &r.Middlewares[i]
+		if !s.published(mwKey(m.Name), seriesPerMiddleware) {
+			continue
+		}
 		t := inst.mws[m.Name]
 		if t == nil {
 			t = newMWTotals()
@@ -240,28 +297,35 @@ func (s *store) merge(r *report, now time.Time) bool {
 		t.rlDryRun = maxU(t.rlDryRun, m.RateLimitDryRun)
 		t.rlEvictions = maxU(t.rlEvictions, m.RateLimitEvicted)
 		for _, f := range m.Fallbacks {
-			k := fbKey{f.From, f.To}
-			t.fallbacks[k] = maxU(t.fallbacks[k], f.Count)
+			if s.published(fallbackKey(m.Name, f), 1) {
+				k := fbKey{f.From, f.To}
+				t.fallbacks[k] = maxU(t.fallbacks[k], f.Count)
+			}
 		}
 		gauges := map[string]versionGauge{}
 		for _, v := range m.Versions {
+			if !s.published(versionKey(m.Name, v.Name), seriesPerVersion) {
+				continue
+			}
 			for _, q := range v.Requests {
-				k := reqKey{v.Name, q.Code, q.Method}
-				t.requests[k] = maxU(t.requests[k], q.Count)
+				if s.published(requestKey(m.Name, v.Name, q), 1) {
+					k := reqKey{v.Name, q.Code, q.Method}
+					t.requests[k] = maxU(t.requests[k], q.Count)
+				}
 			}
-			h := t.hist[v.Name]
-			if h == nil || !sameBounds(h.bounds, m.Buckets) {
-				// A new layout replaces the old one (a counter reset for Prometheus).
-				h = &histTotals{bounds: append([]float64(nil), m.Buckets...), counts: make([]uint64, len(m.Buckets)+1)}
-				t.hist[v.Name] = h
-			}
-			var total uint64
-			for i, c := range v.Hist {
-				h.counts[i] = maxU(h.counts[i], c)
-				total += c
-			}
-			if v.SumSeconds > h.sum {
-				h.sum = v.SumSeconds
+			if s.published(histKey(m.Name, v.Name), len(m.Buckets)+seriesPerHistogram) {
+				h := t.hist[v.Name]
+				if h == nil || !sameBounds(h.bounds, m.Buckets) {
+					// A new layout replaces the old one (a counter reset for Prometheus).
+					h = &histTotals{bounds: append([]float64(nil), m.Buckets...), counts: make([]uint64, len(m.Buckets)+1)}
+					t.hist[v.Name] = h
+				}
+				for i, c := range v.Hist {
+					h.counts[i] = maxU(h.counts[i], c)
+				}
+				if v.SumSeconds > h.sum {
+					h.sum = v.SumSeconds
+				}
 			}
 			tr := t.transitions[v.Name]
 			for i := range tr {
@@ -316,21 +380,18 @@ func (s *store) retire(now time.Time) {
 	}
 }
 
-func (s *store) retireOldest(now time.Time) {
-	s.foldOldestExcept(instKey{}, now)
-}
-
-// foldOldestExcept folds the instance heard from least recently, other than
-// keep, into the retired totals. It reports whether there was one.
-func (s *store) foldOldestExcept(keep instKey, now time.Time) bool {
+// foldOldestSilent folds the instance heard from least recently into the
+// retired totals, if it has been silent for gaugeStaleAfter. It reports
+// whether there was one.
+func (s *store) foldOldestSilent(now time.Time) bool {
 	var oldest *instance
 	var oldestKey instKey
 	for k, inst := range s.instances {
-		if k != keep && (oldest == nil || inst.received.Before(oldest.received)) {
+		if oldest == nil || inst.received.Before(oldest.received) {
 			oldest, oldestKey = inst, k
 		}
 	}
-	if oldest == nil {
+	if oldest == nil || now.Sub(oldest.received) < gaugeStaleAfter {
 		return false
 	}
 	s.fold(oldestKey, oldest, now)

@@ -431,8 +431,10 @@ func choose(c *canary, rw http.ResponseWriter, req *http.Request) *route {
 			return c.bucketOf[headerBucket(c.key, v)]
 		}
 	}
-	if b, ok := cookieBucket(c, rw, req); ok {
-		return c.bucketOf[b]
+	if req.Header["Cookie"] != nil { // a new client has none: no parsing
+		if b, ok := cookieBucket(c, rw, req); ok {
+			return c.bucketOf[b]
+		}
 	}
 	b := rand.Intn(numBuckets)
 	c.setCookie(rw, b)

@@ -217,6 +217,10 @@ type breaker struct {
 	// comparison (see enter and leave).
 	closedUntil int64
 
+	// freedGen is the half-open generation whose probes had their slots
+	// freed (see currentState); 0 when none.
+	freedGen uint64
+
 	transitions *transitionCounts // shared with the breaker this one replaced
 	lastLog     int64
 	suppressed  int
@@ -253,8 +257,12 @@ func (b *breaker) currentState(now int64) int {
 		if b.expiry < now && b.requests > b.consecSuccesses {
 			// The probes in flight were all let through probeTimeout ago or
 			// more and have not reported back (a stream that does not end):
-			// their slots are freed, so the version is probed again. Their
-			// outcomes still count when they come, as gobreaker's would.
+			// their slots are freed, so the version is probed again. They
+			// move to freedGen: their successes and failures still count
+			// when they come, as gobreaker's would, but a neutral outcome
+			// no longer gives back a slot, which another probe now holds.
+			b.freedGen = b.generation
+			b.generation++
 			b.requests = b.consecSuccesses
 		}
 	}
@@ -276,6 +284,7 @@ func (b *breaker) setState(state int, now int64) {
 
 func (b *breaker) newGeneration(now int64) {
 	b.generation++
+	b.freedGen = 0
 	b.requests, b.failures, b.consecSuccesses, b.consecFailures = 0, 0, 0, 0
 	b.closedUntil = -1
 	switch b.state {
@@ -345,7 +354,7 @@ func after(b *breaker, gen uint64, outcome int, now int64) {
 	if state != stateClosed || b.expiry < now {
 		state = b.currentState(now)
 	}
-	if gen != b.generation {
+	if gen != b.generation && !(gen == b.freedGen && state == stateHalfOpen && outcome != outcomeNeutral) {
 		<-b.sem
 		return
 	}

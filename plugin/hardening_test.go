@@ -206,32 +206,33 @@ func (w *goneClient) Write(p []byte) (int, error) {
 }
 
 // TestHalfOpenProbeSlotExpires: a probe that never reports back frees its
-// slot after probeTimeout; the probes' outcomes still count when they come,
-// as gobreaker's do, so slow but healthy probes close the breaker.
+// slot after probeTimeout; its success or failure still counts when it
+// comes, as gobreaker's would, but a late neutral outcome (its client gave
+// up) does not give back the slot another probe now holds.
 func TestHalfOpenProbeSlotExpires(t *testing.T) {
-	b := testBreaker(t, func(c *CircuitBreakerConfig) { c.ConsecutiveFailures = 1; c.OpenDuration = "2s" })
-	do(b, sec, outcomeFailure) // open until 3s
-	ok, lost, _ := before(b, 4*sec)
-	if !ok || b.state != stateHalfOpen {
-		t.Fatal("no probe let through after openDuration")
-	}
-	if ok, _, _ := before(b, 5*sec); ok {
-		t.Fatal("a second probe let through while the first is in flight")
-	}
-	ok, gen, _ := before(b, 6*sec+1) // 2s after the lost probe started
-	if !ok {
-		t.Fatal("the lost probe still holds its slot after probeTimeout")
-	}
-	if lost != gen {
-		t.Fatal("freeing the slot started a new generation: slow probes' outcomes would be lost")
-	}
-	after(b, gen, outcomeSuccess, 6*sec+3)
-	if b.state != stateClosed {
-		t.Fatalf("breaker %s after a successful probe, want closed", stateNames[b.state])
-	}
-	after(b, lost, outcomeFailure, 7*sec) // the lost probe, from the half-open generation
-	if b.state != stateClosed {
-		t.Fatal("a late outcome from before the breaker closed counted")
+	for _, late := range []int{outcomeSuccess, outcomeFailure, outcomeNeutral} {
+		b := testBreaker(t, func(c *CircuitBreakerConfig) { c.ConsecutiveFailures = 1; c.OpenDuration = "2s" })
+		do(b, sec, outcomeFailure) // open until 3s
+		ok, lost, _ := before(b, 4*sec)
+		if !ok || b.state != stateHalfOpen {
+			t.Fatal("no probe let through after openDuration")
+		}
+		if ok, _, _ := before(b, 5*sec); ok {
+			t.Fatal("a second probe let through while the first is in flight")
+		}
+		if ok, _, _ := before(b, 6*sec+1); !ok { // 2s after the lost probe started
+			t.Fatal("the lost probe still holds its slot after probeTimeout")
+		}
+		after(b, lost, late, 7*sec)
+		want := []int{stateClosed, stateOpen, stateHalfOpen}[late]
+		if b.state != want {
+			t.Errorf("late outcome %d of a freed probe: breaker %s, want %s", late, stateNames[b.state], stateNames[want])
+		}
+		if late == outcomeNeutral {
+			if ok, _, _ := before(b, 7*sec+1); ok {
+				t.Error("a late neutral outcome gave back the slot of the probe in flight: halfOpenRequests exceeded (found by review)")
+			}
+		}
 	}
 }
 
@@ -432,34 +433,54 @@ func TestForeignSecretCannotChooseAVersion(t *testing.T) {
 }
 
 // TestSecretOfARemovedMiddlewareIsForgotten: a middleware removed from the
-// configuration (its New's context is done at the next reload) no longer
-// vouches for its cookies: after shop rotated away from that secret without
-// keeping it in previousSecrets, a cookie signed with it is re-drawn.
-// (Found by review.)
+// configuration (its New's context is done at the next reload) vouches for
+// its cookies for reloadGrace, then no longer: after shop rotated away from
+// that secret without keeping it in previousSecrets, a cookie signed with it
+// is re-drawn. (Found by review.)
 func TestSecretOfARemovedMiddlewareIsForgotten(t *testing.T) {
 	srv := versionServer(t, "canary")
 	old := baseConfig(srv.URL, 50)
 	old.Sticky.Cookie.Secret = "old-secret"
 	live, reload := context.WithCancel(context.Background())
-	if _, err := newCanary(live, stableNext, old, "legacy@file"); err != nil {
-		t.Fatal(err)
-	}
-	oldShop, err := newCanary(live, stableNext, old, "shop@file")
+	legacy, err := newCanary(live, stableNext, old, "legacy@file")
 	if err != nil {
 		t.Fatal(err)
 	}
-	revoked := oldShop.signed.values[42]
-	reload() // the next configuration: legacy is gone, shop has a new secret
-	rotated := baseConfig(srv.URL, 50)
-	rotated.Sticky.Cookie.Secret = "new-secret"
-	shop, err := newCanary(context.Background(), stableNext, rotated, "shop@file")
+	revoked := legacy.signed.values[42]
+	reload() // the next configuration: legacy is gone
+	t1 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	if !signedElsewhere("edgecanary", "shop@file", revoked, t1) {
+		t.Error("during the reload, legacy's cookie is no longer recognised")
+	}
+	if signedElsewhere("edgecanary", "shop@file", revoked, t1.Add(reloadGrace+time.Second)) {
+		t.Error("a removed middleware's cookie is still recognised after reloadGrace")
+	}
+}
+
+// TestReloadKeepsTheOtherMiddlewaresCookie: Traefik cancels the previous
+// configuration's context before it builds the new handlers, and the old
+// ones serve meanwhile; in that window a middleware must not overwrite the
+// cookie of another one still configured. (Found by review.)
+func TestReloadKeepsTheOtherMiddlewaresCookie(t *testing.T) {
+	srv := versionServer(t, "canary")
+	cfgA, cfgB := baseConfig(srv.URL, 50), baseConfig(srv.URL, 50)
+	cfgA.Sticky.Cookie.Secret, cfgB.Sticky.Cookie.Secret = "secret-of-a", "secret-of-b"
+	live, reload := context.WithCancel(context.Background())
+	a, err := newCanary(live, stableNext, cfgA, "api-rw@file")
 	if err != nil {
 		t.Fatal(err)
 	}
+	b, err := newCanary(live, stableNext, cfgB, "shop-rw@file")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, res := serve(a, httptest.NewRequest(http.MethodGet, "http://shop.test/api", nil))
+	ck := stickyCookie(res, "edgecanary")
+	reload()
 	req := httptest.NewRequest(http.MethodGet, "http://shop.test/", nil)
-	req.AddCookie(&http.Cookie{Name: "edgecanary", Value: revoked})
-	if _, res := serve(shop, req); stickyCookie(res, "edgecanary") == nil {
-		t.Fatal("a cookie signed with a revoked secret was kept (no new cookie drawn)")
+	req.AddCookie(ck)
+	if _, res := serve(b, req); stickyCookie(res, "edgecanary") != nil {
+		t.Fatal("during a reload, shop replaced api's cookie (api is still configured)")
 	}
 }
 
@@ -560,6 +581,77 @@ func TestSlowUploadIsNotABackendTimeout(t *testing.T) {
 	for _, r := range c.routes {
 		if r.name == "canary" && r.br.state != stateClosed {
 			t.Errorf("a slow upload opened the canary's breaker (%s)", stateNames[r.br.state])
+		}
+	}
+}
+
+// TestEarlyAnswerIsNotCutByTheTimeout: a backend that sends its headers
+// before it has read the whole request body (full duplex, or an early
+// answer): the request is written after RoundTrip returned, and the timeout
+// must not be re-armed then and cancel the body being read. (Found by review.)
+func TestEarlyAnswerIsNotCutByTheTimeout(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
+		_ = http.NewResponseController(rw).EnableFullDuplex()
+		rw.WriteHeader(http.StatusOK)
+		_ = http.NewResponseController(rw).Flush()
+		_, _ = io.Copy(io.Discard, req.Body)
+		time.Sleep(400 * time.Millisecond)
+		_, _ = io.WriteString(rw, "done")
+	}))
+	defer backend.Close()
+	d := &headerDeadline{next: newTransport(), timeout: 200 * time.Millisecond}
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequest(http.MethodPost, backend.URL, pr)
+	req.ContentLength = -1
+	res, err := d.RoundTrip(req)
+	if err != nil {
+		t.Fatalf("headers were immediate, got %v", err)
+	}
+	_, _ = pw.Write([]byte("upload"))
+	pw.Close() // the request is written now: WroteRequest runs after RoundTrip returned
+	body, err := io.ReadAll(res.Body)
+	if err != nil || string(body) != "done" {
+		t.Fatalf("headers in at once, yet the body was cut: %q, %v", body, err)
+	}
+}
+
+// TestFullDuplexBackendKeepsItsBreakerClosed: the same through the
+// middleware: a healthy full-duplex backend whose headers come at once is
+// served whole and does not open its breaker. (Found by review.)
+func TestFullDuplexBackendKeepsItsBreakerClosed(t *testing.T) {
+	backend := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
+		_ = http.NewResponseController(rw).EnableFullDuplex()
+		rw.WriteHeader(http.StatusOK)
+		_ = http.NewResponseController(rw).Flush()
+		_, _ = io.Copy(io.Discard, req.Body)
+		time.Sleep(400 * time.Millisecond)
+		_, _ = io.WriteString(rw, "done")
+	}))
+	defer backend.Close()
+	cfg := baseConfig(backend.URL, 100)
+	cfg.Versions["canary"] = VersionConfig{Weight: 100, URL: backend.URL, Timeout: "200ms"}
+	cfg.CircuitBreaker.ConsecutiveFailures = 1
+	c := testCanary(t, cfg)
+	pr, pw := io.Pipe()
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		_, _ = pw.Write([]byte("upload"))
+		pw.Close()
+	}()
+	req := httptest.NewRequest(http.MethodPost, "http://shop.test/upload", pr)
+	req = req.WithContext(context.WithValue(req.Context(), http.ServerContextKey, &http.Server{})) // as under Traefik's server
+	req.ContentLength = -1
+	rec := httptest.NewRecorder()
+	func() {
+		defer func() { recover() }()
+		c.ServeHTTP(rec, req)
+	}()
+	if rec.Body.String() != "done" {
+		t.Errorf("body %q, want \"done\"", rec.Body.String())
+	}
+	for _, r := range c.routes {
+		if r.name == "canary" && r.br.state != stateClosed {
+			t.Errorf("a healthy backend answering at once opened the canary's breaker (%s)", stateNames[r.br.state])
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"net/textproto"
 	"sort"
 	"strings"
+	"time"
 )
 
 // route is one version as the request path sees it.
@@ -464,7 +465,7 @@ func cookieBucket(c *canary, rw http.ResponseWriter, req *http.Request) (int, bo
 		}
 	}
 	for _, v := range values {
-		if signedElsewhere(c.cookieName, c.name, v) {
+		if signedElsewhere(c.cookieName, c.name, v, time.Now()) {
 			return foreignBucket(c.key, v), true
 		}
 	}

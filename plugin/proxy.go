@@ -64,21 +64,34 @@ func (d *headerDeadline) RoundTrip(req *http.Request) (*http.Response, error) {
 		cancel()
 	})
 	deadline := time.Now().Add(d.timeout)
+	// The timer is paused from the connection to the request being written.
+	// A backend may answer before it has read the body, so WroteRequest can
+	// come after RoundTrip returned: mu and done keep it from re-arming the
+	// timer then, which would cancel the body being read.
+	var mu sync.Mutex
+	done := false
 	var left time.Duration // what is left of timeout once the connection is there
 	trace := &httptrace.ClientTrace{
 		GotConn: func(info httptrace.GotConnInfo) {
-			if timer.Stop() {
+			mu.Lock()
+			if !done && timer.Stop() {
 				left = time.Until(deadline)
 			}
+			mu.Unlock()
 		},
 		WroteRequest: func(info httptrace.WroteRequestInfo) {
-			if left > 0 {
+			mu.Lock()
+			if !done && left > 0 {
 				timer.Reset(left)
 			}
+			mu.Unlock()
 		},
 	}
 	res, err := d.next.RoundTrip(req.WithContext(httptrace.WithClientTrace(ctx, trace)))
+	mu.Lock()
+	done = true
 	timer.Stop()
+	mu.Unlock()
 	if atomic.LoadInt32(&fired) != 0 {
 		if res != nil {
 			res.Body.Close()

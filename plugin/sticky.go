@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 // numBuckets is the number of sticky buckets. A client holds one bucket for
@@ -120,7 +121,8 @@ func headerBucket(key []byte, value string) int {
 
 // cookieTables are the sticky tables in use in this process, by cookie name
 // and middleware name (the latest New of each, while its context is live: a
-// middleware removed from the configuration drops out at the next reload).
+// middleware removed from the configuration drops out reloadGrace after the
+// next reload).
 //
 // Two middlewares on one host with the same cookie name (the default) but
 // different secrets would otherwise overwrite each other's cookie on every
@@ -134,9 +136,17 @@ var cookieTables = struct {
 }{m: map[string]map[string]cookieTable{}}
 
 type cookieTable struct {
-	t    *signedBuckets
-	live context.Context // the New call's: done once a reload replaced it
+	t         *signedBuckets
+	live      context.Context // the New call's: done once the next reload starts
+	deadSince time.Time       // when a lookup first found live done; zero before
 }
+
+// reloadGrace is how long a table still vouches for its cookies once its
+// New's context is done. Traefik cancels the previous configuration's
+// context before it builds the new handlers, while the old ones still
+// serve: without this grace, every reload would re-draw, and overwrite the
+// cookie of, the users of the other middlewares sharing a cookie name.
+const reloadGrace = 10 * time.Second
 
 const maxCookieTables = 64 // cookie names, and middlewares sharing one
 
@@ -156,7 +166,7 @@ func shareCookieTable(cookieName, middleware string, t *signedBuckets, live cont
 		cookieTables.m[cookieName] = byMW
 	}
 	for mw, e := range byMW {
-		if e.live.Err() != nil {
+		if e.live.Err() != nil && !e.deadSince.IsZero() && time.Since(e.deadSince) > reloadGrace {
 			delete(byMW, mw)
 		}
 	}
@@ -169,14 +179,25 @@ func shareCookieTable(cookieName, middleware string, t *signedBuckets, live cont
 	byMW[middleware] = cookieTable{t: t, live: live}
 }
 
-// signedElsewhere reports whether value is a valid cookie of another live
-// middleware that uses cookieName.
-func signedElsewhere(cookieName, middleware, value string) bool {
+// signedElsewhere reports whether value is, at now, a valid cookie of
+// another middleware that uses cookieName: one still configured, or replaced
+// less than reloadGrace ago.
+func signedElsewhere(cookieName, middleware, value string, now time.Time) bool {
 	cookieTables.Lock()
 	defer cookieTables.Unlock()
-	for mw, e := range cookieTables.m[cookieName] {
-		if mw == middleware || e.live.Err() != nil {
+	byMW := cookieTables.m[cookieName]
+	for mw, e := range byMW {
+		if mw == middleware {
 			continue
+		}
+		if e.live.Err() != nil {
+			if e.deadSince.IsZero() {
+				e.deadSince = now
+				byMW[mw] = e
+			}
+			if now.Sub(e.deadSince) > reloadGrace {
+				continue
+			}
 		}
 		if _, ok := e.t.lookup[value]; ok {
 			return true

@@ -400,8 +400,8 @@ func TestRestartLoopIsAccepted(t *testing.T) {
 
 // TestLastReportIsBounded: 20,000 sources reporting at once leave at most
 // maxSources last-report series; the reports past what the sidecar can hold
-// are counted as cardinality rejections; once the first ones have been
-// silent, new sources are accepted again; none is kept after retireAfter.
+// are counted as cardinality rejections; none is kept after retireAfter, and
+// new sources are accepted again then.
 func TestLastReportIsBounded(t *testing.T) {
 	s := newStore(defaultMaxSeries)
 	accepted := 0
@@ -413,13 +413,13 @@ func TestLastReportIsBounded(t *testing.T) {
 	if len(s.lastReport) > maxSources || accepted == 0 || s.rejected[reasonCardinality] != uint64(20000-accepted) {
 		t.Errorf("%d last-report series (bound %d), %d accepted, rejections %v", len(s.lastReport), maxSources, accepted, s.rejected)
 	}
-	later := t0.Add(gaugeStaleAfter + time.Minute)
-	if !s.merge(mkReport("host-new", "i1", 1, 1, 1), later) {
-		t.Error("a new source is still rejected after the others went silent")
+	later := t0.Add(retireAfter + time.Minute)
+	s.retire(later)
+	if len(s.lastReport) != 0 || len(s.instances) != 0 {
+		t.Errorf("%d silent sources and %d processes kept after retireAfter", len(s.lastReport), len(s.instances))
 	}
-	s.retire(later.Add(retireAfter + time.Minute))
-	if len(s.lastReport) != 0 {
-		t.Errorf("%d silent sources kept after retireAfter", len(s.lastReport))
+	if !s.merge(mkReport("host-new", "i1", 1, 1, 1), later) {
+		t.Error("a new source is still rejected after the others were retired")
 	}
 }
 
@@ -584,5 +584,74 @@ func TestStatusQuantiles(t *testing.T) {
 	}
 	if got := *quantile(0.95, h); got < 0.29 || got > 0.31 {
 		t.Errorf("p95 %v, want 0.3", got)
+	}
+}
+
+func fullReport(source, instance string, sentAt int64, extra int) *report {
+	r := mkReport(source, instance, sentAt, 1, 1)
+	for code := 0; code < extra; code++ {
+		r.Middlewares[0].Versions[1].Requests = append(r.Middlewares[0].Versions[1].Requests, reportRequest{Code: 300 + code, Method: "GET", Count: 1})
+	}
+	return r
+}
+
+// TestNewSourcesStayUnderTheCap: at the cap, reports from new sources whose
+// series are all known are merged, and their last-report gauges never take
+// the series past the cap. (Found by review.)
+func TestNewSourcesStayUnderTheCap(t *testing.T) {
+	s := newStore(100)
+	s.merge(fullReport("a", "i1", 1, 200), t0) // fills the cap exactly
+	if s.seriesN+len(s.lastReport) != 100 {
+		t.Fatalf("setup: %d series + %d sources", s.seriesN, len(s.lastReport))
+	}
+	for i := 0; i < 20; i++ {
+		s.merge(fullReport(fmt.Sprintf("replica-%d", i), "i1", 1, 200), t0)
+	}
+	if n := publishedSeries(t, s); n > 100 {
+		t.Errorf("%d series published, cap 100 (%d last-report gauges)", n, len(s.lastReport))
+	}
+}
+
+// TestHeldBoundHoldsAsInstancesGrow: live instances admitted with a small
+// first report (a fresh Traefik has seen few status codes) that grow
+// afterwards stay within maxHeld. (Found by review.)
+func TestHeldBoundHoldsAsInstancesGrow(t *testing.T) {
+	s := newStore(100) // maxHeld 1600
+	s.merge(fullReport("a", "i0", 1, 200), t0)
+	now := t0
+	for i := 1; i <= 60; i++ {
+		if !s.merge(fullReport("a", fmt.Sprintf("i%d", i), 1, 0), now) { // small first report
+			t.Fatalf("instance %d rejected on its first report", i)
+		}
+	}
+	for i := 1; i <= 60; i++ {
+		now = now.Add(time.Second)
+		s.merge(fullReport("a", fmt.Sprintf("i%d", i), 2, 200), now) // grows to every published series
+	}
+	if s.held > s.maxHeld {
+		t.Errorf("%d entries held by %d live instances, bound %d", s.held, len(s.instances), s.maxHeld)
+	}
+}
+
+// TestInstanceSilentForMinutesKeepsCounting: a process silent for a few
+// minutes (a network blip) while other processes fill the memory is not
+// folded to make room, so its counts go on when it comes back. (Found by
+// review.)
+func TestInstanceSilentForMinutesKeepsCounting(t *testing.T) {
+	s := newStore(100) // maxHeld 1600
+	s.merge(fullReport("a", "blip", 1, 200), t0)
+	now := t0.Add(gaugeStaleAfter + time.Second)
+	// Other live instances fill the held memory, one needs room: "blip" is folded.
+	for i := 0; i < 40; i++ {
+		s.merge(fullReport("a", fmt.Sprintf("i%d", i), 1, 200), now)
+	}
+	before := requests(t, s, "stable")
+	r := fullReport("a", "blip", 2, 200)
+	r.Middlewares[0].Versions[1].Requests[0].Count = 1000 // 999 more stable 200s since
+	if !s.merge(r, now.Add(time.Second)) {
+		t.Fatal("rejected")
+	}
+	if got := requests(t, s, "stable"); got != before+999 {
+		t.Errorf("stable requests %v after the returning instance reported 999 more, want %v", got, before+999)
 	}
 }

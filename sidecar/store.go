@@ -29,10 +29,11 @@ import (
 // maxSources are kept, the oldest dropped first, and a source silent for
 // retireAfter is forgotten. Memory is bounded too: the instances together
 // hold at most heldPerSeries × the cap series entries, and at most
-// maxInstances. To make room for a new Traefik process, processes silent for
-// gaugeStaleAfter are folded into the retired totals early; when every
-// process held is live, the new one's report is rejected ("cardinality")
-// rather than a live one's counts frozen. At most maxRetiredIDs ids are kept.
+// maxInstances processes. A live process is never folded to make room (its
+// later reports would be ignored): past either bound, what does not fit
+// waits ("cardinality") until retire folds the processes silent for
+// retireAfter, and is then merged in full, since reports are cumulative. At
+// most maxRetiredIDs ids are kept.
 const (
 	retireAfter       = 10 * time.Minute
 	gaugeStaleAfter   = 2 * time.Minute
@@ -258,34 +259,40 @@ func (s *store) merge(r *report, now time.Time) bool {
 		s.sawSource(r.Source, now)
 		return true
 	}
-	keys := seriesKeys(r)
 	inst := s.instances[key]
 	if inst == nil {
-		// Make room by folding processes silent for gaugeStaleAfter (a
-		// restarted Traefik's old process), never a live one: its later
-		// reports would be ignored.
-		for (len(s.instances) >= maxInstances || s.held+len(keys) > s.maxHeld) && s.foldOldestSilent(now) {
-		}
-		if len(s.instances) >= maxInstances || s.held+len(keys) > s.maxHeld {
+		// A live process is never folded to make room (its later reports
+		// would be ignored): when maxInstances are held, the new one waits
+		// until retire folds the processes silent for retireAfter.
+		if len(s.instances) >= maxInstances {
 			s.rejected[reasonCardinality]++
 			return false
 		}
 		inst = &instance{source: r.Source, id: r.Instance, mws: map[string]*mwTotals{}, gauges: map[string]map[string]versionGauge{}, keys: map[string]bool{}}
 		s.instances[key] = inst
 	}
-	if s.admitSeries(r) > 0 {
-		s.rejected[reasonCardinality]++
-	}
-	for k, n := range keys {
-		if !inst.keys[k] && s.published(k, n) {
-			inst.keys[k] = true
-			s.held++
+	dropped := s.admitSeries(r)
+	// The instance holds the published series it reports, while the
+	// instances' entries stay within maxHeld; the others wait, and are
+	// merged in full (reports are cumulative) once room frees up.
+	for k, n := range seriesKeys(r) {
+		if inst.keys[k] || !s.published(k, n) {
+			continue
 		}
+		if s.held >= s.maxHeld {
+			dropped++
+			continue
+		}
+		inst.keys[k] = true
+		s.held++
+	}
+	if dropped > 0 {
+		s.rejected[reasonCardinality]++
 	}
 	newer := r.SentAt >= inst.sentAt
 	for i := range r.Middlewares {
 		m := &r.Middlewares[i]
-		if !s.published(mwKey(m.Name), seriesPerMiddleware) {
+		if !inst.keys[mwKey(m.Name)] {
 			continue
 		}
 		t := inst.mws[m.Name]
@@ -297,23 +304,23 @@ func (s *store) merge(r *report, now time.Time) bool {
 		t.rlDryRun = maxU(t.rlDryRun, m.RateLimitDryRun)
 		t.rlEvictions = maxU(t.rlEvictions, m.RateLimitEvicted)
 		for _, f := range m.Fallbacks {
-			if s.published(fallbackKey(m.Name, f), 1) {
+			if inst.keys[fallbackKey(m.Name, f)] {
 				k := fbKey{f.From, f.To}
 				t.fallbacks[k] = maxU(t.fallbacks[k], f.Count)
 			}
 		}
 		gauges := map[string]versionGauge{}
 		for _, v := range m.Versions {
-			if !s.published(versionKey(m.Name, v.Name), seriesPerVersion) {
+			if !inst.keys[versionKey(m.Name, v.Name)] {
 				continue
 			}
 			for _, q := range v.Requests {
-				if s.published(requestKey(m.Name, v.Name, q), 1) {
+				if inst.keys[requestKey(m.Name, v.Name, q)] {
 					k := reqKey{v.Name, q.Code, q.Method}
 					t.requests[k] = maxU(t.requests[k], q.Count)
 				}
 			}
-			if s.published(histKey(m.Name, v.Name), len(m.Buckets)+seriesPerHistogram) {
+			if inst.keys[histKey(m.Name, v.Name)] && s.published(histKey(m.Name, v.Name), len(m.Buckets)+seriesPerHistogram) {
 				h := t.hist[v.Name]
 				if h == nil || !sameBounds(h.bounds, m.Buckets) {
 					// A new layout replaces the old one (a counter reset for Prometheus).
@@ -348,9 +355,10 @@ func (s *store) merge(r *report, now time.Time) bool {
 }
 
 // sawSource records a report from source at now, forgetting the source
-// heard from least recently when maxSources are held.
+// heard from least recently when maxSources are held or the series are at
+// the cap: a last-report timestamp never takes the series past it.
 func (s *store) sawSource(source string, now time.Time) {
-	if _, ok := s.lastReport[source]; !ok && len(s.lastReport) >= maxSources {
+	if _, ok := s.lastReport[source]; !ok && len(s.lastReport) > 0 && (len(s.lastReport) >= maxSources || s.seriesN+len(s.lastReport) >= s.maxSeries) {
 		var oldest string
 		var oldestT time.Time
 		for src, t := range s.lastReport {
@@ -378,24 +386,6 @@ func (s *store) retire(now time.Time) {
 			delete(s.lastReport, src)
 		}
 	}
-}
-
-// foldOldestSilent folds the instance heard from least recently into the
-// retired totals, if it has been silent for gaugeStaleAfter. It reports
-// whether there was one.
-func (s *store) foldOldestSilent(now time.Time) bool {
-	var oldest *instance
-	var oldestKey instKey
-	for k, inst := range s.instances {
-		if oldest == nil || inst.received.Before(oldest.received) {
-			oldest, oldestKey = inst, k
-		}
-	}
-	if oldest == nil || now.Sub(oldest.received) < gaugeStaleAfter {
-		return false
-	}
-	s.fold(oldestKey, oldest, now)
-	return true
 }
 
 func (s *store) fold(k instKey, inst *instance, now time.Time) {

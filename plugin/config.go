@@ -159,17 +159,3 @@ func checkCount(field string, v, max int) error {
 	}
 	return nil
 }
-
-// validVersionName reports whether s is lowercase letters, digits and dashes.
-func validVersionName(s string) bool {
-	if s == "" || len(s) > 63 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
-			return false
-		}
-	}
-	return true
-}

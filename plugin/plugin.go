@@ -12,6 +12,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/edgecanary/edgecanary/wire"
 )
 
 // route is one version as the request path sees it.
@@ -150,7 +152,7 @@ func (c *canary) setupVersions(versions map[string]VersionConfig) error {
 	for _, n := range names {
 		v := versions[n]
 		field := "versions." + n
-		if !validVersionName(n) {
+		if !wire.ValidVersionName(n) {
 			return fmt.Errorf("%s: invalid version name %q: use lowercase letters, digits and dashes", field, n)
 		}
 		if n == "always" || n == "never" {

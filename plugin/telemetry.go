@@ -17,6 +17,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/edgecanary/edgecanary/wire"
 )
 
 // SidecarConfig says where the plugin reports its figures.
@@ -376,55 +378,11 @@ func dueReports(now time.Time) (map[string][]*mwStats, bool) {
 	return groups, len(live) > 0
 }
 
-// report is the wire format (version 1), also parsed by the sidecar.
-type report struct {
-	Version     int            `json:"version"`
-	Source      string         `json:"source"`
-	Instance    string         `json:"instance"`
-	StartedAt   int64          `json:"startedAt"`
-	SentAt      int64          `json:"sentAt"`
-	Middlewares []reportMWStat `json:"middlewares"`
-}
-
-type reportMWStat struct {
-	Name              string           `json:"name"`
-	Versions          []reportVersion  `json:"versions"`
-	RateLimitRejected uint64           `json:"rateLimitRejected"`
-	RateLimitDryRun   uint64           `json:"rateLimitDryRunRejected"`
-	RateLimitEvicted  uint64           `json:"rateLimitEvictions"`
-	Fallbacks         []reportFallback `json:"fallbacks"`
-	Buckets           []float64        `json:"buckets"`
-}
-
-type reportVersion struct {
-	Name        string          `json:"name"`
-	Primary     bool            `json:"primary"`
-	Weight      float64         `json:"weight"`
-	Configured  bool            `json:"configured"`
-	State       int             `json:"circuitState"`
-	Transitions [3]uint64       `json:"circuitTransitions"`
-	Requests    []reportRequest `json:"requests"`
-	Hist        []uint64        `json:"durationBuckets"`
-	SumSeconds  float64         `json:"durationSumSeconds"`
-}
-
-type reportRequest struct {
-	Code   int    `json:"code"`
-	Method string `json:"method"`
-	Count  uint64 `json:"count"`
-}
-
-type reportFallback struct {
-	From  string `json:"from"`
-	To    string `json:"to"`
-	Count uint64 `json:"count"`
-}
-
 // snapshot copies st's cumulative totals into the wire format.
-func snapshot(st *mwStats) reportMWStat {
+func snapshot(st *mwStats) wire.Middleware {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	m := reportMWStat{Name: st.name, Buckets: st.bounds, Fallbacks: []reportFallback{}}
+	m := wire.Middleware{Name: st.name, Buckets: st.bounds, Fallbacks: []wire.Fallback{}}
 	if l := st.limiter; l != nil {
 		m.RateLimitRejected = atomic.LoadUint64(&l.counters.rejected)
 		m.RateLimitDryRun = atomic.LoadUint64(&l.counters.dryRejected)
@@ -443,8 +401,8 @@ func snapshot(st *mwStats) reportMWStat {
 		vs := st.versions[n]
 		w, configured := st.weights[n]
 		vs.sem <- struct{}{}
-		rv := reportVersion{Name: n, Primary: n == st.primary, Weight: w, Configured: configured,
-			Requests: []reportRequest{}, Hist: append([]uint64(nil), vs.hist...), SumSeconds: float64(vs.sumNs) / 1e9}
+		rv := wire.Version{Name: n, Primary: n == st.primary, Weight: w, Configured: configured,
+			Requests: []wire.Request{}, Hist: append([]uint64(nil), vs.hist...), SumSeconds: float64(vs.sumNs) / 1e9}
 		counts := make(map[int]uint64, len(vs.counts))
 		for k, c := range vs.counts {
 			if code := k >> 4; code < 0 || code > 999 {
@@ -454,7 +412,7 @@ func snapshot(st *mwStats) reportMWStat {
 		}
 		<-vs.sem
 		for k, c := range counts {
-			rv.Requests = append(rv.Requests, reportRequest{Code: k >> 4, Method: methodNames[k&15], Count: c})
+			rv.Requests = append(rv.Requests, wire.Request{Code: k >> 4, Method: methodNames[k&15], Count: c})
 		}
 		if b := st.breakers[n]; b != nil {
 			rv.State, rv.Transitions = breakerSnapshot(b, breakerNow(b))
@@ -467,7 +425,7 @@ func snapshot(st *mwStats) reportMWStat {
 	}
 	for k, c := range st.fallbacks {
 		i := strings.IndexByte(k, 0)
-		m.Fallbacks = append(m.Fallbacks, reportFallback{From: k[:i], To: k[i+1:], Count: c})
+		m.Fallbacks = append(m.Fallbacks, wire.Fallback{From: k[:i], To: k[i+1:], Count: c})
 	}
 	sort.Slice(m.Fallbacks, func(i, j int) bool {
 		return m.Fallbacks[i].From+m.Fallbacks[i].To < m.Fallbacks[j].From+m.Fallbacks[j].To
@@ -477,8 +435,8 @@ func snapshot(st *mwStats) reportMWStat {
 
 // buildReport is the body sent to one sidecar.
 func buildReport(group []*mwStats, now time.Time) ([]byte, error) {
-	r := report{
-		Version:   1,
+	r := wire.Report{
+		Version:   wire.FormatVersion,
 		Source:    processStart.source,
 		Instance:  processStart.instance,
 		StartedAt: processStart.started.UnixMilli(),

@@ -11,51 +11,18 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/edgecanary/edgecanary/wire"
 )
 
-// report is the plugin's wire format, version 1 (plugin/telemetry.go).
-type report struct {
-	Version     int            `json:"version"`
-	Source      string         `json:"source"`
-	Instance    string         `json:"instance"`
-	StartedAt   int64          `json:"startedAt"`
-	SentAt      int64          `json:"sentAt"`
-	Middlewares []reportMWStat `json:"middlewares"`
-}
-
-type reportMWStat struct {
-	Name              string           `json:"name"`
-	Versions          []reportVersion  `json:"versions"`
-	RateLimitRejected uint64           `json:"rateLimitRejected"`
-	RateLimitDryRun   uint64           `json:"rateLimitDryRunRejected"`
-	RateLimitEvicted  uint64           `json:"rateLimitEvictions"`
-	Fallbacks         []reportFallback `json:"fallbacks"`
-	Buckets           []float64        `json:"buckets"`
-}
-
-type reportVersion struct {
-	Name        string          `json:"name"`
-	Primary     bool            `json:"primary"`
-	Weight      float64         `json:"weight"`
-	Configured  bool            `json:"configured"`
-	State       int             `json:"circuitState"`
-	Transitions [3]uint64       `json:"circuitTransitions"`
-	Requests    []reportRequest `json:"requests"`
-	Hist        []uint64        `json:"durationBuckets"`
-	SumSeconds  float64         `json:"durationSumSeconds"`
-}
-
-type reportRequest struct {
-	Code   int    `json:"code"`
-	Method string `json:"method"`
-	Count  uint64 `json:"count"`
-}
-
-type reportFallback struct {
-	From  string `json:"from"`
-	To    string `json:"to"`
-	Count uint64 `json:"count"`
-}
+// The plugin's report format, written once in package wire.
+type (
+	report         = wire.Report
+	reportMWStat   = wire.Middleware
+	reportVersion  = wire.Version
+	reportRequest  = wire.Request
+	reportFallback = wire.Fallback
+)
 
 var knownMethods = map[string]bool{
 	"GET": true, "HEAD": true, "POST": true, "PUT": true, "DELETE": true, "CONNECT": true,
@@ -69,7 +36,7 @@ var errUnsupported = errors.New("unsupported report version")
 // are bounded: version names as the plugin allows them, middleware names as
 // Traefik forms them, exact status codes, normalised methods.
 func validate(r *report) error {
-	if r.Version != 1 {
+	if r.Version != wire.FormatVersion {
 		return fmt.Errorf("%w %d", errUnsupported, r.Version)
 	}
 	if !validLabel(r.Source, 253) {
@@ -100,7 +67,7 @@ func validate(r *report) error {
 		}
 		versions := map[string]bool{}
 		for _, v := range m.Versions {
-			if !validVersion(v.Name) || versions[v.Name] {
+			if !wire.ValidVersionName(v.Name) || versions[v.Name] {
 				return fmt.Errorf("middleware %q: version %q invalid or repeated", m.Name, v.Name)
 			}
 			versions[v.Name] = true
@@ -132,19 +99,6 @@ func validate(r *report) error {
 		}
 	}
 	return nil
-}
-
-func validVersion(s string) bool {
-	if s == "" || len(s) > 63 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
-			return false
-		}
-	}
-	return true
 }
 
 // validLabel accepts printable ASCII without quotes or backslashes.
@@ -245,7 +199,7 @@ func parseReport(body []byte) (*report, error) {
 	if probe.Version == nil {
 		return nil, errors.New("no version: not an edgecanary report")
 	}
-	if *probe.Version != 1 {
+	if *probe.Version != wire.FormatVersion {
 		return nil, fmt.Errorf("%w %d", errUnsupported, *probe.Version)
 	}
 	var r report

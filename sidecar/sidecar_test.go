@@ -655,3 +655,35 @@ func TestInstanceSilentForMinutesKeepsCounting(t *testing.T) {
 		t.Errorf("stable requests %v after the returning instance reported 999 more, want %v", got, before+999)
 	}
 }
+
+// TestGoldenReportIsAccepted parses the report that the plugin's
+// TestReportMatchesGolden writes (testdata/report.golden.json) as ingest
+// does, strictly, and publishes it: a field added, renamed or dropped on one
+// side fails here or there.
+func TestGoldenReportIsAccepted(t *testing.T) {
+	b, err := os.ReadFile("../testdata/report.golden.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := parseReport(b)
+	if err != nil {
+		t.Fatalf("the plugin's golden report is rejected: %v", err)
+	}
+	if r.Source != "traefik-0" || len(r.Middlewares) != 1 || r.Middlewares[0].Name != "golden@file" || len(r.Middlewares[0].Versions) != 2 {
+		t.Fatalf("parsed %+v", r)
+	}
+	canary := r.Middlewares[0].Versions[0]
+	if canary.Name != "canary" || canary.Weight != 0.25 || canary.Transitions != [3]uint64{1, 1, 2} || len(canary.Hist) != 3 || canary.SumSeconds != 1.5 {
+		t.Errorf("canary parsed as %+v", canary)
+	}
+	s := newStore(defaultMaxSeries)
+	if !s.merge(r, t0) {
+		t.Fatal("the golden report was not merged")
+	}
+	if got := requests(t, s, "canary"); got != 9 {
+		t.Errorf("canary requests %v, want 9", got)
+	}
+	if f := r.Middlewares[0].Fallbacks; len(f) != 1 || f[0] != (reportFallback{From: "canary", To: "stable", Count: 4}) {
+		t.Errorf("fallbacks %+v", f)
+	}
+}

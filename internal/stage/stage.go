@@ -16,8 +16,14 @@ const ModuleName = "github.com/edgecanary/edgecanary"
 const TraefikVersion = "v3.6.12"
 
 // Plugin copies what Traefik reads of the plugin from the module at root into
-// <dir>/src/<ModuleName>: .traefik.yml, go.mod, plugin/ (without tests) and
-// vendor/. dir is then a GOPATH for Yaegi, or Traefik's plugins-local.
+// <dir>/src/<ModuleName>: .traefik.yml, go.mod, the packages the plugin
+// imports (pluginDirs, without tests) and vendor/. dir is then a GOPATH for
+// Yaegi, or Traefik's plugins-local.
+// pluginDirs are the module's top-level directories that Traefik needs: the
+// plugin, the report format it shares with the sidecar, and the vendored
+// dependencies.
+var pluginDirs = map[string]bool{"plugin": true, "wire": true, "vendor": true}
+
 func Plugin(root, dir string) error {
 	dst := filepath.Join(dir, "src", filepath.FromSlash(ModuleName))
 	for _, f := range []string{".traefik.yml", "go.mod", "go.sum"} {
@@ -34,12 +40,12 @@ func Plugin(root, dir string) error {
 		rel, _ := filepath.Rel(root, path)
 		top := strings.SplitN(rel, string(filepath.Separator), 2)[0]
 		if info.IsDir() {
-			if rel != "." && top != "plugin" && top != "vendor" {
+			if rel != "." && !pluginDirs[top] {
 				return filepath.SkipDir
 			}
 			return nil
 		}
-		if rel == "." || (top != "plugin" && top != "vendor") || strings.HasSuffix(path, "_test.go") {
+		if rel == "." || !pluginDirs[top] || strings.HasSuffix(path, "_test.go") {
 			return nil
 		}
 		return copyFile(path, filepath.Join(dst, rel))

@@ -1,0 +1,73 @@
+// Package wire is the format in which the edgecanary plugin reports its
+// per-version figures to the sidecar, and the rule for version names that
+// both apply. The plugin and the sidecar both import it, the plugin through
+// Traefik's Yaegi interpreter: it uses only the standard library and Go 1.21
+// idioms.
+package wire
+
+// FormatVersion is the format's version, sent as Report.Version.
+const FormatVersion = 1
+
+// Report is the body of one report: a Traefik process's cumulative totals
+// since it started, for every middleware reporting to the same sidecar.
+type Report struct {
+	Version     int          `json:"version"`
+	Source      string       `json:"source"`    // the Traefik host
+	Instance    string       `json:"instance"`  // random per Traefik process
+	StartedAt   int64        `json:"startedAt"` // Unix milliseconds
+	SentAt      int64        `json:"sentAt"`    // Unix milliseconds
+	Middlewares []Middleware `json:"middlewares"`
+}
+
+// Middleware is one middleware's totals.
+type Middleware struct {
+	Name              string     `json:"name"`
+	Versions          []Version  `json:"versions"`
+	RateLimitRejected uint64     `json:"rateLimitRejected"`
+	RateLimitDryRun   uint64     `json:"rateLimitDryRunRejected"`
+	RateLimitEvicted  uint64     `json:"rateLimitEvictions"`
+	Fallbacks         []Fallback `json:"fallbacks"`
+	Buckets           []float64  `json:"buckets"` // the latency histogram's upper bounds, in seconds
+}
+
+// Version is one version's totals and its current state.
+type Version struct {
+	Name        string    `json:"name"`
+	Primary     bool      `json:"primary"`
+	Weight      float64   `json:"weight"`     // share of new users, 0 to 1
+	Configured  bool      `json:"configured"` // in the current configuration
+	State       int       `json:"circuitState"`
+	Transitions [3]uint64 `json:"circuitTransitions"` // by state entered: closed, half-open, open
+	Requests    []Request `json:"requests"`
+	Hist        []uint64  `json:"durationBuckets"` // one per bound, then +Inf; not cumulative
+	SumSeconds  float64   `json:"durationSumSeconds"`
+}
+
+// Request is the number of requests with one status code and method.
+type Request struct {
+	Code   int    `json:"code"`
+	Method string `json:"method"`
+	Count  uint64 `json:"count"`
+}
+
+// Fallback is the number of requests of an open version served by another.
+type Fallback struct {
+	From  string `json:"from"`
+	To    string `json:"to"`
+	Count uint64 `json:"count"`
+}
+
+// ValidVersionName reports whether s is a version name: 1 to 63 lowercase
+// letters, digits and dashes.
+func ValidVersionName(s string) bool {
+	if s == "" || len(s) > 63 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}

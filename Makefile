@@ -40,7 +40,7 @@ rules:
 	cd demo/prometheus && promtool check rules rules.yml && promtool test rules rules_test.yml
 
 lint:
-	gofmt -l plugin sidecar e2e | tee /dev/stderr | (! read)
+	gofmt -l plugin wire sidecar internal demo e2e | tee /dev/stderr | (! read)
 	go vet ./...
 	cd e2e && go vet ./...
 	go mod tidy -diff

@@ -2,7 +2,8 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := check
 
-TRAEFIK_VERSION := v3.6.12
+# The Traefik version is written once, in internal/stage (the tests read it there too).
+TRAEFIK_VERSION := $(shell sed -n 's/^const TraefikVersion = "\(.*\)"$$/\1/p' internal/stage/stage.go)
 YAEGI_VERSION   := v0.16.1
 CACHE   ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/edgecanary
 TRAEFIK := $(CACHE)/traefik-$(TRAEFIK_VERSION)

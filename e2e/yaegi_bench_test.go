@@ -263,7 +263,7 @@ func BenchLeanBreaker(n int) {
 	s, _ := newBreakerSettings(cfg)
 	b := newBreaker(s, "bench/v")
 	for i := 0; i < n; i++ {
-		now := breakerNow(b)
+		now := breakerNow()
 		ok, gen, _ := before(b, now)
 		if ok {
 			after(b, gen, outcomeSuccess, now)

@@ -207,7 +207,6 @@ type breaker struct {
 	state      int
 	generation uint64
 	expiry     int64 // ns since epoch; noExpiry when closed without interval; half-open: when the probe slots in flight are freed
-	epoch      time.Time
 
 	requests, failures              uint32
 	consecSuccesses, consecFailures uint32
@@ -234,13 +233,14 @@ type transitionCounts struct {
 }
 
 func newBreaker(s *breakerSettings, name string) *breaker {
-	b := &breaker{sem: make(chan struct{}, 1), s: s, name: name, epoch: epoch, transitions: &transitionCounts{}}
+	b := &breaker{sem: make(chan struct{}, 1), s: s, name: name, transitions: &transitionCounts{}}
 	b.newGeneration(0)
 	return b
 }
 
-// breakerNow is the breaker's clock: nanoseconds since its epoch, never 0.
-func breakerNow(b *breaker) int64 { return int64(time.Since(b.epoch)) + 1 }
+// breakerNow is the breakers' clock, as the request paths read it:
+// nanoseconds since the package's epoch, never 0.
+func breakerNow() int64 { return int64(time.Since(epoch)) + 1 }
 
 // currentState advances time-based transitions. Called with mu held.
 func (b *breaker) currentState(now int64) int {

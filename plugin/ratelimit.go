@@ -95,7 +95,6 @@ type limiter struct {
 	window   int64 // burst * interval: how far tat may run ahead of now
 	maxDelay int64 // waits up to this are absorbed by delaying the request
 
-	burst    int64
 	dryRun   bool
 	headers  bool
 	policy   []string   // RateLimit-Policy value
@@ -262,7 +261,6 @@ func newLimiter(name string, cfg RateLimitConfig) (*limiter, error) {
 		return nil, fmt.Errorf("rateLimit.burst: %d is too large for average %d per %v: a full bucket must refill within 10 years", burst, cfg.Average, period)
 	}
 	l.interval = int64(interval)
-	l.burst = burst
 	l.window = burst * l.interval
 	rate := float64(cfg.Average) * float64(time.Second) / float64(period) // tokens per second, at most 2e9 here
 	// Traefik's maxDelay: half a token's interval, or 500ms below 1/s.

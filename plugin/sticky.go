@@ -101,11 +101,7 @@ var processSecret struct {
 func randomProcessSecret() string {
 	processSecret.once.Do(func() {
 		var b [32]byte
-		if _, err := rand.Read(b[:]); err != nil {
-			// crypto/rand does not fail on supported platforms; fall back to a
-			// key that is at least unique per process.
-			binary.BigEndian.PutUint64(b[:], uint64(len(processSecret.key)))
-		}
+		_, _ = rand.Read(b[:]) // never fails: crypto/rand crashes the program rather than return an error
 		processSecret.key = base64.RawURLEncoding.EncodeToString(b[:])
 	})
 	return processSecret.key

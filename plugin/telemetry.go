@@ -415,7 +415,7 @@ func snapshot(st *mwStats) wire.Middleware {
 			rv.Requests = append(rv.Requests, wire.Request{Code: k >> 4, Method: methodNames[k&15], Count: c})
 		}
 		if b := st.breakers[n]; b != nil {
-			rv.State, rv.Transitions = breakerSnapshot(b, breakerNow(b))
+			rv.State, rv.Transitions = breakerSnapshot(b, breakerNow())
 		}
 		sort.Slice(rv.Requests, func(i, j int) bool {
 			a, b := rv.Requests[i], rv.Requests[j]

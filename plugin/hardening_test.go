@@ -585,11 +585,9 @@ func TestSlowUploadIsNotABackendTimeout(t *testing.T) {
 	}
 }
 
-// TestEarlyAnswerIsNotCutByTheTimeout: a backend that sends its headers
-// before it has read the whole request body (full duplex, or an early
-// answer): the request is written after RoundTrip returned, and the timeout
-// must not be re-armed then and cancel the body being read. (Found by review.)
-func TestEarlyAnswerIsNotCutByTheTimeout(t *testing.T) {
+// earlyAnswer is a full-duplex backend: it answers 200 at once, then reads
+// the request body, and writes "done" 400 ms later.
+func earlyAnswer(t *testing.T) *httptest.Server {
 	backend := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
 		_ = http.NewResponseController(rw).EnableFullDuplex()
 		rw.WriteHeader(http.StatusOK)
@@ -598,7 +596,16 @@ func TestEarlyAnswerIsNotCutByTheTimeout(t *testing.T) {
 		time.Sleep(400 * time.Millisecond)
 		_, _ = io.WriteString(rw, "done")
 	}))
-	defer backend.Close()
+	t.Cleanup(backend.Close)
+	return backend
+}
+
+// TestEarlyAnswerIsNotCutByTheTimeout: a backend that sends its headers
+// before it has read the whole request body (full duplex, or an early
+// answer): the request is written after RoundTrip returned, and the timeout
+// must not be re-armed then and cancel the body being read. (Found by review.)
+func TestEarlyAnswerIsNotCutByTheTimeout(t *testing.T) {
+	backend := earlyAnswer(t)
 	d := &headerDeadline{next: newTransport(), timeout: 200 * time.Millisecond}
 	pr, pw := io.Pipe()
 	req, _ := http.NewRequest(http.MethodPost, backend.URL, pr)
@@ -619,15 +626,7 @@ func TestEarlyAnswerIsNotCutByTheTimeout(t *testing.T) {
 // middleware: a healthy full-duplex backend whose headers come at once is
 // served whole and does not open its breaker. (Found by review.)
 func TestFullDuplexBackendKeepsItsBreakerClosed(t *testing.T) {
-	backend := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
-		_ = http.NewResponseController(rw).EnableFullDuplex()
-		rw.WriteHeader(http.StatusOK)
-		_ = http.NewResponseController(rw).Flush()
-		_, _ = io.Copy(io.Discard, req.Body)
-		time.Sleep(400 * time.Millisecond)
-		_, _ = io.WriteString(rw, "done")
-	}))
-	defer backend.Close()
+	backend := earlyAnswer(t)
 	cfg := baseConfig(backend.URL, 100)
 	cfg.Versions["canary"] = VersionConfig{Weight: 100, URL: backend.URL, Timeout: "200ms"}
 	cfg.CircuitBreaker.ConsecutiveFailures = 1

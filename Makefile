@@ -8,6 +8,8 @@ YAEGI_VERSION   := v0.16.1
 CACHE   ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/edgecanary
 TRAEFIK := $(CACHE)/traefik-$(TRAEFIK_VERSION)
 YAEGI   := $(CACHE)/bin/yaegi-$(YAEGI_VERSION)
+GOLANGCI_VERSION := v2.15.0
+GOLANGCI := $(CACHE)/bin/golangci-lint-$(GOLANGCI_VERSION)
 GOPATH_TREE := $(CACHE)/yaegi-gopath
 MODULE  := github.com/edgecanary/edgecanary
 export EDGECANARY_TRAEFIK := $(TRAEFIK)
@@ -40,8 +42,15 @@ yaegi_test: $(YAEGI)
 rules:
 	cd demo/prometheus && promtool check rules rules.yml && promtool test rules rules_test.yml
 
-lint:
+$(GOLANGCI):
+	mkdir -p $(CACHE)/bin
+	GOBIN=$(CACHE)/bin/tmp-golangci go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_VERSION)
+	mv $(CACHE)/bin/tmp-golangci/golangci-lint $(GOLANGCI) && rmdir $(CACHE)/bin/tmp-golangci
+
+## lint: gofmt, go vet, golangci-lint (.golangci.yml, every disabled rule with its reason), tidy modules
+lint: $(GOLANGCI)
 	gofmt -l plugin wire sidecar internal demo e2e | tee /dev/stderr | (! read)
+	$(GOLANGCI) run ./...
 	go vet ./...
 	cd e2e && go vet ./...
 	go mod tidy -diff

@@ -280,11 +280,12 @@ func TestBreakerMatchesGobreaker(t *testing.T) {
 			if success {
 				outcome = outcomeSuccess
 			}
-			if rng.Intn(2) == 0 {
+			switch {
+			case rng.Intn(2) == 0:
 				after(b, p.gen, outcome, now)
-			} else if success {
+			case success:
 				leave(path, b, p.gen, http.StatusOK, now-5, now)
-			} else {
+			default:
 				leave(path, b, p.gen, http.StatusInternalServerError, now-5, now)
 			}
 			p.done(success)

@@ -150,12 +150,12 @@ func parseDuration(field, s string) (time.Duration, error) {
 }
 
 // checkCount rejects a count setting outside 0..max.
-func checkCount(field string, v, max int) error {
+func checkCount(field string, v, limit int) error {
 	if v < 0 {
 		return fmt.Errorf("%s: must not be negative, got %d", field, v)
 	}
-	if v > max {
-		return fmt.Errorf("%s: must be at most %d, got %d", field, max, v)
+	if v > limit {
+		return fmt.Errorf("%s: must be at most %d, got %d", field, limit, v)
 	}
 	return nil
 }

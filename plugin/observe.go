@@ -213,5 +213,5 @@ func (c *canary) setupStats(ctx context.Context, target reportTarget, interval t
 	st.interval = interval
 	st.mu.Unlock()
 	c.st = st
-	register(st, ctx)
+	register(ctx, st)
 }

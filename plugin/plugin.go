@@ -127,7 +127,7 @@ func newCanary(ctx context.Context, next http.Handler, cfg *Config, name string)
 	if target.url != "" {
 		c.setupStats(ctx, target, interval, bounds, cfg.Versions)
 	}
-	shareCookieTable(c.cookieName, name, c.signed, ctx)
+	shareCookieTable(ctx, c.cookieName, name, c.signed)
 	c.observe = c.bs != nil || c.st != nil
 	c.fast = !c.single && !c.slowPath
 	c.ok200 = c.bs != nil && c.bs.slow == 0 && !c.bs.failCodes[http.StatusOK]

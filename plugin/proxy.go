@@ -94,7 +94,7 @@ func (d *headerDeadline) RoundTrip(req *http.Request) (*http.Response, error) {
 	mu.Unlock()
 	if atomic.LoadInt32(&fired) != 0 {
 		if res != nil {
-			res.Body.Close()
+			_ = res.Body.Close()
 		}
 		return nil, errHeaderTimeout
 	}

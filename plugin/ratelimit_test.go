@@ -499,10 +499,8 @@ func TestAllowMatchesTake(t *testing.T) {
 		var now int64
 		for i := 0; i < 1000; i++ {
 			now += 1 + int64(rng.ExpFloat64()*float64(byKey.interval)*0.8)
-			if b := byKey.buckets["192.0.2.1"]; b != nil {
-				if tat := b.tat; tat < now {
-					tat = now
-				} else if w := tat + byKey.interval - now - byKey.window; w > 0 && w <= byKey.maxDelay {
+			if b := byKey.buckets["192.0.2.1"]; b != nil && b.tat >= now {
+				if w := b.tat + byKey.interval - now - byKey.window; w > 0 && w <= byKey.maxDelay {
 					continue // a delayed admission: allow would sleep
 				}
 			}

@@ -250,12 +250,6 @@ func testLimitedPath(t *testing.T, c *canary) {
 	}
 }
 
-// reserveAt says whether reserve admits a request at now, without delay, on a
-// bucket with this tat.
-func reserveAt(l *limiter, tat, now int64) bool {
-	return reserve(l, &bucket{tat: tat}, now) <= 0
-}
-
 func maxInt64(a, b int64) int64 {
 	if a > b {
 		return a

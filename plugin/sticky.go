@@ -147,7 +147,7 @@ const reloadGrace = 10 * time.Second
 const maxCookieTables = 64 // cookie names, and middlewares sharing one
 
 // shareCookieTable publishes middleware's table for cookieName.
-func shareCookieTable(cookieName, middleware string, t *signedBuckets, live context.Context) {
+func shareCookieTable(live context.Context, cookieName, middleware string, t *signedBuckets) {
 	cookieTables.Lock()
 	defer cookieTables.Unlock()
 	byMW := cookieTables.m[cookieName]

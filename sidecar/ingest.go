@@ -102,8 +102,8 @@ func validate(r *report) error {
 }
 
 // validLabel accepts printable ASCII without quotes or backslashes.
-func validLabel(s string, max int) bool {
-	if s == "" || len(s) > max {
+func validLabel(s string, limit int) bool {
+	if s == "" || len(s) > limit {
 		return false
 	}
 	for i := 0; i < len(s); i++ {

@@ -149,7 +149,7 @@ func serve(ctx context.Context, cfg *Configuration, logw io.Writer, ready chan<-
 	}
 	metricsL, err := net.Listen("tcp", cfg.Metrics.Address)
 	if err != nil {
-		ingestL.Close()
+		_ = ingestL.Close()
 		return fmt.Errorf("metrics.address: %w", err)
 	}
 

@@ -15,15 +15,15 @@ const ModuleName = "github.com/edgecanary/edgecanary"
 // TraefikVersion is the Traefik that the tests, the benchmark and the demo run.
 const TraefikVersion = "v3.6.12"
 
-// Plugin copies what Traefik reads of the plugin from the module at root into
-// <dir>/src/<ModuleName>: .traefik.yml, go.mod, the packages the plugin
-// imports (pluginDirs, without tests) and vendor/. dir is then a GOPATH for
-// Yaegi, or Traefik's plugins-local.
 // pluginDirs are the module's top-level directories that Traefik needs: the
 // plugin, the report format it shares with the sidecar, and the vendored
 // dependencies.
 var pluginDirs = map[string]bool{"plugin": true, "wire": true, "vendor": true}
 
+// Plugin copies what Traefik reads of the plugin from the module at root into
+// <dir>/src/<ModuleName>: .traefik.yml, go.mod, the packages the plugin
+// imports (pluginDirs, without tests) and vendor/. dir is then a GOPATH for
+// Yaegi, or Traefik's plugins-local.
 func Plugin(root, dir string) error {
 	dst := filepath.Join(dir, "src", filepath.FromSlash(ModuleName))
 	for _, f := range []string{".traefik.yml", "go.mod", "go.sum"} {

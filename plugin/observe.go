@@ -23,7 +23,7 @@ import (
 // holds the original writer. The promoted Write follows the embedded field
 // under Yaegi too, so only streams pay for an interpreted Write (about 30
 // allocations per write, measured). Upgrades, which need Hijack, and gRPC
-// over HTTP/2 are never wrapped (see bypassed).
+// over HTTP/2 are never wrapped (see grpcOverH2).
 type statusWriter struct {
 	http.ResponseWriter
 	code    int   // the final status written; 200 until then
@@ -97,20 +97,15 @@ func recordAbandoned(w *statusWriter) {
 	}
 }
 
-// bypassed reports whether a request is served with the original writer:
-// upgrades (WebSocket and others) need Hijack, and gRPC over HTTP/2 needs
-// trailers and full-duplex streaming. Their status cannot be observed
-// without breaking them, so they are counted with code 0 ("unknown").
-func bypassed(req *http.Request) bool {
-	if req.Header["Upgrade"] != nil {
-		return true
-	}
-	if req.ProtoMajor == 2 {
-		if ct, ok := req.Header["Content-Type"]; ok && len(ct) > 0 && strings.HasPrefix(ct[0], "application/grpc") {
-			return true
-		}
-	}
-	return false
+// grpcOverH2 reports, for an HTTP/2 request, whether it is gRPC. The request
+// paths serve with the original writer, testing inline, upgrades (WebSocket
+// and others need Hijack) and, through this call, gRPC over HTTP/2 (trailers
+// and full-duplex streaming): their status cannot be observed without
+// breaking them, so they are counted with code 0 ("unknown"). Inline, the
+// Upgrade test costs no call for the common request.
+func grpcOverH2(req *http.Request) bool {
+	ct := req.Header["Content-Type"]
+	return len(ct) > 0 && strings.HasPrefix(ct[0], "application/grpc")
 }
 
 // admit asks r's breaker, which is not simply closed, to let a request

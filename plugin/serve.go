@@ -51,7 +51,7 @@ func serveFunc(c *canary) http.HandlerFunc {
 			}
 			w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
 			defer abandoned(w)
-			if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && bypassed(req) {
+			if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
 				r.handler.ServeHTTP(rw, req)
 				w.code = 0
 			} else {
@@ -242,7 +242,7 @@ func serveAll(c *canary) http.HandlerFunc {
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
 		defer abandoned(w)
-		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && bypassed(req) {
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
 			r.handler.ServeHTTP(rw, req)
 			w.code = 0
 		} else {

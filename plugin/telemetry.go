@@ -282,7 +282,9 @@ var sender = struct {
 
 const senderTick = 100 * time.Millisecond
 
-var senderGrace = 30 * time.Second
+// senderGrace is in nanoseconds, read atomically: a test shortens it while
+// senders started by earlier tests may still run.
+var senderGrace = int64(30 * time.Second)
 
 var reportClient = &http.Client{
 	Timeout: 2 * time.Second,
@@ -309,7 +311,7 @@ func sendLoop() {
 		if idleSince.IsZero() {
 			idleSince = now
 		}
-		if now.Sub(idleSince) < senderGrace {
+		if int64(now.Sub(idleSince)) < atomic.LoadInt64(&senderGrace) {
 			continue
 		}
 		sender.Lock()

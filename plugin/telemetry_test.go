@@ -6,6 +6,7 @@ import (
 	"math/rand"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -116,9 +117,9 @@ func TestSenderStopsWhenNoHandlerIsLive(t *testing.T) {
 		rw.WriteHeader(http.StatusNoContent)
 	}))
 	defer srv.Close()
-	prevGrace := senderGrace
-	senderGrace = 300 * time.Millisecond
-	defer func() { senderGrace = prevGrace }()
+	prevGrace := atomic.LoadInt64(&senderGrace)
+	atomic.StoreInt64(&senderGrace, int64(300*time.Millisecond))
+	defer func() { atomic.StoreInt64(&senderGrace, prevGrace) }()
 
 	cfg := CreateConfig()
 	cfg.Versions = map[string]VersionConfig{"stable": {Weight: 1}}

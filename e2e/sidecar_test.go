@@ -36,8 +36,9 @@ func sidecarBinary(t testing.TB) string {
 			return
 		}
 		sidecarBuild.path = filepath.Join(dir, "edgecanary-sidecar")
-		cmd := exec.Command("go", "build", "-o", sidecarBuild.path, "./sidecar")
-		cmd.Dir = repoRoot(t)
+		// sidecar/ is its own module: build it from there.
+		cmd := exec.Command("go", "build", "-o", sidecarBuild.path, ".")
+		cmd.Dir = filepath.Join(repoRoot(t), "sidecar")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			sidecarBuild.err = fmt.Errorf("building the sidecar: %v\n%s", err, out)
 		}

@@ -276,9 +276,10 @@ func waitHTTP(url string, timeout time.Duration) error {
 	return fmt.Errorf("%s not ready after %v", url, timeout)
 }
 
-func build(root, out, pkg string) error {
+// build builds the package pkg of the module in dir.
+func build(dir, out, pkg string) error {
 	cmd := exec.Command("go", "build", "-o", out, pkg)
-	cmd.Dir = root
+	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	return cmd.Run()
 }
@@ -300,7 +301,8 @@ func runDemo() error {
 		return err
 	}
 	fmt.Println("building the sidecar and the demo app…")
-	if err := build(root, filepath.Join(dir, "edgecanary-sidecar"), "./sidecar"); err != nil {
+	// sidecar/ is its own module (its dependencies stay out of the plugin's vendor/).
+	if err := build(filepath.Join(root, "sidecar"), filepath.Join(dir, "edgecanary-sidecar"), "."); err != nil {
 		return err
 	}
 	if err := build(root, filepath.Join(dir, "demo-app"), "./demo/app"); err != nil {

@@ -123,8 +123,9 @@ func startSidecar(o options, root, dir string) (string, func(), error) {
 	bin := o.sidecar
 	if bin == "" {
 		bin = filepath.Join(dir, "edgecanary-sidecar")
-		build := exec.Command("go", "build", "-o", bin, "./sidecar")
-		build.Dir = root
+		// sidecar/ is its own module: build it from there.
+		build := exec.Command("go", "build", "-o", bin, ".")
+		build.Dir = filepath.Join(root, "sidecar")
 		if out, err := build.CombinedOutput(); err != nil {
 			return "", nil, fmt.Errorf("building the sidecar: %v\n%s", err, out)
 		}

@@ -22,9 +22,12 @@ check: lint test e2e
 ## test: unit tests, compiled and through the Yaegi interpreter, and the alert rules
 test: unit yaegi_test rules fuzz-short
 
+# Two modules: the root (plugin, wire, internal, demo) and sidecar/.
 unit:
 	go test -count=1 ./...
 	go test -count=1 -race -short ./...
+	cd sidecar && go test -count=1 ./...
+	cd sidecar && go test -count=1 -race -short ./...
 
 $(YAEGI):
 	mkdir -p $(CACHE)/bin
@@ -47,18 +50,24 @@ $(GOLANGCI):
 	GOBIN=$(CACHE)/bin/tmp-golangci go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_VERSION)
 	mv $(CACHE)/bin/tmp-golangci/golangci-lint $(GOLANGCI) && rmdir $(CACHE)/bin/tmp-golangci
 
-## lint: gofmt, go vet, golangci-lint (.golangci.yml, every disabled rule with its reason), tidy modules
+## lint: gofmt, go vet, golangci-lint (.golangci.yml, every disabled rule with its reason), tidy modules, in the root and sidecar/
 lint: $(GOLANGCI)
 	gofmt -l plugin wire sidecar internal demo e2e | tee /dev/stderr | (! read)
 	$(GOLANGCI) run ./...
+	cd sidecar && $(GOLANGCI) run ./...
 	go vet ./...
+	cd sidecar && go vet ./...
 	cd e2e && go vet ./...
 	go mod tidy -diff
+	cd sidecar && go mod tidy -diff
 	go mod verify
+	cd sidecar && go mod verify
 
+## vendor: tidy both modules; vendor/ holds the plugin's dependencies only (the sidecar's come from the module proxy)
 vendor:
 	go mod tidy
 	go mod vendor
+	cd sidecar && go mod tidy
 
 ## traefik: build the real Traefik once from the Go module proxy and cache it
 traefik: $(TRAEFIK)

@@ -20,8 +20,8 @@ import (
 
 // This file is a small Redis client for the shared rate limit (issue 15): RESP2
 // over net and crypto/tls, a bounded pool, pipelining, EVALSHA with a fallback
-// to EVAL. It uses the standard library only, so that Traefik's Yaegi
-// interpreter runs it.
+// to EVAL, and the GCRA script that takes tokens on Redis's own clock. It uses
+// the standard library only, so that Traefik's Yaegi interpreter runs it.
 
 // Defaults of redisOptions, the same as the config contract's.
 const (
@@ -528,6 +528,107 @@ func (c *redisClient) eval(s *redisScript, keys, args []string) (interface{}, er
 	}
 	cmd[0], cmd[1] = "EVAL", s.src
 	return c.do(cmd...)
+}
+
+// gcraScript takes up to n tokens from the bucket KEYS[1], atomically, on
+// Redis's own clock (TIME), which every replica shares. ARGV: the interval
+// I (microseconds per token), the tolerance τ = I*(burst-1) (microseconds),
+// and n >= 1. The key holds the bucket's theoretical arrival time, tat, in
+// microseconds; a missing key is a full bucket. With now from TIME:
+//
+//	tat       = max(stored tat, now)
+//	granted   = clamp(floor((τ + I - (tat - now)) / I), 0, n)
+//	tat'      = tat + granted*I, stored only when granted > 0
+//	remaining = max(0, floor((τ + I - (tat' - now)) / I))
+//	wait      = max(0, tat' - τ - now)
+//
+// So k tokens are admitted when tat + k*I - now <= τ + I: a full bucket gives
+// burst at once, then one per I. remaining is what a next call could take at
+// now; wait is the time until one more token can be taken (0 when remaining
+// > 0). The key expires at tat' rounded up to the millisecond, the time the
+// bucket is full again, so Redis holds no idle state. It is set with
+// PEXPIREAT rather than a relative PEXPIRE: Redis compares expiry times with
+// the script's start time, in milliseconds, which may be up to a millisecond
+// behind TIME, and a relative TTL could drop the key before tat'. Numbers are
+// written with %d, because Lua's tostring would round a 16-digit timestamp.
+// replicate_commands lets Redis 3.2 to 4 write after TIME; from Redis 5 on it
+// is the default and the call does nothing. It returns {granted, wait,
+// remaining, now}.
+const gcraScript = `
+redis.replicate_commands()
+local key = KEYS[1]
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = now
+local stored = tonumber(redis.call('GET', key))
+if stored and stored > now then
+  tat = stored
+end
+local granted = math.floor((tolerance + interval - (tat - now)) / interval)
+if granted > n then
+  granted = n
+end
+if granted < 0 then
+  granted = 0
+end
+if granted > 0 then
+  tat = tat + granted * interval
+  redis.call('SET', key, string.format('%d', tat))
+  redis.call('PEXPIREAT', key, string.format('%d', math.ceil(tat / 1000)))
+end
+local remaining = math.floor((tolerance + interval - (tat - now)) / interval)
+if remaining < 0 then
+  remaining = 0
+end
+local wait = tat - tolerance - now
+if wait < 0 then
+  wait = 0
+end
+return {granted, wait, remaining, now}
+`
+
+var redisGCRA = newRedisScript(gcraScript)
+
+// takeTokens runs gcraScript on key: it takes up to n tokens and returns how
+// many it granted, the wait in microseconds until one more can be taken, the
+// tokens left at nowUs, and nowUs, Redis's clock. See gcraScript for the
+// formulas. intervalUs must be at least 1, toleranceUs at least 0, n at
+// least 1.
+func (c *redisClient) takeTokens(key string, intervalUs, toleranceUs, n int64) (granted, waitUs, remaining, nowUs int64, err error) {
+	if intervalUs < 1 || toleranceUs < 0 || n < 1 {
+		return 0, 0, 0, 0, fmt.Errorf("redis gcra: bad arguments interval=%d tolerance=%d n=%d", intervalUs, toleranceUs, n)
+	}
+	reply, err := c.eval(redisGCRA, []string{key}, []string{
+		strconv.FormatInt(intervalUs, 10), strconv.FormatInt(toleranceUs, 10), strconv.FormatInt(n, 10),
+	})
+	if err != nil {
+		return 0, 0, 0, 0, err
+	}
+	arr, ok := reply.([]interface{})
+	if !ok || len(arr) != 4 {
+		return 0, 0, 0, 0, fmt.Errorf("redis gcra: unexpected reply %v", reply)
+	}
+	var out [4]int64
+	for i, v := range arr {
+		x, isInt := v.(int64)
+		if !isInt {
+			return 0, 0, 0, 0, fmt.Errorf("redis gcra: unexpected reply %v", reply)
+		}
+		out[i] = x
+	}
+	return out[0], out[1], out[2], out[3], nil
+}
+
+// redisBucketKey is the key of a client's bucket: namespaced by the
+// middleware's name and by its limit settings, so that two middlewares, or
+// one whose limits changed, never share a bucket. The name is prefixed with
+// its length, so that no name and source can be read as another pair.
+func redisBucketKey(name string, intervalUs, toleranceUs int64, source string) string {
+	return "edgecanary:rl:" + strconv.Itoa(len(name)) + ":" + name + ":" +
+		strconv.FormatInt(intervalUs, 10) + ":" + strconv.FormatInt(toleranceUs, 10) + ":" + source
 }
 
 // redisTLSConfig builds the client TLS settings from the values of

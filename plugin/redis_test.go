@@ -12,11 +12,13 @@ import (
 	"fmt"
 	"io"
 	"math/big"
+	mrand "math/rand"
 	"net"
 	"os"
 	"path/filepath"
 	"reflect"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -786,6 +788,198 @@ func TestRedisHostileServer(t *testing.T) {
 	}
 }
 
+// gcraRef is the reference of gcraScript, written as the textbook loop:
+// admit one token at a time while the bucket's tat is within tolerance+I of
+// now. It returns the new tat.
+//
+// Its results are plain locals: under Yaegi, a named result incremented in a
+// for loop kept its value from the previous call.
+func gcraRef(tat, now, interval, tolerance, n int64) (newTat, granted, wait, remaining int64) {
+	g, w, r := int64(0), int64(0), int64(0)
+	if tat < now {
+		tat = now
+	}
+	for g < n && tat+interval-now <= tolerance+interval {
+		tat += interval
+		g++
+	}
+	for t := tat; t+interval-now <= tolerance+interval; t += interval {
+		r++
+	}
+	// The first instant at which the loop above admits one more token.
+	if r == 0 {
+		w = tat - tolerance - now
+	}
+	return tat, g, w, r
+}
+
+// TestRedisGCRAMatchesReference runs random sequences of takes on the real
+// server and replays each on gcraRef at the instant Redis reports: the
+// decisions must be equal, exactly.
+func TestRedisGCRAMatchesReference(t *testing.T) {
+	srv := newTestRedis(t, false)
+	c := testRedisClient(t, redisOptions{Endpoints: []string{srv.addr()}})
+	seed := time.Now().UnixNano()
+	rng := mrand.New(mrand.NewSource(seed))
+	t.Logf("seed %d", seed)
+	denied, partial := 0, 0
+	for round := 0; round < 6; round++ {
+		interval := int64(200 + rng.Intn(3000))
+		burst := int64(1 + rng.Intn(6))
+		tolerance := interval * (burst - 1)
+		key := redisBucketKey("gcra@test", interval, tolerance, strconv.Itoa(round))
+		var tat int64
+		for i := 0; i < 50; i++ {
+			n := int64(1 + rng.Intn(4))
+			g, w, r, now, err := c.takeTokens(key, interval, tolerance, n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var wantG, wantW, wantR int64
+			tat, wantG, wantW, wantR = gcraRef(tat, now, interval, tolerance, n)
+			switch {
+			case g == 0:
+				denied++
+			case g < n:
+				partial++
+			}
+			if g != wantG || w != wantW || r != wantR {
+				t.Fatalf("seed %d round %d call %d (I=%d burst=%d n=%d): redis gave g=%d wait=%d rem=%d, the reference g=%d wait=%d rem=%d",
+					seed, round, i, interval, burst, n, g, w, r, wantG, wantW, wantR)
+			}
+			time.Sleep(time.Duration(rng.Intn(int(interval*2))) * time.Microsecond)
+		}
+	}
+	// The sequences reached the states that matter.
+	if denied == 0 || partial == 0 {
+		t.Errorf("seed %d: %d denied, %d partial grants; want some of each", seed, denied, partial)
+	}
+	t.Logf("%d denied, %d partial grants", denied, partial)
+}
+
+// TestRedisGCRABurstThenRate checks the script on the real clock: a fresh key
+// grants burst at once, then about one token per interval, never more than
+// burst + T/interval over T.
+func TestRedisGCRABurstThenRate(t *testing.T) {
+	srv := newTestRedis(t, false)
+	c := testRedisClient(t, redisOptions{Endpoints: []string{srv.addr()}})
+	const interval, burst = int64(10000), int64(5) // 100/s
+	key := redisBucketKey("rate@test", interval, interval*(burst-1), "c")
+	g, w, r, start, err := c.takeTokens(key, interval, interval*(burst-1), 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g != burst || r != 0 || w <= 0 || w > interval {
+		t.Fatalf("fresh key, 100 wanted: granted %d wait %d remaining %d; want %d, (0, %d], 0", g, w, r, burst, interval)
+	}
+	total, now := g, start
+	for now-start < 300000 {
+		g, _, _, now, err = c.takeTokens(key, interval, interval*(burst-1), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += g
+	}
+	elapsed := now - start
+	if bound := burst + elapsed/interval; total > bound || total < bound-2 {
+		t.Errorf("%d tokens in %dus, want burst + T/I = %d (at most)", total, elapsed, bound)
+	}
+}
+
+// TestRedisGCRAIsAtomic: concurrent takes on one key grant exactly burst.
+func TestRedisGCRAIsAtomic(t *testing.T) {
+	srv := newTestRedis(t, false)
+	c := testRedisClient(t, redisOptions{Endpoints: []string{srv.addr()}, PoolSize: 8})
+	const interval, burst = int64(3600e6), int64(20) // one token an hour
+	key := redisBucketKey("atomic@test", interval, interval*(burst-1), "c")
+	var mu sync.Mutex
+	var granted int64
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			for j := 0; j < 5; j++ {
+				g, _, _, _, err := c.takeTokens(key, interval, interval*(burst-1), int64(1+(i+j)%2))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				granted += g
+				mu.Unlock()
+			}
+		}(i)
+	}
+	wg.Wait()
+	if granted != burst {
+		t.Errorf("granted %d, want burst %d", granted, burst)
+	}
+}
+
+// TestRedisGCRAKeyExpires: a key lives for its refill time, stores tat
+// exactly, and is gone once the bucket is full again.
+func TestRedisGCRAKeyExpires(t *testing.T) {
+	srv := newTestRedis(t, false)
+	c := testRedisClient(t, redisOptions{Endpoints: []string{srv.addr()}})
+	const interval, burst = int64(100000), int64(3) // refill: 300ms
+	key := redisBucketKey("ttl@test", interval, interval*(burst-1), "c")
+	g, _, _, now, err := c.takeTokens(key, interval, interval*(burst-1), burst)
+	if err != nil || g != burst {
+		t.Fatalf("granted %d, %v", g, err)
+	}
+	tat := now + burst*interval
+	if v := mustDo(t, c, "GET", key); v != strconv.FormatInt(tat, 10) {
+		t.Errorf("stored tat %#v, want %d", v, tat)
+	}
+	if pttl, _ := mustDo(t, c, "PTTL", key).(int64); pttl < 200 || pttl > 301 {
+		t.Errorf("PTTL %d ms, want the refill time, 300ms less the time since", pttl)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for mustDo(t, c, "EXISTS", key) != int64(0) {
+		if time.Now().After(deadline) {
+			t.Fatal("the key did not expire")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	clock, _ := mustDo(t, c, "TIME").([]interface{})
+	sec, _ := strconv.ParseInt(clock[0].(string), 10, 64)
+	usec, _ := strconv.ParseInt(clock[1].(string), 10, 64)
+	if gone := sec*1e6 + usec; gone < tat {
+		t.Errorf("the key was gone %dus before its tat", tat-gone)
+	}
+	if g, _, _, _, err = c.takeTokens(key, interval, interval*(burst-1), burst); err != nil || g != burst {
+		t.Errorf("after expiry: granted %d, %v; want a full bucket", g, err)
+	}
+}
+
+func TestRedisTakeTokensRejectsBadArguments(t *testing.T) {
+	c := newRedisClient(redisOptions{Endpoints: []string{"127.0.0.1:1"}})
+	defer c.close()
+	for _, args := range [][3]int64{{0, 0, 1}, {1, -1, 1}, {1, 0, 0}} {
+		if _, _, _, _, err := c.takeTokens("k", args[0], args[1], args[2]); err == nil || !strings.Contains(err.Error(), "bad arguments") {
+			t.Errorf("%v: %v", args, err)
+		}
+	}
+}
+
+func TestRedisBucketKeyNamespaces(t *testing.T) {
+	keys := []string{
+		redisBucketKey("shop@file", 1000, 0, "10.0.0.1"),
+		redisBucketKey("shop@file", 1000, 1000, "10.0.0.1"),
+		redisBucketKey("shop@file", 2000, 0, "10.0.0.1"),
+		redisBucketKey("other@file", 1000, 0, "10.0.0.1"),
+		redisBucketKey("shop@file:1000", 0, 0, "10.0.0.1"),
+	}
+	seen := map[string]bool{}
+	for _, k := range keys {
+		if seen[k] {
+			t.Errorf("two buckets share the key %q", k)
+		}
+		seen[k] = true
+	}
+}
+
 func TestRedisClientDefaults(t *testing.T) {
 	c := newRedisClient(redisOptions{})
 	defer c.close()
@@ -801,5 +995,42 @@ func TestRedisClientDefaults(t *testing.T) {
 	defer c2.close()
 	if want := [][]string{{"AUTH", "u", "p"}, {"SELECT", "2"}}; !reflect.DeepEqual(c2.init, want) {
 		t.Errorf("init %v, want %v", c2.init, want)
+	}
+}
+
+// TestRedisTakeTokensLatency measures one takeTokens round trip on loopback,
+// compiled or under Yaegi (where the benchmark below is not run).
+func TestRedisTakeTokensLatency(t *testing.T) {
+	srv := newTestRedis(t, false)
+	c := testRedisClient(t, redisOptions{Endpoints: []string{srv.addr()}})
+	const calls = 500
+	durations := make([]time.Duration, calls)
+	for i := 0; i < calls; i++ {
+		start := time.Now()
+		if _, _, _, _, err := c.takeTokens("latency", 1, 0, 1); err != nil {
+			t.Fatal(err)
+		}
+		durations[i] = time.Since(start)
+	}
+	sort.Slice(durations, func(i, j int) bool { return durations[i] < durations[j] })
+	var sum time.Duration
+	for _, d := range durations {
+		sum += d
+	}
+	t.Logf("takeTokens over loopback, %d calls: mean %v, p50 %v, p99 %v", calls, sum/calls, durations[calls/2], durations[calls*99/100])
+}
+
+func BenchmarkRedisTakeTokens(b *testing.B) {
+	srv := newTestRedis(b, false)
+	c := testRedisClient(b, redisOptions{Endpoints: []string{srv.addr()}})
+	if _, _, _, _, err := c.takeTokens("bench", 1, 0, 1); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, _, _, _, err := c.takeTokens("bench", 1, 0, 1); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -415,46 +415,46 @@ func appendRedisCommand(b []byte, args []string) []byte {
 // than redisMaxDepth, and lines longer than redisReadBuf are protocol errors,
 // so no reply makes the client allocate much more than the bytes it sent.
 func readRedisReply(br *bufio.Reader, depth int) (interface{}, error) {
+	// The rare paths are in functions of their own: Yaegi allocates every
+	// variable and temporary of a function on every call, run or not.
 	line, err := br.ReadSlice('\n')
-	if err != nil {
-		if errors.Is(err, io.EOF) && len(line) > 0 {
-			return nil, io.ErrUnexpectedEOF
-		}
-		if errors.Is(err, bufio.ErrBufferFull) {
-			return nil, errors.New("redis protocol: line too long")
-		}
-		return nil, err
+	n := len(line)
+	if err != nil || n < 3 || line[n-2] != '\r' {
+		return nil, redisLineError(line, err)
 	}
-	if len(line) < 3 || line[len(line)-2] != '\r' {
-		return nil, fmt.Errorf("redis protocol: malformed line %.32q", line)
-	}
-	body := line[1 : len(line)-2]
 	switch line[0] {
 	case '+':
-		return string(body), nil
+		return string(line[1 : n-2]), nil
 	case '-':
-		return redisServerError(string(body)), nil
+		return redisServerError(string(line[1 : n-2])), nil
 	case ':':
-		n, err := redisInt(body)
-		if err != nil {
-			return nil, err
-		}
-		return n, nil
+		return redisIntReply(line[1 : n-2])
 	case '$':
-		return readRedisBulk(br, body)
+		return readRedisBulk(br, line[1:n-2])
 	case '*':
-		return readRedisArray(br, body, depth)
+		return readRedisArray(br, line[1:n-2], depth)
 	}
 	return nil, fmt.Errorf("redis protocol: unexpected reply type %q", line[0])
 }
 
+// redisLineError is the error of a line that ReadSlice could not read whole
+// or that does not end in CRLF.
+func redisLineError(line []byte, err error) error {
+	switch {
+	case err == nil:
+		return fmt.Errorf("redis protocol: malformed line %.32q", line)
+	case errors.Is(err, io.EOF) && len(line) > 0:
+		return io.ErrUnexpectedEOF
+	case errors.Is(err, bufio.ErrBufferFull):
+		return errors.New("redis protocol: line too long")
+	}
+	return err
+}
+
 func readRedisBulk(br *bufio.Reader, header []byte) (interface{}, error) {
 	n, err := redisInt(header)
-	if err != nil {
+	if err != nil || n == -1 {
 		return nil, err
-	}
-	if n == -1 {
-		return nil, nil
 	}
 	if n < 0 || n > redisMaxBulk {
 		return nil, fmt.Errorf("redis protocol: bulk string length %d out of bounds", n)
@@ -474,11 +474,8 @@ func readRedisBulk(br *bufio.Reader, header []byte) (interface{}, error) {
 
 func readRedisArray(br *bufio.Reader, header []byte, depth int) (interface{}, error) {
 	n, err := redisInt(header)
-	if err != nil {
+	if err != nil || n == -1 {
 		return nil, err
-	}
-	if n == -1 {
-		return nil, nil
 	}
 	if n < 0 || n > redisMaxArray {
 		return nil, fmt.Errorf("redis protocol: array length %d out of bounds", n)
@@ -496,12 +493,26 @@ func readRedisArray(br *bufio.Reader, header []byte, depth int) (interface{}, er
 	return arr, nil
 }
 
+// redisIntReply is an integer reply, as an int64 in an interface.
+func redisIntReply(b []byte) (interface{}, error) {
+	n, err := strconv.ParseInt(string(b), 10, 64)
+	if err != nil {
+		return nil, redisIntError(b)
+	}
+	return n, nil
+}
+
+// redisInt is the length of a bulk string or an array.
 func redisInt(b []byte) (int64, error) {
 	n, err := strconv.ParseInt(string(b), 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("redis protocol: bad integer %.32q", b)
+		return 0, redisIntError(b)
 	}
 	return n, nil
+}
+
+func redisIntError(b []byte) error {
+	return fmt.Errorf("redis protocol: bad integer %.32q", b)
 }
 
 // redisScript is a Lua script and its SHA1, by which EVALSHA names it.

@@ -1,0 +1,699 @@
+package plugin
+
+import (
+	"bufio"
+	"crypto/sha1" // Redis names a script by its SHA1; no security rests on it
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// This file is a small Redis client for the shared rate limit (issue 15): RESP2
+// over net and crypto/tls, a bounded pool, pipelining, EVALSHA with a fallback
+// to EVAL, and the GCRA script that takes tokens on Redis's own clock. It uses
+// the standard library only, so that Traefik's Yaegi interpreter runs it.
+
+// Defaults of redisOptions, the same as the config contract's.
+const (
+	redisDefaultEndpoint     = "localhost:6379"
+	redisDefaultDialTimeout  = 5 * time.Second
+	redisDefaultReadTimeout  = 3 * time.Second
+	redisDefaultWriteTimeout = 3 * time.Second
+	// redisPoolPerProc times GOMAXPROCS is the default pool size.
+	redisPoolPerProc = 10
+)
+
+// Bounds on what a server may make us read, so a broken or hostile server
+// cannot make the client allocate without limit.
+const (
+	redisMaxBulk  = 1 << 20 // bytes in one bulk string
+	redisMaxArray = 1024    // elements in one array
+	redisMaxDepth = 8       // nesting of arrays
+	redisReadBuf  = 4096    // the bufio buffer, and so the longest line (+, -, :, $, * header)
+)
+
+var (
+	errRedisPoolTimeout = errors.New("redis: no free connection in the pool within the read timeout")
+	errRedisClosed      = errors.New("redis: client closed")
+	// errRedisServer is wrapped by every error reply of the server
+	// ("redis: NOSCRIPT ...", "redis: WRONGPASS ..."), so that callers tell
+	// the server's answer from an I/O error with errors.Is. After an error
+	// reply the connection is still in step and is kept.
+	//
+	// It is a compiled error, not a type of ours: under Yaegi, a plain string
+	// passes the type assertion of a named string type (v.(redisError) holds
+	// for "OK"), and an interpreted struct type that travels as an error is
+	// wrapped, fails its type assertion, or panics in reflect.Set.
+	errRedisServer = errors.New("redis")
+)
+
+// redisOptions are the parsed settings of the client. Zero values take the
+// defaults of the config contract (see newRedisClient).
+type redisOptions struct {
+	// Endpoints are host:port addresses. The client connects to one at a
+	// time (see redisClient.dial). Default: localhost:6379, as in Traefik.
+	Endpoints []string
+	// Username and Password are sent with AUTH on every new connection:
+	// "AUTH username password" (an ACL user), or "AUTH password" when
+	// Username is empty (requirepass). No AUTH when both are empty.
+	Username, Password string
+	// DB is selected on every new connection when it is not 0.
+	DB int
+	// DialTimeout bounds the TCP connect, the TLS handshake included.
+	// Default 5s.
+	DialTimeout time.Duration
+	// ReadTimeout bounds a round trip, from the write of the commands to
+	// the last byte of their replies, and, separately, the wait for a free
+	// connection of the pool. A round trip slower than this fails. So a call
+	// takes at most ReadTimeout (the wait) + DialTimeout (when it needs a new
+	// connection) + ReadTimeout, and twice that when a stale connection is
+	// retried (see redisClient). Default 3s.
+	ReadTimeout time.Duration
+	// WriteTimeout bounds the write of a call's commands. Default 3s.
+	WriteTimeout time.Duration
+	// PoolSize bounds the open connections. Default 10 x GOMAXPROCS.
+	PoolSize int
+	// TLS, when not nil, makes every connection TLS (see redisTLSConfig).
+	// An empty ServerName is taken from the endpoint's host.
+	TLS *tls.Config
+}
+
+// redisServerError is the error of an error reply.
+func redisServerError(reply string) error {
+	return fmt.Errorf("%w: %s", errRedisServer, reply)
+}
+
+// replyError returns the error of an error reply, nil for other replies.
+// (Under Yaegi, v.(error) on a nil interface panics instead of failing.)
+func replyError(v interface{}) error {
+	if v == nil {
+		return nil
+	}
+	e, _ := v.(error)
+	return e
+}
+
+// isRedisServerError tells whether err is an error reply with this code
+// (the reply's first word: NOSCRIPT, WRONGPASS, ERR).
+func isRedisServerError(err error, code string) bool {
+	return errors.Is(err, errRedisServer) && strings.HasPrefix(err.Error(), "redis: "+code+" ")
+}
+
+// redisConn is one connection of the pool.
+type redisConn struct {
+	nc   net.Conn
+	br   *bufio.Reader
+	wbuf []byte // the commands of a call, encoded; reused
+	used bool   // it has served a call, so it may have gone stale in the pool
+}
+
+// redisClient is a bounded pool of Redis connections. It is safe for
+// concurrent use.
+//
+// The pool is a channel of PoolSize slots. A slot holds an idle connection or
+// nil, a free place for one; a caller takes a slot, dials when it holds nil,
+// and gives the slot back when done. So no more than PoolSize connections
+// are ever open, connections are made only when needed (the constructor does
+// no I/O), and a caller waits at most ReadTimeout for a slot.
+//
+// A connection that saw an I/O or protocol error, a timeout included, is
+// closed and its slot given back empty: after a timeout its late reply would
+// answer the next caller. A server error reply (errRedisServer) leaves the
+// connection in step, so it is kept.
+//
+// A call on a connection that had been idle in the pool, which fails before
+// any byte of a reply (its write fails, or the read meets an orderly close),
+// is tried once more on a new connection: the server closed it while it was
+// idle (a restart, the server's idle timeout, a proxy), so the command was
+// not run. (A server that ran the command and died before it replied would
+// run it twice: for the rate limit, one request counted twice, once.)
+// Timeouts are never retried. The retry dials even when the slot it
+// takes holds an idle connection, and closes that one: after a restart all
+// idle connections are stale, and each retry clears one more of them.
+type redisClient struct {
+	opts   redisOptions
+	init   [][]string // AUTH and SELECT, sent in one write on each new connection
+	slots  chan *redisConn
+	next   int32 // index of the endpoint to dial first: the last that answered
+	closed int32
+}
+
+// newRedisClient returns a client for opts. It does no I/O: connections are
+// made by the first calls that need them. Defaults: endpoints localhost:6379;
+// timeouts 5s (dial), 3s (read), 3s (write); PoolSize 10 x GOMAXPROCS, the
+// default of go-redis, so the pool is as large as that of Traefik's own
+// rateLimit.redis with poolSize 0.
+func newRedisClient(opts redisOptions) *redisClient {
+	if len(opts.Endpoints) == 0 {
+		opts.Endpoints = []string{redisDefaultEndpoint}
+	}
+	if opts.DialTimeout <= 0 {
+		opts.DialTimeout = redisDefaultDialTimeout
+	}
+	if opts.ReadTimeout <= 0 {
+		opts.ReadTimeout = redisDefaultReadTimeout
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = redisDefaultWriteTimeout
+	}
+	if opts.PoolSize <= 0 {
+		opts.PoolSize = redisPoolPerProc * runtime.GOMAXPROCS(0)
+	}
+	c := &redisClient{opts: opts, slots: make(chan *redisConn, opts.PoolSize)}
+	switch {
+	case opts.Username != "":
+		c.init = append(c.init, []string{"AUTH", opts.Username, opts.Password})
+	case opts.Password != "":
+		c.init = append(c.init, []string{"AUTH", opts.Password})
+	}
+	if opts.DB != 0 {
+		c.init = append(c.init, []string{"SELECT", strconv.Itoa(opts.DB)})
+	}
+	for i := 0; i < opts.PoolSize; i++ {
+		c.slots <- nil
+	}
+	return c
+}
+
+// close closes the idle connections, and makes the busy ones close when they
+// are given back. Calls after close fail with errRedisClosed.
+func (c *redisClient) close() {
+	if !atomic.CompareAndSwapInt32(&c.closed, 0, 1) {
+		return
+	}
+	for i := 0; i < cap(c.slots); i++ {
+		drained := false
+		select {
+		case cn := <-c.slots:
+			drained = true
+			if cn != nil {
+				_ = cn.nc.Close()
+			}
+		default:
+			drained = false
+		}
+		if !drained {
+			return
+		}
+		c.slots <- nil
+	}
+}
+
+// do sends one command and returns its reply: a string (simple or bulk), an
+// int64, nil (a nil bulk string or array), or an []interface{} of these. An
+// error reply is returned as the error, wrapping errRedisServer.
+func (c *redisClient) do(args ...string) (interface{}, error) {
+	replies, err := c.exec([][]string{args})
+	if err != nil {
+		return nil, err
+	}
+	if e := replyError(replies[0]); e != nil {
+		return nil, e
+	}
+	return replies[0], nil
+}
+
+// pipeline sends cmds in one write and returns their replies, in order. An
+// error reply is an error value (wrapping errRedisServer) among the replies;
+// the error is an I/O or protocol error, and then no reply is returned.
+func (c *redisClient) pipeline(cmds [][]string) ([]interface{}, error) {
+	if len(cmds) == 0 {
+		return nil, nil
+	}
+	return c.exec(cmds)
+}
+
+// exec runs cmds on a pooled connection, tried once more on a new one when
+// the pooled connection turns out stale (see redisClient).
+func (c *redisClient) exec(cmds [][]string) ([]interface{}, error) {
+	for attempt := 0; ; attempt++ {
+		cn, err := c.get(attempt > 0)
+		if err != nil {
+			return nil, err
+		}
+		replies, stale, err := c.roundTrip(cn, cmds)
+		if err == nil {
+			cn.used = true
+			c.put(cn)
+			return replies, nil
+		}
+		c.discard(cn)
+		if attempt > 0 || !stale || !cn.used {
+			return nil, err
+		}
+	}
+}
+
+// get takes a slot, waiting at most ReadTimeout, and dials when it is empty
+// or when fresh is set (then it closes the slot's idle connection).
+func (c *redisClient) get(fresh bool) (*redisConn, error) {
+	if atomic.LoadInt32(&c.closed) != 0 {
+		return nil, errRedisClosed
+	}
+	// Yaegi drops the value of a receive that assigns an existing variable
+	// (case cn = <-c.slots), so each case declares its own.
+	var cn *redisConn
+	got := false
+	select {
+	case slot := <-c.slots:
+		cn, got = slot, true
+	default:
+		got = false
+	}
+	if !got {
+		timer := time.NewTimer(c.opts.ReadTimeout)
+		select {
+		case slot := <-c.slots:
+			cn = slot
+			timer.Stop()
+		case <-timer.C:
+			return nil, errRedisPoolTimeout
+		}
+	}
+	if cn != nil {
+		if !fresh {
+			return cn, nil
+		}
+		_ = cn.nc.Close()
+	}
+	cn, err := c.dial()
+	if err != nil {
+		c.slots <- nil
+		return nil, err
+	}
+	return cn, nil
+}
+
+// put gives back a healthy connection.
+func (c *redisClient) put(cn *redisConn) {
+	if atomic.LoadInt32(&c.closed) != 0 {
+		c.discard(cn)
+		return
+	}
+	c.slots <- cn
+}
+
+// discard closes a connection and gives its slot back empty.
+func (c *redisClient) discard(cn *redisConn) {
+	_ = cn.nc.Close()
+	c.slots <- nil
+}
+
+// dial connects to an endpoint, starting with the last one that answered
+// (the first endpoint at the start) and trying each of the others in turn
+// when it cannot connect. So the client stays on one endpoint until it
+// fails. The server's refusal of AUTH or SELECT is a configuration error
+// and is returned at once, without trying other endpoints.
+func (c *redisClient) dial() (*redisConn, error) {
+	n := len(c.opts.Endpoints)
+	first := int(atomic.LoadInt32(&c.next))
+	var errs []error
+	for i := 0; i < n; i++ {
+		idx := (first + i) % n
+		cn, refused, err := c.dialEndpoint(c.opts.Endpoints[idx])
+		if err == nil {
+			atomic.StoreInt32(&c.next, int32(idx))
+			return cn, nil
+		}
+		if refused {
+			return nil, err
+		}
+		errs = append(errs, err)
+	}
+	return nil, errors.Join(errs...)
+}
+
+// dialEndpoint connects to addr within DialTimeout (TLS handshake included)
+// and sends AUTH and SELECT, pipelined. refused reports that the server
+// answered AUTH or SELECT with an error.
+func (c *redisClient) dialEndpoint(addr string) (cn *redisConn, refused bool, err error) {
+	netDialer := &net.Dialer{Timeout: c.opts.DialTimeout}
+	var nc net.Conn
+	if c.opts.TLS != nil {
+		tlsDialer := &tls.Dialer{NetDialer: netDialer, Config: c.opts.TLS}
+		nc, err = tlsDialer.Dial("tcp", addr)
+	} else {
+		nc, err = netDialer.Dial("tcp", addr)
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("redis %s: %w", addr, err)
+	}
+	cn = &redisConn{nc: nc, br: bufio.NewReaderSize(nc, redisReadBuf)}
+	if len(c.init) == 0 {
+		return cn, false, nil
+	}
+	replies, _, err := c.roundTrip(cn, c.init)
+	if err != nil {
+		_ = nc.Close()
+		return nil, false, fmt.Errorf("redis %s: %s: %w", addr, c.init[0][0], err)
+	}
+	for i, r := range replies {
+		if e := replyError(r); e != nil {
+			_ = nc.Close()
+			return nil, true, fmt.Errorf("redis %s: %s: %w", addr, c.init[i][0], e)
+		}
+	}
+	return cn, false, nil
+}
+
+// roundTrip writes cmds and reads one reply for each. stale reports a failure
+// before any byte of a reply: a write error, or an orderly close.
+func (c *redisClient) roundTrip(cn *redisConn, cmds [][]string) (replies []interface{}, stale bool, err error) {
+	buf := cn.wbuf[:0]
+	for _, cmd := range cmds {
+		buf = appendRedisCommand(buf, cmd)
+	}
+	cn.wbuf = buf
+	now := time.Now()
+	if err = cn.nc.SetWriteDeadline(now.Add(c.opts.WriteTimeout)); err != nil {
+		return nil, true, err
+	}
+	if err = cn.nc.SetReadDeadline(now.Add(c.opts.ReadTimeout)); err != nil {
+		return nil, true, err
+	}
+	if _, err = cn.nc.Write(buf); err != nil {
+		return nil, !errors.Is(err, os.ErrDeadlineExceeded), err
+	}
+	replies = make([]interface{}, len(cmds))
+	for i := range replies {
+		replies[i], err = readRedisReply(cn.br, 0)
+		if err != nil {
+			return nil, i == 0 && errors.Is(err, io.EOF), err
+		}
+	}
+	return replies, false, nil
+}
+
+// appendRedisCommand appends args as a RESP array of bulk strings.
+func appendRedisCommand(b []byte, args []string) []byte {
+	b = append(b, '*')
+	b = strconv.AppendInt(b, int64(len(args)), 10)
+	b = append(b, '\r', '\n')
+	for _, a := range args {
+		b = append(b, '$')
+		b = strconv.AppendInt(b, int64(len(a)), 10)
+		b = append(b, '\r', '\n')
+		b = append(b, a...)
+		b = append(b, '\r', '\n')
+	}
+	return b
+}
+
+// readRedisReply reads one RESP2 reply. An error reply is returned as a
+// value (an error wrapping errRedisServer), not as the error. Bulk strings
+// longer than redisMaxBulk, arrays longer than redisMaxArray or nested deeper
+// than redisMaxDepth, and lines longer than redisReadBuf are protocol errors,
+// so no reply makes the client allocate much more than the bytes it sent.
+func readRedisReply(br *bufio.Reader, depth int) (interface{}, error) {
+	// The rare paths are in functions of their own: Yaegi allocates every
+	// variable and temporary of a function on every call, run or not.
+	line, err := br.ReadSlice('\n')
+	n := len(line)
+	if err != nil || n < 3 || line[n-2] != '\r' {
+		return nil, redisLineError(line, err)
+	}
+	switch line[0] {
+	case '+':
+		return string(line[1 : n-2]), nil
+	case '-':
+		return redisServerError(string(line[1 : n-2])), nil
+	case ':':
+		return redisIntReply(line[1 : n-2])
+	case '$':
+		return readRedisBulk(br, line[1:n-2])
+	case '*':
+		return readRedisArray(br, line[1:n-2], depth)
+	}
+	return nil, fmt.Errorf("redis protocol: unexpected reply type %q", line[0])
+}
+
+// redisLineError is the error of a line that ReadSlice could not read whole
+// or that does not end in CRLF.
+func redisLineError(line []byte, err error) error {
+	switch {
+	case err == nil:
+		return fmt.Errorf("redis protocol: malformed line %.32q", line)
+	case errors.Is(err, io.EOF) && len(line) > 0:
+		return io.ErrUnexpectedEOF
+	case errors.Is(err, bufio.ErrBufferFull):
+		return errors.New("redis protocol: line too long")
+	}
+	return err
+}
+
+func readRedisBulk(br *bufio.Reader, header []byte) (interface{}, error) {
+	n, err := redisInt(header)
+	if err != nil || n == -1 {
+		return nil, err
+	}
+	if n < 0 || n > redisMaxBulk {
+		return nil, fmt.Errorf("redis protocol: bulk string length %d out of bounds", n)
+	}
+	buf := make([]byte, n+2)
+	if _, err = io.ReadFull(br, buf); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	if buf[n] != '\r' || buf[n+1] != '\n' {
+		return nil, errors.New("redis protocol: bulk string not terminated by CRLF")
+	}
+	return string(buf[:n]), nil
+}
+
+func readRedisArray(br *bufio.Reader, header []byte, depth int) (interface{}, error) {
+	n, err := redisInt(header)
+	if err != nil || n == -1 {
+		return nil, err
+	}
+	if n < 0 || n > redisMaxArray {
+		return nil, fmt.Errorf("redis protocol: array length %d out of bounds", n)
+	}
+	if depth >= redisMaxDepth {
+		return nil, errors.New("redis protocol: arrays nested too deep")
+	}
+	arr := make([]interface{}, n)
+	for i := range arr {
+		arr[i], err = readRedisReply(br, depth+1)
+		if err != nil {
+			return nil, err
+		}
+	}
+	return arr, nil
+}
+
+// redisIntReply is an integer reply, as an int64 in an interface.
+func redisIntReply(b []byte) (interface{}, error) {
+	n, err := strconv.ParseInt(string(b), 10, 64)
+	if err != nil {
+		return nil, redisIntError(b)
+	}
+	return n, nil
+}
+
+// redisInt is the length of a bulk string or an array.
+func redisInt(b []byte) (int64, error) {
+	n, err := strconv.ParseInt(string(b), 10, 64)
+	if err != nil {
+		return 0, redisIntError(b)
+	}
+	return n, nil
+}
+
+func redisIntError(b []byte) error {
+	return fmt.Errorf("redis protocol: bad integer %.32q", b)
+}
+
+// redisScript is a Lua script and its SHA1, by which EVALSHA names it.
+type redisScript struct {
+	src string
+	sha string
+}
+
+func newRedisScript(src string) *redisScript {
+	sum := sha1.Sum([]byte(src))
+	return &redisScript{src: src, sha: hex.EncodeToString(sum[:])}
+}
+
+// eval runs s with EVALSHA and, when the server does not have it (NOSCRIPT:
+// a restart, SCRIPT FLUSH, a failover), with EVAL, which also caches it.
+func (c *redisClient) eval(s *redisScript, keys, args []string) (interface{}, error) {
+	cmd := make([]string, 0, 3+len(keys)+len(args))
+	cmd = append(cmd, "EVALSHA", s.sha, strconv.Itoa(len(keys)))
+	cmd = append(cmd, keys...)
+	cmd = append(cmd, args...)
+	reply, err := c.do(cmd...)
+	if !isRedisServerError(err, "NOSCRIPT") {
+		return reply, err
+	}
+	cmd[0], cmd[1] = "EVAL", s.src
+	return c.do(cmd...)
+}
+
+// gcraScript takes up to n tokens from the bucket KEYS[1], atomically, on
+// Redis's own clock (TIME), which every replica shares. ARGV: the interval
+// I (microseconds per token), the tolerance τ = I*(burst-1) (microseconds),
+// and n >= 1. The key holds the bucket's theoretical arrival time, tat, in
+// microseconds; a missing key is a full bucket. With now from TIME:
+//
+//	tat       = max(stored tat, now)
+//	granted   = clamp(floor((τ + I - (tat - now)) / I), 0, n)
+//	tat'      = tat + granted*I, stored only when granted > 0
+//	remaining = max(0, floor((τ + I - (tat' - now)) / I))
+//	wait      = max(0, tat' - τ - now)
+//
+// So k tokens are admitted when tat + k*I - now <= τ + I: a full bucket gives
+// burst at once, then one per I. remaining is what a next call could take at
+// now; wait is the time until one more token can be taken (0 when remaining
+// > 0). The key expires at tat' rounded up to the millisecond, the time the
+// bucket is full again, so Redis holds no idle state. It is set with
+// PEXPIREAT rather than a relative PEXPIRE: Redis compares expiry times with
+// the script's start time, in milliseconds, which may be up to a millisecond
+// behind TIME, and a relative TTL could drop the key before tat'. Numbers are
+// written with %d, because Lua's tostring would round a 16-digit timestamp.
+// replicate_commands lets Redis 3.2 to 4 write after TIME; from Redis 5 on it
+// is the default and the call does nothing. It returns {granted, wait,
+// remaining, now}.
+const gcraScript = `
+redis.replicate_commands()
+local key = KEYS[1]
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = now
+local stored = tonumber(redis.call('GET', key))
+if stored and stored > now then
+  tat = stored
+end
+local granted = math.floor((tolerance + interval - (tat - now)) / interval)
+if granted > n then
+  granted = n
+end
+if granted < 0 then
+  granted = 0
+end
+if granted > 0 then
+  tat = tat + granted * interval
+  redis.call('SET', key, string.format('%d', tat))
+  redis.call('PEXPIREAT', key, string.format('%d', math.ceil(tat / 1000)))
+end
+local remaining = math.floor((tolerance + interval - (tat - now)) / interval)
+if remaining < 0 then
+  remaining = 0
+end
+local wait = tat - tolerance - now
+if wait < 0 then
+  wait = 0
+end
+return {granted, wait, remaining, now}
+`
+
+var redisGCRA = newRedisScript(gcraScript)
+
+// takeTokens runs gcraScript on key: it takes up to n tokens and returns how
+// many it granted, the wait in microseconds until one more can be taken, the
+// tokens left at nowUs, and nowUs, Redis's clock. See gcraScript for the
+// formulas. intervalUs must be at least 1, toleranceUs at least 0, n at
+// least 1.
+func (c *redisClient) takeTokens(key string, intervalUs, toleranceUs, n int64) (granted, waitUs, remaining, nowUs int64, err error) {
+	if intervalUs < 1 || toleranceUs < 0 || n < 1 {
+		return 0, 0, 0, 0, fmt.Errorf("redis gcra: bad arguments interval=%d tolerance=%d n=%d", intervalUs, toleranceUs, n)
+	}
+	reply, err := c.eval(redisGCRA, []string{key}, []string{
+		strconv.FormatInt(intervalUs, 10), strconv.FormatInt(toleranceUs, 10), strconv.FormatInt(n, 10),
+	})
+	if err != nil {
+		return 0, 0, 0, 0, err
+	}
+	arr, ok := reply.([]interface{})
+	if !ok || len(arr) != 4 {
+		return 0, 0, 0, 0, fmt.Errorf("redis gcra: unexpected reply %v", reply)
+	}
+	var out [4]int64
+	for i, v := range arr {
+		x, isInt := v.(int64)
+		if !isInt {
+			return 0, 0, 0, 0, fmt.Errorf("redis gcra: unexpected reply %v", reply)
+		}
+		out[i] = x
+	}
+	return out[0], out[1], out[2], out[3], nil
+}
+
+// redisBucketKey is the key of a client's bucket: namespaced by the
+// middleware's name and by its limit settings, so that two middlewares, or
+// one whose limits changed, never share a bucket. The name is prefixed with
+// its length, so that no name and source can be read as another pair.
+func redisBucketKey(name string, intervalUs, toleranceUs int64, source string) string {
+	return "edgecanary:rl:" + strconv.Itoa(len(name)) + ":" + name + ":" +
+		strconv.FormatInt(intervalUs, 10) + ":" + strconv.FormatInt(toleranceUs, 10) + ":" + source
+}
+
+// redisTLSConfig builds the client TLS settings from the values of
+// rateLimit.redis.tls, with the meaning of Traefik's: ca, cert and key are
+// each a file path or PEM content (content when it holds "-----BEGIN").
+// ca replaces the system roots; cert and key, a client certificate, go
+// together; insecureSkipVerify skips the server's verification. Errors name
+// the field.
+func redisTLSConfig(ca, cert, key string, insecureSkipVerify bool) (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: insecureSkipVerify}
+	if ca != "" {
+		pemCA, err := pemOrFile(ca)
+		if err != nil {
+			return nil, fmt.Errorf("rateLimit.redis.tls.ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pemCA) {
+			return nil, errors.New("rateLimit.redis.tls.ca: no PEM certificate found")
+		}
+		cfg.RootCAs = pool
+	}
+	if (cert == "") != (key == "") {
+		if cert == "" {
+			return nil, errors.New("rateLimit.redis.tls.cert: must be set with tls.key")
+		}
+		return nil, errors.New("rateLimit.redis.tls.key: must be set with tls.cert")
+	}
+	if cert == "" {
+		return cfg, nil
+	}
+	pemCert, err := pemOrFile(cert)
+	if err != nil {
+		return nil, fmt.Errorf("rateLimit.redis.tls.cert: %w", err)
+	}
+	pemKey, err := pemOrFile(key)
+	if err != nil {
+		return nil, fmt.Errorf("rateLimit.redis.tls.key: %w", err)
+	}
+	pair, err := tls.X509KeyPair(pemCert, pemKey)
+	if err != nil {
+		return nil, fmt.Errorf("rateLimit.redis.tls.cert, key: %w", err)
+	}
+	cfg.Certificates = []tls.Certificate{pair}
+	return cfg, nil
+}
+
+// pemOrFile returns s when it is PEM content, else the file it names.
+func pemOrFile(s string) ([]byte, error) {
+	if strings.Contains(s, "-----BEGIN") {
+		return []byte(s), nil
+	}
+	b, err := os.ReadFile(s)
+	if err != nil {
+		return nil, fmt.Errorf("reading file: %w", err)
+	}
+	return b, nil
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log"
 	"math"
+	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -383,6 +384,151 @@ func after(b *breaker, gen uint64, outcome int, now int64) {
 		}
 	}
 	<-b.sem
+}
+
+// The breaker's request steps. enter and leave are the common case, which
+// the generated request paths inline (see serve.go); admit, fallback, refuse
+// and leaveSlow are calls for the rest.
+
+// enter is before's step for a closed breaker whose window has not ended: it
+// counts the request and returns its generation. In every other case it
+// calls otherwise, with the lock released, for admit to decide (the
+// generation stays 0, never a generation).
+func enter(b *breaker, now int64, otherwise func()) (gen uint64) {
+	b.sem <- struct{}{}
+	if b.closedUntil >= now {
+		b.requests++
+		gen = b.generation
+		<-b.sem
+	} else {
+		<-b.sem
+		otherwise()
+	}
+	return
+}
+
+// noop is the otherwise of enter's callers that test the generation instead.
+func noop() {}
+
+// leave is after's step for a success while closed, in the same generation,
+// the request having been sent at sent: it only ends a run of failures (the
+// count of successes in a row matters only while half-open, and every state
+// change resets it). Such a success needs no clock: had the window ended
+// meanwhile, the next request starts a new one, which clears the counts
+// anyway. ok200 is set when a 200 is a success whatever its duration (no
+// slowThreshold). Every other outcome goes to otherwise, which calls
+// leaveSlow.
+func leave(b *breaker, gen uint64, code int, ok200 bool, sent int64, otherwise func()) {
+	done := false
+	if code == 200 && ok200 {
+		b.sem <- struct{}{}
+		if b.closedUntil >= sent && gen == b.generation {
+			b.consecFailures = 0
+			done = true
+		}
+		<-b.sem
+	}
+	if !done {
+		otherwise()
+	}
+}
+
+// leaveSlow records, at end, the outcome of a request whose version took end
+// - start to answer; end is start or earlier when the request was not timed.
+// slowThreshold judges end - start, so with it the request paths pass start =
+// end - (headers - sent): the time from the request leaving the plugin to
+// the response headers, what the backend controls, not the limiter's delay
+// nor a slow client reading the body (see headersStart). The outcome itself
+// is recorded at end, so a breaker opened by it stays open openDuration from
+// then.
+func leaveSlow(c *canary, b *breaker, gen uint64, code int, start, end int64) {
+	if end <= start {
+		end = int64(time.Since(epoch))
+	}
+	after(b, gen, outcomeOf(c.bs, code, end-start), end)
+}
+
+// headersStart is the start that leaveSlow judges slowThreshold from: end -
+// (headers - sent), or sent when the headers' time was not recorded.
+func headersStart(w *statusWriter, sent, end int64) (start int64) {
+	start = sent
+	if w.headers != 0 {
+		start = end - (w.headers - sent)
+	}
+	return
+}
+
+// admit asks r's breaker, which is not simply closed, to let a request
+// through, and falls back when it refuses. It returns the route to serve and
+// the generation for after, or nil when the request was answered.
+func admit(c *canary, r *route, rw http.ResponseWriter, req *http.Request, now int64) (*route, uint64) {
+	ok, gen, retryIn := before(r.br, now)
+	if ok {
+		return r, gen
+	}
+	return fallback(c, r, rw, req, now, retryIn)
+}
+
+// outcomeOf classifies a response for the breaker. Transport errors (502
+// and 504 from the proxy, which include a version's timeout) always count.
+func outcomeOf(s *breakerSettings, code int, d int64) int {
+	if code == 0 || code == statusClientClosedRequest {
+		return outcomeNeutral
+	}
+	if code < 600 && s.failCodes[code] || code == http.StatusBadGateway || code == http.StatusGatewayTimeout {
+		return outcomeFailure
+	}
+	if s.slow > 0 && d > s.slow {
+		return outcomeFailure
+	}
+	return outcomeSuccess
+}
+
+// fallback handles a request whose version's breaker refused it: the users
+// of a non-primary version go to the primary (whose own breaker must let
+// them through); otherwise the client gets responseCode. It returns the
+// route to serve and its generation, or nil when it answered itself.
+func fallback(c *canary, r *route, rw http.ResponseWriter, req *http.Request, now, retryIn int64) (*route, uint64) {
+	p := c.primary
+	var gen uint64
+	ok := false
+	if c.bs.fallback && !r.primary {
+		ok = true
+		if p.br != nil {
+			var pRetry int64
+			ok, gen, pRetry = before(p.br, now)
+			if !ok && pRetry > retryIn {
+				retryIn = pRetry
+			}
+		}
+	}
+	if !ok {
+		refuse(c, r, rw, req, retryIn)
+		return nil, 0
+	}
+	rw.Header().Set("Edgecanary-Fallback", r.name)
+	if c.st != nil {
+		recordFallback(c.st, r.name, p.name)
+	}
+	return p, gen
+}
+
+// refuse answers when no version can serve: responseCode, and Retry-After
+// until the next probe. Nothing reaches a backend. The request counts under
+// the version whose breaker refused it.
+func refuse(c *canary, r *route, rw http.ResponseWriter, req *http.Request, retryIn int64) {
+	secs := retryAfterSeconds(retryIn)
+	if secs < 1 {
+		secs = 1
+	}
+	h := rw.Header()
+	h.Set("Retry-After", strconv.FormatInt(secs, 10))
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	rw.WriteHeader(c.bs.responseCode)
+	_, _ = rw.Write([]byte(http.StatusText(c.bs.responseCode) + "\n"))
+	if c.st != nil {
+		recordRefused(r.vs, c.bs.responseCode, req.Method)
+	}
 }
 
 // breakerSnapshot returns the state (as of now) and the transition counts.

@@ -100,24 +100,24 @@ func TestInlineStepsRespectTheWindow(t *testing.T) {
 	b := testBreaker(t, func(c *CircuitBreakerConfig) { c.ConsecutiveFailures = 2; c.Interval = "10s" })
 	path := &canary{bs: b.s, ok200: true}
 	do(b, 1*sec, outcomeSuccess) // starts the window [1s, 11s]
-	gen := enter(b, 2*sec)
+	gen := enter(b, 2*sec, noop)
 	if gen == 0 {
 		t.Fatal("enter refused a closed breaker inside its window")
 	}
 	do(b, 3*sec, outcomeFailure)
-	if enter(b, 12*sec) != 0 {
+	if enter(b, 12*sec, noop) != 0 {
 		t.Fatal("enter let a request through after the window ended: before must start a new one")
 	}
 	// The request that began at 2s fails at 12s, after the window ended:
 	// with the failure at 3s it would trip the breaker, but it is discarded.
-	leave(path, b, gen, http.StatusInternalServerError, 2*sec, 12*sec)
+	leaveRef(path, b, gen, http.StatusInternalServerError, 2*sec, 12*sec)
 	if b.state != stateClosed || b.consecFailures != 0 {
 		t.Fatalf("an outcome from an ended window counted: state %s, %d failures in a row", stateNames[b.state], b.consecFailures)
 	}
 	// A success inside the window ends a run of failures.
-	gen = enter(b, 13*sec)
+	gen = enter(b, 13*sec, noop)
 	do(b, 13*sec, outcomeFailure)
-	leave(path, b, gen, http.StatusOK, 13*sec, 14*sec)
+	leaveRef(path, b, gen, http.StatusOK, 13*sec, 14*sec)
 	do(b, 15*sec, outcomeFailure)
 	if b.state != stateClosed {
 		t.Fatal("failures on both sides of a success tripped a consecutive-failures breaker")
@@ -258,7 +258,7 @@ func TestBreakerMatchesGobreaker(t *testing.T) {
 				var gen uint64
 				if rng.Intn(2) == 0 {
 					ok, gen, _ = before(b, now)
-				} else if gen = enter(b, now); gen != 0 {
+				} else if gen = enter(b, now, noop); gen != 0 {
 					ok = true
 				} else {
 					ok, gen, _ = before(b, now)
@@ -284,9 +284,9 @@ func TestBreakerMatchesGobreaker(t *testing.T) {
 			case rng.Intn(2) == 0:
 				after(b, p.gen, outcome, now)
 			case success:
-				leave(path, b, p.gen, http.StatusOK, now-5, now)
+				leaveRef(path, b, p.gen, http.StatusOK, now-5, now)
 			default:
-				leave(path, b, p.gen, http.StatusInternalServerError, now-5, now)
+				leaveRef(path, b, p.gen, http.StatusInternalServerError, now-5, now)
 			}
 			p.done(success)
 		}
@@ -488,4 +488,9 @@ func TestBreakerSurvivesReload(t *testing.T) {
 	if _, res := serve(h3, httptest.NewRequest(http.MethodGet, "http://shop.test/", nil)); res.StatusCode != 500 {
 		t.Fatalf("changed settings kept the open breaker: %d", res.StatusCode)
 	}
+}
+
+// leaveRef is the reference path's leave: the step, then leaveSlow.
+func leaveRef(c *canary, b *breaker, gen uint64, code int, start, end int64) {
+	leave(b, gen, code, c.ok200, start, func() { leaveSlow(c, b, gen, code, start, end) })
 }

@@ -17,17 +17,18 @@ import (
 )
 
 // observedSetups are the observed request paths: each feature that wraps the
-// writer alone, everything on through serveAll and through the general path.
+// writer alone, everything on through its generated path and through the
+// reference path.
 // The primary is served by the test's next handler.
 var observedSetups = []struct {
-	name  string
-	fused bool
-	cfg   func(*Config)
+	name      string
+	generated bool
+	cfg       func(*Config)
 }{
 	{"breaker only", true, func(cfg *Config) { cfg.CircuitBreaker.ConsecutiveFailures = 3 }},
 	{"reporting only", true, func(cfg *Config) { cfg.Sidecar.Address, cfg.Sidecar.Interval = "http://127.0.0.1:1", "1h" }},
 	{"everything on", true, everythingOn},
-	{"everything on, general path", false, everythingOn},
+	{"everything on, reference path", false, everythingOn},
 }
 
 func everythingOn(cfg *Config) {
@@ -50,7 +51,7 @@ func observedCanary(t *testing.T, setup int, next http.Handler, mutate func(*Con
 		mutate(cfg)
 	}
 	hardeningSeq++
-	c := fusedCanary(t, next, cfg, fmt.Sprintf("hardening-%d@file", hardeningSeq), observedSetups[setup].fused)
+	c := pathCanary(t, next, cfg, fmt.Sprintf("hardening-%d@file", hardeningSeq), observedSetups[setup].generated)
 	if !c.observe {
 		t.Fatal("not an observed path")
 	}

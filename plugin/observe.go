@@ -1,9 +1,7 @@
 package plugin
 
 import (
-	"context"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 )
@@ -97,116 +95,19 @@ func recordAbandoned(w *statusWriter) {
 	}
 }
 
-// grpcOverH2 reports, for an HTTP/2 request, whether it is gRPC. The request
-// paths serve with the original writer, testing inline, upgrades (WebSocket
-// and others need Hijack) and, through this call, gRPC over HTTP/2 (trailers
-// and full-duplex streaming): their status cannot be observed without
-// breaking them, so they are counted with code 0 ("unknown"). Inline, the
-// Upgrade test costs no call for the common request.
+// passThrough reports whether a request is served with the original writer,
+// unobserved: an upgrade (WebSocket and others need Hijack) or gRPC over
+// HTTP/2 (trailers and full-duplex streaming). Their status cannot be
+// observed without breaking them, so they are counted with code 0
+// ("unknown"). It is one expression, which the generated request paths
+// inline: the Upgrade test costs no call for the common request.
+func passThrough(req *http.Request) bool {
+	return req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req)
+}
+
+// grpcOverH2 reports, for an HTTP/2 request, whether it is gRPC (see
+// passThrough).
 func grpcOverH2(req *http.Request) bool {
 	ct := req.Header["Content-Type"]
 	return len(ct) > 0 && strings.HasPrefix(ct[0], "application/grpc")
-}
-
-// admit asks r's breaker, which is not simply closed, to let a request
-// through, and falls back when it refuses. It returns the route to serve and
-// the generation for after, or nil when the request was answered.
-func admit(c *canary, r *route, rw http.ResponseWriter, req *http.Request, now int64) (*route, uint64) {
-	ok, gen, retryIn := before(r.br, now)
-	if ok {
-		return r, gen
-	}
-	return fallback(c, r, rw, req, now, retryIn)
-}
-
-// outcomeOf classifies a response for the breaker. Transport errors (502
-// and 504 from the proxy, which include a version's timeout) always count.
-func outcomeOf(s *breakerSettings, code int, d int64) int {
-	if code == 0 || code == statusClientClosedRequest {
-		return outcomeNeutral
-	}
-	if code < 600 && s.failCodes[code] || code == http.StatusBadGateway || code == http.StatusGatewayTimeout {
-		return outcomeFailure
-	}
-	if s.slow > 0 && d > s.slow {
-		return outcomeFailure
-	}
-	return outcomeSuccess
-}
-
-// fallback handles a request whose version's breaker refused it: the users
-// of a non-primary version go to the primary (whose own breaker must let
-// them through); otherwise the client gets responseCode. It returns the
-// route to serve and its generation, or nil when it answered itself.
-func fallback(c *canary, r *route, rw http.ResponseWriter, req *http.Request, now, retryIn int64) (*route, uint64) {
-	p := c.primary
-	var gen uint64
-	ok := false
-	if c.bs.fallback && !r.primary {
-		ok = true
-		if p.br != nil {
-			var pRetry int64
-			ok, gen, pRetry = before(p.br, now)
-			if !ok && pRetry > retryIn {
-				retryIn = pRetry
-			}
-		}
-	}
-	if !ok {
-		refuse(c, r, rw, req, retryIn)
-		return nil, 0
-	}
-	rw.Header().Set("Edgecanary-Fallback", r.name)
-	if c.st != nil {
-		recordFallback(c.st, r.name, p.name)
-	}
-	return p, gen
-}
-
-// refuse answers when no version can serve: responseCode, and Retry-After
-// until the next probe. Nothing reaches a backend. The request counts under
-// the version whose breaker refused it.
-func refuse(c *canary, r *route, rw http.ResponseWriter, req *http.Request, retryIn int64) {
-	secs := retryAfterSeconds(retryIn)
-	if secs < 1 {
-		secs = 1
-	}
-	h := rw.Header()
-	h.Set("Retry-After", strconv.FormatInt(secs, 10))
-	h.Set("Content-Type", "text/plain; charset=utf-8")
-	rw.WriteHeader(c.bs.responseCode)
-	_, _ = rw.Write([]byte(http.StatusText(c.bs.responseCode) + "\n"))
-	if c.st != nil {
-		recordRefused(r.vs, c.bs.responseCode, req.Method)
-	}
-}
-
-// setupStats wires reporting: per-version figures, current weights and
-// breakers for the report, and the background sender.
-func (c *canary) setupStats(ctx context.Context, target reportTarget, interval time.Duration, bounds []float64, versions map[string]VersionConfig) {
-	st := getStats(c.name, bounds)
-	var total float64
-	for _, v := range versions {
-		total += float64(v.Weight)
-	}
-	weights := map[string]float64{}
-	breakersByName := map[string]*breaker{}
-	for _, r := range c.routes {
-		r.vs = st.version(r.name)
-		weights[r.name] = float64(versions[r.name].Weight) / total
-		if r.br != nil {
-			breakersByName[r.name] = r.br
-		}
-	}
-	st.mu.Lock()
-	c.boundsNs = st.boundsNs // replaced, never modified, when the bounds change
-	st.weights = weights
-	st.primary = c.primary.name
-	st.limiter = c.rl
-	st.breakers = breakersByName
-	st.cfg = target
-	st.interval = interval
-	st.mu.Unlock()
-	c.st = st
-	register(ctx, st)
 }

@@ -409,14 +409,15 @@ func (c *canary) ServeHTTP(rw http.ResponseWriter, req *http.Request) { c.serve(
 // pick returns the version of a request: a returning client's valid cookie
 // is one lookup; everything else goes through choose.
 func pick(c *canary, rw http.ResponseWriter, req *http.Request) *route {
-	if c.fast && req.Header[c.overrideHeader] == nil {
-		if ck, err := req.Cookie(c.cookieName); err == nil {
-			if b, ok := c.signed.lookup[ck.Value]; ok && b < numBuckets {
-				return c.bucketOf[b]
-			}
-		}
+	if !c.fast {
+		return choose(c, rw, req)
 	}
-	return choose(c, rw, req)
+	var r *route
+	cookieLookup(req, c.overrideHeader, c.cookieName, c.signed.lookup, func(b int) { r = c.bucketOf[b] })
+	if r == nil {
+		r = choose(c, rw, req)
+	}
+	return r
 }
 
 // choose picks the version for a request: a trusted override first, then the
@@ -439,10 +440,14 @@ func choose(c *canary, rw http.ResponseWriter, req *http.Request) *route {
 			return c.bucketOf[b]
 		}
 	}
-	b := rand.Intn(numBuckets)
+	b := randIntn(numBuckets)
 	c.setCookie(rw, b)
 	return c.bucketOf[b]
 }
+
+// randIntn draws a new client's bucket. A variable so that the tests can
+// send the same new clients to two request paths.
+var randIntn = rand.Intn
 
 // cookieBucket finds the bucket of a request's sticky cookie. Every cookie
 // of the name counts, not only the first (a stale one may come first): one

@@ -94,6 +94,7 @@ type limiter struct {
 	interval int64 // nanoseconds per token
 	window   int64 // burst * interval: how far tat may run ahead of now
 	maxDelay int64 // waits up to this are absorbed by delaying the request
+	span     int64 // window + interval + maxDelay: reserve's span (see gcraStep)
 
 	dryRun   bool
 	headers  bool
@@ -269,6 +270,7 @@ func newLimiter(name string, cfg RateLimitConfig) (*limiter, error) {
 	} else {
 		l.maxDelay = int64(time.Second) / (int64(rate) * 2)
 	}
+	l.span = l.window + l.interval + l.maxDelay
 
 	// The policy as quota q per window w whole seconds: q/w is the sustained
 	// rate; the window is the period rounded up to whole seconds.
@@ -315,35 +317,26 @@ func newLimiter(name string, cfg RateLimitConfig) (*limiter, error) {
 	return l, nil
 }
 
-// take reserves one token for key at now (nanoseconds since epoch) and
-// returns how long the request must wait for it. A wait above maxDelay is a
-// rejection: nothing is reserved, as when x/time/rate's reservation is
-// cancelled (in dry-run mode too). When admitted, the bucket is full again
-// wait+window after now; when rejected, wait+window-interval after now. (One
-// result, not two: every extra result costs allocations in Yaegi.)
-func take(l *limiter, key string, now int64) int64 {
-	l.sem <- struct{}{}
-	b := l.buckets[key]
-	if b == nil {
-		b = insertBucket(l, key, now)
-	}
-	wait := reserve(l, b, now)
-	<-l.sem
-	return wait
-}
-
-// reserve is the GCRA step on one bucket. Called with the lock held.
-func reserve(l *limiter, b *bucket, now int64) int64 {
-	tat := b.tat
+// gcraStep is the GCRA step on one bucket, the one source of every copy of
+// it: reserve and the generated request paths inline it (see serve.go).
+// Called with the lock held.
+//
+// tat is the bucket's theoretical arrival time with this request. The
+// request waits tat - now - window, and is charged when that wait is at most
+// some limit: span = window + interval + limit. q = (now + span - tat) /
+// interval is then positive exactly when it is charged (charged runs then),
+// and with limit 0, q - 1 is the whole tokens left (the RateLimit field's r).
+func gcraStep(b *bucket, now, interval, span int64, charged func()) (tat, q int64) {
+	tat = b.tat
 	if tat < now {
 		tat = now
 	}
-	tat += l.interval
-	wait := tat - now - l.window
-	if wait <= l.maxDelay {
+	tat += interval
+	if q = (now + span - tat) / interval; q > 0 {
 		b.tat = tat
+		charged()
 	}
-	return wait
+	return
 }
 
 // peerBucket finds the bucket of a RemoteAddr's address and remembers it for
@@ -421,9 +414,8 @@ func insertBucket(l *limiter, key string, now int64) *bucket {
 // allow runs the limiter for a request at now. It returns the instant the
 // request may go on (now, or later when the limiter delayed it), or -1 when
 // it answered the request itself (429). A keep-alive peer admitted without
-// delay, the common case, is handled inline: its bucket is one lookup by
-// RemoteAddr (a missing or evicted one has deadTat, so it falls through), and
-// the GCRA step is reserve's (the tests hold the two to the same decisions).
+// delay, the common case, is decided here: its bucket is one lookup by
+// RemoteAddr (a missing or evicted one has deadTat, so it falls through).
 // Everything else goes through allowSlow.
 func allow(l *limiter, rw http.ResponseWriter, req *http.Request, now int64) int64 {
 	if l.source != sourcePeer {
@@ -434,25 +426,18 @@ func allow(l *limiter, rw http.ResponseWriter, req *http.Request, now int64) int
 	if b == nil {
 		b = noBucket
 	}
-	tat := b.tat
-	if tat < now {
-		tat = now
-	}
-	tat += l.interval
-	wait := tat - now - l.window
-	if wait > 0 {
-		<-l.sem
+	tat, q := gcraStep(b, now, l.interval, l.window+l.interval, noop)
+	<-l.sem
+	if q <= 0 {
 		return allowSlow(l, rw, req, now)
 	}
-	b.tat = tat
-	<-l.sem
 	if l.headers {
 		h := rw.Header()
 		h["Ratelimit-Policy"] = l.policy
-		if r := -wait / l.interval; r < l.nR {
-			h["Ratelimit"] = l.byR[r]
+		if q <= l.nR {
+			h["Ratelimit"] = l.byR[q-1]
 		} else {
-			h["Ratelimit"] = rateLimitField(l, wait)
+			h["Ratelimit"] = rateLimitField(l, tat-now-l.window)
 		}
 	}
 	return now
@@ -651,4 +636,18 @@ func stripPort(s string) string {
 		return s[:i]
 	}
 	return s
+}
+
+// inlineLimiter returns what the generated paths' inline GCRA step reads:
+// the peer cache, and byQ, the RateLimit field by q (byQ[q] is byR[q-1];
+// byQ[0] is never read). When the step cannot answer (clients keyed
+// otherwise than by peer, or the RateLimit field on without the byR table),
+// the peer cache is nil: every lookup misses, and allowSlow decides.
+func inlineLimiter(l *limiter) (map[string]*bucket, [][]string) {
+	byQ := make([][]string, l.nR+1)
+	copy(byQ[1:], l.byR)
+	if l.source != sourcePeer || l.headers && l.nR == 0 {
+		return nil, byQ
+	}
+	return l.peers, byQ
 }

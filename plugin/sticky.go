@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
+	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,6 +48,21 @@ func cookieValue(key []byte, b int) string {
 	n := strconv.Itoa(b)
 	mac.Write([]byte("edgecanary/v1:" + n))
 	return n + "." + base64.RawURLEncoding.EncodeToString(mac.Sum(nil))[:sigLen]
+}
+
+// cookieLookup is the common case of choosing a version: a returning client
+// without an override header whose first cookie of the name is signed with
+// the current secret. hit gets its bucket. Every other case (no cookie, a
+// stale one first, a previous secret, another middleware's cookie) is
+// choose's. The generated request paths inline it (see serve.go).
+func cookieLookup(req *http.Request, oh, cookieName string, lookup map[string]int, hit func(b int)) {
+	if req.Header[oh] == nil {
+		if ck, err := req.Cookie(cookieName); err == nil {
+			if b, ok := lookup[ck.Value]; ok && b < numBuckets {
+				hit(b)
+			}
+		}
+	}
 }
 
 // getSignedBuckets returns the table for secret and previous, computing it once.

@@ -494,3 +494,33 @@ func postReport(target, token string, body []byte) error {
 	}
 	return nil
 }
+
+// setupStats wires reporting: per-version figures, current weights and
+// breakers for the report, and the background sender.
+func (c *canary) setupStats(ctx context.Context, target reportTarget, interval time.Duration, bounds []float64, versions map[string]VersionConfig) {
+	st := getStats(c.name, bounds)
+	var total float64
+	for _, v := range versions {
+		total += float64(v.Weight)
+	}
+	weights := map[string]float64{}
+	breakersByName := map[string]*breaker{}
+	for _, r := range c.routes {
+		r.vs = st.version(r.name)
+		weights[r.name] = float64(versions[r.name].Weight) / total
+		if r.br != nil {
+			breakersByName[r.name] = r.br
+		}
+	}
+	st.mu.Lock()
+	c.boundsNs = st.boundsNs // replaced, never modified, when the bounds change
+	st.weights = weights
+	st.primary = c.primary.name
+	st.limiter = c.rl
+	st.breakers = breakersByName
+	st.cfg = target
+	st.interval = interval
+	st.mu.Unlock()
+	c.st = st
+	register(ctx, st)
+}

@@ -1,0 +1,226 @@
+//go:build ignore
+
+// The template of the generated request paths (plugin/paths_gen.go). It is
+// Go, read by internal/gen and never compiled itself:
+//   - HAS.limit, HAS.pick, HAS.breaker, HAS.stats and HAS.observe (breaker or
+//     stats) are the features of one path. An if on them alone is decided
+//     when generating: its branch stays, the other goes.
+//   - INLINE.f(args) is replaced by the body of the plugin's function f, with
+//     its parameters renamed to the arguments, its named results to what the
+//     call is assigned to, and calls of a func parameter to the body of the
+//     func literal passed for it (whose return then returns from the path).
+//   - pathTemplate is rendered once per path (internal/gen's Paths); every
+//     other function once, as it is, with its INLINE calls inlined.
+//
+// Everything a path reads on every request is captured here, outside the
+// closure: under Yaegi a captured variable costs nothing per call, a field
+// selection costs an allocation.
+
+package plugin
+
+func pathTemplate(c *canary) http.HandlerFunc {
+	oh := c.overrideHeader
+	if HAS.limit || HAS.observe {
+		since := time.Since // a captured function costs one selection less per call
+	}
+	if HAS.limit {
+		rl := c.rl
+		peers, byQ := inlineLimiter(rl)
+		sem, interval, span0 := rl.sem, rl.interval, rl.window+rl.interval
+		headers, policy := rl.headers, rl.policy
+		if !HAS.observe {
+			rest := serveReference(c)
+		}
+	}
+	if HAS.pick {
+		lookup, cookieName := c.signed.lookup, c.cookieName
+		if HAS.observe {
+			bucketOf := c.bucketOf
+		} else {
+			handlerOf := make([]http.Handler, numBuckets) // bucket -> its version's handler: one index, no selection
+			for b, r := range c.bucketOf {
+				handlerOf[b] = r.handler
+			}
+		}
+	} else {
+		primary := c.primary
+		if !HAS.observe {
+			next := primary.handler
+		}
+	}
+	if HAS.breaker {
+		ok200 := c.ok200
+		slow := c.bs.slow > 0
+	}
+	if HAS.stats {
+		bounds := c.boundsNs
+	}
+	return func(rw http.ResponseWriter, req *http.Request) {
+		if HAS.limit || HAS.observe {
+			start := int64(since(epoch))
+		}
+		if HAS.breaker {
+			sent := start // when the request leaves the plugin, after any limiter delay
+		}
+		if HAS.limit && !HAS.observe && !HAS.pick {
+			// A keep-alive peer admitted without delay is served from inside
+			// the step; every other request goes to rest, which decides it
+			// from scratch.
+			sem <- struct{}{}
+			if b := peers[req.RemoteAddr]; b != nil && req.Header[oh] == nil {
+				_, q := INLINE.gcraStep(b, start, interval, span0, func() {
+					<-sem
+					if headers {
+						h := rw.Header()
+						h["Ratelimit-Policy"] = policy
+						h["Ratelimit"] = byQ[q]
+					}
+					next.ServeHTTP(rw, req)
+					return
+				})
+			}
+			<-sem
+			rest(rw, req)
+		}
+		if HAS.limit && !HAS.observe && HAS.pick {
+			// The same, for a returning client with a valid cookie.
+			sem <- struct{}{}
+			if b := peers[req.RemoteAddr]; b != nil {
+				_, q := INLINE.gcraStep(b, start, interval, span0, func() {
+					<-sem
+					if headers {
+						h := rw.Header()
+						h["Ratelimit-Policy"] = policy
+						h["Ratelimit"] = byQ[q]
+					}
+					INLINE.cookieLookup(req, oh, cookieName, lookup, func(b int) {
+						handlerOf[b].ServeHTTP(rw, req)
+						return
+					})
+					choose(c, rw, req).handler.ServeHTTP(rw, req)
+					return
+				})
+			}
+			<-sem
+			rest(rw, req)
+		}
+		if HAS.limit && HAS.observe {
+			// A keep-alive peer admitted without delay; allowSlow decides the rest.
+			q := int64(0)
+			sem <- struct{}{}
+			if b := peers[req.RemoteAddr]; b != nil {
+				_, q = INLINE.gcraStep(b, start, interval, span0, func() {})
+			}
+			<-sem
+			if q <= 0 {
+				if HAS.breaker {
+					if sent = allowSlow(rl, rw, req, start); sent < 0 {
+						return
+					}
+				} else {
+					if allowSlow(rl, rw, req, start) < 0 {
+						return
+					}
+				}
+			} else if headers {
+				h := rw.Header()
+				h["Ratelimit-Policy"] = policy
+				h["Ratelimit"] = byQ[q]
+			}
+		}
+		if !HAS.observe && !HAS.limit {
+			if HAS.pick {
+				INLINE.cookieLookup(req, oh, cookieName, lookup, func(b int) {
+					handlerOf[b].ServeHTTP(rw, req)
+					return
+				})
+				choose(c, rw, req).handler.ServeHTTP(rw, req)
+			} else {
+				if req.Header[oh] != nil {
+					choose(c, rw, req).handler.ServeHTTP(rw, req)
+					return
+				}
+				next.ServeHTTP(rw, req)
+			}
+		}
+		if HAS.observe {
+			if HAS.pick {
+				var r *route
+				INLINE.cookieLookup(req, oh, cookieName, lookup, func(b int) { r = bucketOf[b] })
+				if r == nil {
+					r = choose(c, rw, req)
+				}
+			} else {
+				r := primary
+				if req.Header[oh] != nil {
+					r = choose(c, rw, req)
+				}
+			}
+			if HAS.breaker {
+				br := r.br
+				gen := INLINE.enter(br, sent, func() {
+					if r, gen = admit(c, r, rw, req, sent); r == nil {
+						return
+					}
+					br = r.br
+				})
+				w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
+			} else {
+				w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
+			}
+			defer abandoned(w)
+			if INLINE.passThrough(req) {
+				r.handler.ServeHTTP(rw, req)
+				w.code = 0
+			} else {
+				r.handler.ServeHTTP(w, req)
+			}
+			w.done = true
+			code := w.code
+			if HAS.stats {
+				end := int64(since(epoch))
+			} else {
+				end := start // leaveSlow reads the clock when it needs it
+				if slow {
+					end = int64(since(epoch))
+				}
+			}
+			if HAS.breaker {
+				INLINE.leave(br, gen, code, ok200, sent, func() {
+					if slow {
+						sent = INLINE.headersStart(w, sent, end)
+					}
+					leaveSlow(c, br, gen, code, sent, end)
+				})
+			}
+			if HAS.stats {
+				d, vs := end-start, r.vs
+				INLINE.record(vs, bounds, code, req.Method, d)
+			}
+		}
+	}
+}
+
+// reserve charges b at now when the request waits at most maxDelay, and
+// returns the wait. Called with the lock held.
+func reserve(l *limiter, b *bucket, now int64) int64 {
+	tat, _ := INLINE.gcraStep(b, now, l.interval, l.span, func() {})
+	return tat - now - l.window
+}
+
+// take reserves one token for key at now (nanoseconds since epoch) and
+// returns how long the request must wait for it. A wait above maxDelay is a
+// rejection: nothing is reserved, as when x/time/rate's reservation is
+// cancelled (in dry-run mode too). When admitted, the bucket is full again
+// wait+window after now; when rejected, wait+window-interval after now. (One
+// result, not two: every extra result costs allocations in Yaegi.)
+func take(l *limiter, key string, now int64) int64 {
+	l.sem <- struct{}{}
+	b := l.buckets[key]
+	if b == nil {
+		b = insertBucket(l, key, now)
+	}
+	tat, _ := INLINE.gcraStep(b, now, l.interval, l.span, func() {})
+	<-l.sem
+	return tat - now - l.window
+}

@@ -27,16 +27,9 @@ type Config struct {
 // CreateConfig returns the default configuration.
 func CreateConfig() *Config { return &Config{Mode: "next"} }
 
-// statusWriter is edgecanary's status wrapper, as it is.
-type statusWriter struct {
-	http.ResponseWriter
-	code int
-}
-
-func (w *statusWriter) WriteHeader(code int) {
-	w.code = code
-	w.ResponseWriter.WriteHeader(code)
-}
+// The status wrapper is the plugin's own, rendered from plugin/observe.go
+// by internal/gen (status_gen.go): the floor pays what the plugin's wrapper
+// costs.
 
 var epoch = time.Now()
 

@@ -330,12 +330,13 @@ experimental:
 	return writeReport(o, selected, results, latency, rssStart, rssEnd, mem, micro)
 }
 
-// stageFloor copies the reference plugin (three files) as a local plugin.
+// stageFloor copies the reference plugin (its manifest, go.mod, floor.go and
+// the status wrapper rendered from the plugin's) as a local plugin.
 func stageFloor(src, dst string) error {
 	if err := os.MkdirAll(dst, 0o755); err != nil {
 		return err
 	}
-	for _, f := range []string{".traefik.yml", "go.mod", "floor.go"} {
+	for _, f := range []string{".traefik.yml", "go.mod", "floor.go", "status_gen.go"} {
 		data, err := os.ReadFile(filepath.Join(src, f))
 		if err != nil {
 			return err

@@ -99,56 +99,37 @@ func (s *syncBuffer) String() string {
 type traefikOptions struct {
 	// forwardedTrustedIPs are the entry point's forwardedHeaders.trustedIPs.
 	forwardedTrustedIPs []string
-	// extraStatic is appended to the static configuration (YAML).
-	extraStatic string
 }
 
-// startTraefik starts Traefik with the given dynamic configuration. The
-// dynamic configuration may use {{WEB}} for nothing; it is written as is.
+// startTraefik starts Traefik with the given dynamic configuration, written
+// as is. The static configuration is stage.StaticConfig's.
 func startTraefik(t testing.TB, dynamic string, opts traefikOptions) *traefikProc {
 	t.Helper()
 	bin := traefikBinary(t)
 	dir := t.TempDir()
 	stagePlugin(t, filepath.Join(dir, "plugins-local"))
-	webPort, apiPort := freePort(t), freePort(t)
+	web, api := fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	p := &traefikProc{
 		t:       t,
 		dir:     dir,
-		web:     fmt.Sprintf("http://127.0.0.1:%d", webPort),
-		api:     fmt.Sprintf("http://127.0.0.1:%d", apiPort),
+		web:     "http://" + web,
+		api:     "http://" + api,
 		logs:    &syncBuffer{},
 		dynamic: filepath.Join(dir, "dynamic.yml"),
 	}
-	trusted := ""
-	if len(opts.forwardedTrustedIPs) > 0 {
-		trusted = fmt.Sprintf("\n    forwardedHeaders:\n      trustedIPs: [%s]", quoteList(opts.forwardedTrustedIPs))
+	static, err := stage.StaticConfig(stage.StaticOptions{
+		LogLevel:          "INFO",
+		Web:               web,
+		WebTrustedIPs:     opts.forwardedTrustedIPs,
+		Traefik:           api,
+		APIDebug:          true,
+		ProvidersThrottle: 100 * time.Millisecond,
+		File:              p.dynamic,
+		Watch:             true,
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
-	static := fmt.Sprintf(`global:
-  checkNewVersion: false
-  sendAnonymousUsage: false
-log:
-  level: INFO
-entryPoints:
-  web:
-    address: "127.0.0.1:%d"%s
-  traefik:
-    address: "127.0.0.1:%d"
-api:
-  insecure: true
-  debug: true
-  dashboard: false
-ping:
-  entryPoint: traefik
-providers:
-  providersThrottleDuration: 100ms
-  file:
-    filename: %q
-    watch: true
-experimental:
-  localPlugins:
-    edgecanary:
-      moduleName: %s
-%s`, webPort, trusted, apiPort, p.dynamic, moduleName, opts.extraStatic)
 	if err := os.WriteFile(filepath.Join(dir, "traefik.yml"), []byte(static), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -178,14 +159,6 @@ experimental:
 		return res.StatusCode == http.StatusOK
 	})
 	return p
-}
-
-func quoteList(list []string) string {
-	q := make([]string, len(list))
-	for i, s := range list {
-		q[i] = strconv.Quote(s)
-	}
-	return strings.Join(q, ", ")
 }
 
 // stop ends Traefik (SIGTERM, then SIGKILL after 10 s) and waits for it. It

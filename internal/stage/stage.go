@@ -1,5 +1,6 @@
-// Package stage lays out the plugin as Traefik loads a local plugin and finds
-// the cached Traefik build. The tests, the benchmark and the demo share it.
+// Package stage lays out the plugin as Traefik loads a local plugin, finds
+// the cached Traefik build and writes Traefik's static configuration
+// (traefik.yml.tmpl). The tests, the benchmark and the demo share it.
 package stage
 
 import (

@@ -311,31 +311,18 @@ func runDemo() error {
 	if err := stage.Plugin(root, filepath.Join(dir, "plugins-local")); err != nil {
 		return err
 	}
-	static := fmt.Sprintf(`global:
-  checkNewVersion: false
-  sendAnonymousUsage: false
-log:
-  level: INFO
-entryPoints:
-  web:
-    address: %q
-  traefik:
-    address: %q
-api:
-  insecure: true
-  dashboard: true
-ping:
-  entryPoint: traefik
-providers:
-  providersThrottleDuration: 500ms
-  file:
-    filename: dynamic.yml
-    watch: true
-experimental:
-  localPlugins:
-    edgecanary:
-      moduleName: %s
-`, webAddr, apiAddr, stage.ModuleName)
+	static, err := stage.StaticConfig(stage.StaticOptions{
+		LogLevel:          "INFO",
+		Web:               webAddr,
+		Traefik:           apiAddr,
+		Dashboard:         true,
+		ProvidersThrottle: 500 * time.Millisecond,
+		File:              "dynamic.yml",
+		Watch:             true,
+	})
+	if err != nil {
+		return err
+	}
 	if err := os.WriteFile(filepath.Join(dir, "traefik.yml"), []byte(static), 0o644); err != nil {
 		return err
 	}

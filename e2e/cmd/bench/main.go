@@ -197,31 +197,16 @@ func bench(o options) error {
 	if err != nil {
 		return err
 	}
-	static := fmt.Sprintf(`global:
-  checkNewVersion: false
-  sendAnonymousUsage: false
-log:
-  level: ERROR
-entryPoints:
-  web:
-    address: "127.0.0.1:%d"
-  traefik:
-    address: "127.0.0.1:%d"
-ping:
-  entryPoint: traefik
-api:
-  insecure: true
-  dashboard: false
-providers:
-  file:
-    filename: %q
-experimental:
-  localPlugins:
-    edgecanary:
-      moduleName: %s
-    floor:
-      moduleName: %s
-`, webPort, apiPort, filepath.Join(dir, "dynamic.yml"), stage.ModuleName, floorModule)
+	static, err := stage.StaticConfig(stage.StaticOptions{
+		LogLevel:     "ERROR",
+		Web:          fmt.Sprintf("127.0.0.1:%d", webPort),
+		Traefik:      fmt.Sprintf("127.0.0.1:%d", apiPort),
+		File:         filepath.Join(dir, "dynamic.yml"),
+		LocalPlugins: map[string]string{"floor": floorModule},
+	})
+	if err != nil {
+		return err
+	}
 	if err := os.WriteFile(filepath.Join(dir, "traefik.yml"), []byte(static), 0o644); err != nil {
 		return err
 	}

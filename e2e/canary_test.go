@@ -321,7 +321,7 @@ func TestTraefikStreamsThroughPlugin(t *testing.T) {
           sidecar:
             address: http://127.0.0.1:1
 `},
-		// Everything on takes its own request path (serveAll).
+		// Everything on takes its own request path (pathLPBS).
 		{desc: "everything on", extra: `          rateLimit:
             average: 1000
             burst: 1000

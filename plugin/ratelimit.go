@@ -35,6 +35,8 @@ type RateLimitConfig struct {
 	Headers bool `json:"headers,omitempty"`
 	// DryRun counts what would be rejected but lets it through. Default false.
 	DryRun bool `json:"dryRun,omitempty"`
+	// Redis shares one limit among every replica (see RedisConfig).
+	Redis RedisConfig `json:"redis,omitempty"`
 }
 
 // SourceCriterion identifies a client, as in Traefik.
@@ -61,6 +63,7 @@ func defaultRateLimitConfig() RateLimitConfig {
 		Burst:      1,
 		MaxSources: 65536,
 		Headers:    true,
+		Redis:      defaultRedisConfig(),
 	}
 }
 
@@ -109,6 +112,8 @@ type limiter struct {
 	excluded   []*net.IPNet
 	ipv6Subnet int
 
+	shared *shared // rateLimit.redis; nil: this replica limits alone
+
 	// counters survive a limiter's replacement: they are cumulative per
 	// middleware name, for telemetry.
 	counters *rlCounters
@@ -118,6 +123,7 @@ type rlCounters struct {
 	rejected    uint64
 	dryRejected uint64
 	evictions   uint64
+	storeErrors uint64 // rateLimit.redis calls that failed
 }
 
 var rlCounterRegistry = struct {
@@ -147,6 +153,10 @@ func rlCountersFor(name string, create bool) *rlCounters {
 type bucket struct {
 	tat  int64
 	dead bool // evicted from buckets: peers entries pointing here are stale
+
+	// With rateLimit.redis, this replica's lease of the key's tokens (see shared).
+	leaseLeft, leaseN, leaseEnd int64
+	storeLeft                   int64 // the tokens the store had left after the lease
 }
 
 // deadTat is the tat of an evicted bucket, and of noBucket: so far in the
@@ -288,6 +298,15 @@ func newLimiter(name string, cfg RateLimitConfig) (*limiter, error) {
 		excluded = strings.Join(sc.IPStrategy.ExcludedIPs, ",")
 	}
 	settings := fmt.Sprintf("%d|%d|%d|%d|%d|%s|%d|%s|%d|%v|%v", l.interval, l.window, l.maxDelay, l.max, l.source, l.header, l.depth, excluded, l.ipv6Subnet, l.dryRun, l.headers)
+	sh, shSettings, err := newShared(name, cfg.Redis, l.interval, burst, fmt.Sprintf("%d:%s:%d:%s:%d", l.source, l.header, l.depth, excluded, l.ipv6Subnet))
+	if err != nil {
+		return nil, err
+	}
+	l.shared = sh
+	settings += "|" + shSettings
+	if sh != nil {
+		sh.counters = rlCountersFor(name, true)
+	}
 	limiters.Lock()
 	defer limiters.Unlock()
 	if e, ok := limiters.m[name]; ok && e.settings == settings {
@@ -342,13 +361,7 @@ func gcraStep(b *bucket, now, interval, span int64, charged func()) (tat, q int6
 // peerBucket finds the bucket of a RemoteAddr's address and remembers it for
 // that RemoteAddr. Called with the lock held.
 func peerBucket(l *limiter, remoteAddr string, now int64) *bucket {
-	key := remoteAddr
-	// net/http writes "ip:port", with brackets around IPv6.
-	if i := strings.LastIndexByte(key, ':'); i > 0 && key[0] != '[' {
-		key = key[:i]
-	} else {
-		key = normalizeAddr(l, key, key)
-	}
+	key := peerKey(l, remoteAddr)
 	b := l.buckets[key]
 	if b == nil {
 		b = insertBucket(l, key, now)
@@ -365,6 +378,15 @@ func peerBucket(l *limiter, remoteAddr string, now int64) *bucket {
 	}
 	l.peers[remoteAddr] = b
 	return b
+}
+
+// peerKey is the key of a RemoteAddr: its address.
+func peerKey(l *limiter, remoteAddr string) string {
+	// net/http writes "ip:port", with brackets around IPv6.
+	if i := strings.LastIndexByte(remoteAddr, ':'); i > 0 && remoteAddr[0] != '[' {
+		return remoteAddr[:i]
+	}
+	return normalizeAddr(l, remoteAddr, remoteAddr)
 }
 
 // insertBucket adds key, keeping the map within max entries. Called with the lock held.
@@ -418,7 +440,7 @@ func insertBucket(l *limiter, key string, now int64) *bucket {
 // RemoteAddr (a missing or evicted one has deadTat, so it falls through).
 // Everything else goes through allowSlow.
 func allow(l *limiter, rw http.ResponseWriter, req *http.Request, now int64) int64 {
-	if l.source != sourcePeer {
+	if l.source != sourcePeer || l.shared != nil {
 		return allowSlow(l, rw, req, now)
 	}
 	l.sem <- struct{}{}
@@ -446,6 +468,15 @@ func allow(l *limiter, rw http.ResponseWriter, req *http.Request, now int64) int
 // allowSlow is allow for every other case: other sources, a new peer, a
 // delayed or rejected request.
 func allowSlow(l *limiter, rw http.ResponseWriter, req *http.Request, now int64) int64 {
+	if l.shared != nil {
+		key := ""
+		if l.source == sourcePeer {
+			key = peerKey(l, req.RemoteAddr)
+		} else {
+			key = sourceKey(l, req)
+		}
+		return allowShared(l, rw, req, key, now)
+	}
 	var wait int64
 	if l.source == sourcePeer {
 		l.sem <- struct{}{}
@@ -458,6 +489,18 @@ func allowSlow(l *limiter, rw http.ResponseWriter, req *http.Request, now int64)
 	} else {
 		wait = take(l, sourceKey(l, req), now)
 	}
+	return decide(l, rw, wait, now)
+}
+
+// allowLocal decides a request of key with this replica's own buckets: with
+// rateLimit.redis, while the store fails (onError: local).
+func allowLocal(l *limiter, rw http.ResponseWriter, req *http.Request, key string, now int64) int64 {
+	return decide(l, rw, take(l, key, now), now)
+}
+
+// decide answers a request that waits wait: a rejection past maxDelay, a
+// delay up to it, with the RateLimit fields. It returns as allow does.
+func decide(l *limiter, rw http.ResponseWriter, wait, now int64) int64 {
 	if wait > l.maxDelay {
 		if rejected(l, rw, wait) {
 			return -1
@@ -642,11 +685,12 @@ func stripPort(s string) string {
 // the peer cache, and byQ, the RateLimit field by q (byQ[q] is byR[q-1];
 // byQ[0] is never read). When the step cannot answer (clients keyed
 // otherwise than by peer, or the RateLimit field on without the byR table),
-// the peer cache is nil: every lookup misses, and allowSlow decides.
+// the peer cache is nil: every lookup misses, and allowSlow decides. With
+// rateLimit.redis too: every request is the store's (or its lease's).
 func inlineLimiter(l *limiter) (map[string]*bucket, [][]string) {
 	byQ := make([][]string, l.nR+1)
 	copy(byQ[1:], l.byR)
-	if l.source != sourcePeer || l.headers && l.nR == 0 {
+	if l.source != sourcePeer || l.headers && l.nR == 0 || l.shared != nil {
 		return nil, byQ
 	}
 	return l.peers, byQ

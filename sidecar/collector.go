@@ -23,6 +23,10 @@ var (
 		"Requests the rate limiter would have rejected, let through in dry-run mode.", []string{"middleware"}, nil)
 	descRLEvictions = prometheus.NewDesc(namespace+"_ratelimit_evictions_total",
 		"Active rate-limit buckets evicted to keep at most maxSources clients.", []string{"middleware"}, nil)
+	descStoreErrors = prometheus.NewDesc(namespace+"_ratelimit_store_errors_total",
+		"Calls to the rate limit's shared store (rateLimit.redis) that failed or timed out; onError decided those requests.", []string{"middleware"}, nil)
+	descStoreUp = prometheus.NewDesc(namespace+"_ratelimit_store_up",
+		"1 when every replica reporting with a shared rate-limit store (rateLimit.redis) reached it on its last call, else 0.", []string{"middleware"}, nil)
 	descCircuitState = prometheus.NewDesc(namespace+"_circuit_state",
 		"Circuit breaker state of a version: 0 closed, 1 half-open, 2 open.", []string{"middleware", "version"}, nil)
 	descTransitions = prometheus.NewDesc(namespace+"_circuit_transitions_total",
@@ -50,7 +54,7 @@ type collector struct {
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRequests, descDuration, descRLRejected, descRLDryRun, descRLEvictions,
+	for _, d := range []*prometheus.Desc{descRequests, descDuration, descRLRejected, descRLDryRun, descRLEvictions, descStoreErrors, descStoreUp,
 		descCircuitState, descTransitions, descFallback, descWeight, descVersionInfo, descReports, descRejected, descLastReport} {
 		ch <- d
 	}
@@ -81,6 +85,14 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descRLRejected, prometheus.CounterValue, float64(t.rlRejected), mw)
 		ch <- prometheus.MustNewConstMetric(descRLDryRun, prometheus.CounterValue, float64(t.rlDryRun), mw)
 		ch <- prometheus.MustNewConstMetric(descRLEvictions, prometheus.CounterValue, float64(t.rlEvictions), mw)
+		if up, ok := v.storeUp[mw]; ok {
+			ch <- prometheus.MustNewConstMetric(descStoreErrors, prometheus.CounterValue, float64(t.storeErrors), mw)
+			gauge := 0.0
+			if up {
+				gauge = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descStoreUp, prometheus.GaugeValue, gauge, mw)
+		}
 		for k, n := range t.fallbacks {
 			ch <- prometheus.MustNewConstMetric(descFallback, prometheus.CounterValue, float64(n), mw, k.from, k.to)
 		}

@@ -687,3 +687,48 @@ func TestGoldenReportIsAccepted(t *testing.T) {
 		t.Errorf("fallbacks %+v", f)
 	}
 }
+
+// metricOf returns the value of a middleware-level series, and whether it is published.
+func metricOf(t *testing.T, s *store, name string) (float64, bool) {
+	t.Helper()
+	for _, mf := range gather(t, s) {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			m := mf.GetMetric()[0]
+			if c := m.GetCounter(); c != nil {
+				return c.GetValue(), true
+			}
+			return m.GetGauge().GetValue(), true
+		}
+	}
+	return 0, false
+}
+
+// TestRateLimitStoreSeries: a middleware with a shared rate-limit store
+// publishes its errors (summed over replicas) and up (0 while any fresh
+// replica cannot reach it); one without a store publishes neither.
+func TestRateLimitStoreSeries(t *testing.T) {
+	s := newStore(defaultMaxSeries)
+	if !s.merge(mkReport("traefik-a", "i1", 1, 1, 1), t0) {
+		t.Fatal("rejected")
+	}
+	if _, ok := metricOf(t, s, "edgecanary_ratelimit_store_up"); ok {
+		t.Fatal("store_up published for a middleware without a store")
+	}
+	withStore := func(source string, sentAt int64, up bool, errors uint64) *report {
+		r := mkReport(source, "i-"+source, sentAt, 1, 1)
+		r.Middlewares[0].RateLimitStore, r.Middlewares[0].RateLimitStoreUp, r.Middlewares[0].RateLimitStoreErrors = "redis", up, errors
+		return r
+	}
+	s.merge(withStore("traefik-a", 2, true, 2), t0)
+	s.merge(withStore("traefik-b", 2, false, 3), t0)
+	if up, _ := metricOf(t, s, "edgecanary_ratelimit_store_up"); up != 0 {
+		t.Errorf("store_up %v with one replica down, want 0", up)
+	}
+	if n, _ := metricOf(t, s, "edgecanary_ratelimit_store_errors_total"); n != 5 {
+		t.Errorf("store errors %v, want 2 + 3", n)
+	}
+	s.merge(withStore("traefik-b", 3, true, 3), t0)
+	if up, _ := metricOf(t, s, "edgecanary_ratelimit_store_up"); up != 1 {
+		t.Errorf("store_up %v with every replica up, want 1", up)
+	}
+}

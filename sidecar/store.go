@@ -51,6 +51,7 @@ const (
 // Series per key, as the collector publishes them.
 const (
 	seriesPerMiddleware = 3 // the three rate-limit counters
+	seriesPerStore      = 2 // a shared rate-limit store's errors and up
 	seriesPerVersion    = 6 // circuit state, weight, info and three transition counters
 	seriesPerHistogram  = 3 // +Inf bucket, sum and count, besides one per bound
 )
@@ -77,6 +78,7 @@ type mwTotals struct {
 	rlRejected  uint64
 	rlDryRun    uint64
 	rlEvictions uint64
+	storeErrors uint64
 	fallbacks   map[fbKey]uint64
 	transitions map[string][3]uint64
 }
@@ -105,6 +107,7 @@ type instance struct {
 	received time.Time
 	mws      map[string]*mwTotals
 	gauges   map[string]map[string]versionGauge // middleware -> version
+	storeUp  map[string]bool                    // middleware -> its rate-limit store answered, for those with one
 	keys     map[string]bool                    // the series keys it holds (see seriesKeys)
 }
 
@@ -180,7 +183,7 @@ func requestKey(mw, v string, q reportRequest) string {
 func seriesKeys(r *report) map[string]int {
 	keys := map[string]int{}
 	for _, m := range r.Middlewares {
-		keys[mwKey(m.Name)] = seriesPerMiddleware
+		keys[mwKey(m.Name)] = middlewareSeries(m)
 		for _, v := range m.Versions {
 			keys[versionKey(m.Name, v.Name)] = seriesPerVersion
 			keys[histKey(m.Name, v.Name)] = len(m.Buckets) + seriesPerHistogram
@@ -193,6 +196,14 @@ func seriesKeys(r *report) map[string]int {
 		}
 	}
 	return keys
+}
+
+// middlewareSeries is the number of a middleware's own series.
+func middlewareSeries(m reportMWStat) int {
+	if m.RateLimitStore != "" {
+		return seriesPerMiddleware + seriesPerStore
+	}
+	return seriesPerMiddleware
 }
 
 // admitSeries adds a report's new series keys to the store while they fit
@@ -223,7 +234,7 @@ func (s *store) admitSeries(r *report) int {
 		return true
 	}
 	for _, m := range r.Middlewares {
-		if !admit(mwKey(m.Name), seriesPerMiddleware) {
+		if !admit(mwKey(m.Name), middlewareSeries(m)) {
 			continue
 		}
 		for _, v := range m.Versions {
@@ -268,7 +279,7 @@ func (s *store) merge(r *report, now time.Time) bool {
 			s.rejected[reasonCardinality]++
 			return false
 		}
-		inst = &instance{source: r.Source, id: r.Instance, mws: map[string]*mwTotals{}, gauges: map[string]map[string]versionGauge{}, keys: map[string]bool{}}
+		inst = &instance{source: r.Source, id: r.Instance, mws: map[string]*mwTotals{}, gauges: map[string]map[string]versionGauge{}, storeUp: map[string]bool{}, keys: map[string]bool{}}
 		s.instances[key] = inst
 	}
 	dropped := s.admitSeries(r)
@@ -303,6 +314,14 @@ func (s *store) merge(r *report, now time.Time) bool {
 		t.rlRejected = maxU(t.rlRejected, m.RateLimitRejected)
 		t.rlDryRun = maxU(t.rlDryRun, m.RateLimitDryRun)
 		t.rlEvictions = maxU(t.rlEvictions, m.RateLimitEvicted)
+		t.storeErrors = maxU(t.storeErrors, m.RateLimitStoreErrors)
+		if newer {
+			if m.RateLimitStore != "" {
+				inst.storeUp[m.Name] = m.RateLimitStoreUp
+			} else {
+				delete(inst.storeUp, m.Name)
+			}
+		}
 		for _, f := range m.Fallbacks {
 			if inst.keys[fallbackKey(m.Name, f)] {
 				k := fbKey{f.From, f.To}
@@ -434,6 +453,7 @@ func addTotals(dst, src *mwTotals) {
 	dst.rlRejected += src.rlRejected
 	dst.rlDryRun += src.rlDryRun
 	dst.rlEvictions += src.rlEvictions
+	dst.storeErrors += src.storeErrors
 	for k, v := range src.fallbacks {
 		dst.fallbacks[k] += v
 	}
@@ -470,6 +490,7 @@ func sameBounds(a, b []float64) bool {
 type view struct {
 	mws        map[string]*mwTotals
 	gauges     map[string]map[string]versionGauge
+	storeUp    map[string]bool // middleware -> every fresh instance with a store reached it
 	lastReport map[string]time.Time
 	reports    uint64
 	rejected   map[string]uint64
@@ -479,7 +500,7 @@ type view struct {
 func (s *store) snapshot(now time.Time) view {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	v := view{mws: map[string]*mwTotals{}, gauges: map[string]map[string]versionGauge{}, lastReport: map[string]time.Time{}, rejected: map[string]uint64{}, reports: s.reports}
+	v := view{mws: map[string]*mwTotals{}, gauges: map[string]map[string]versionGauge{}, storeUp: map[string]bool{}, lastReport: map[string]time.Time{}, rejected: map[string]uint64{}, reports: s.reports}
 	for name, t := range s.retired {
 		d := newMWTotals()
 		addTotals(d, t)
@@ -507,6 +528,11 @@ func (s *store) snapshot(now time.Time) view {
 		}
 		if now.Sub(inst.received) > gaugeStaleAfter {
 			continue
+		}
+		for name, up := range inst.storeUp {
+			if was, seen := v.storeUp[name]; !seen || was {
+				v.storeUp[name] = up
+			}
 		}
 		for name, g := range inst.gauges {
 			if inst.sentAt >= freshest[name] {

@@ -21,13 +21,19 @@ type Report struct {
 
 // Middleware is one middleware's totals.
 type Middleware struct {
-	Name              string     `json:"name"`
-	Versions          []Version  `json:"versions"`
-	RateLimitRejected uint64     `json:"rateLimitRejected"`
-	RateLimitDryRun   uint64     `json:"rateLimitDryRunRejected"`
-	RateLimitEvicted  uint64     `json:"rateLimitEvictions"`
-	Fallbacks         []Fallback `json:"fallbacks"`
-	Buckets           []float64  `json:"buckets"` // the latency histogram's upper bounds, in seconds
+	Name              string    `json:"name"`
+	Versions          []Version `json:"versions"`
+	RateLimitRejected uint64    `json:"rateLimitRejected"`
+	RateLimitDryRun   uint64    `json:"rateLimitDryRunRejected"`
+	RateLimitEvicted  uint64    `json:"rateLimitEvictions"`
+	// The shared store of the rate limit (rateLimit.redis): "redis", or
+	// empty when each replica limits alone. StoreUp: the last store call
+	// succeeded. StoreErrors: store calls that failed, cumulative.
+	RateLimitStore       string     `json:"rateLimitStore,omitempty"`
+	RateLimitStoreUp     bool       `json:"rateLimitStoreUp"`
+	RateLimitStoreErrors uint64     `json:"rateLimitStoreErrors"`
+	Fallbacks            []Fallback `json:"fallbacks"`
+	Buckets              []float64  `json:"buckets"` // the latency histogram's upper bounds, in seconds
 }
 
 // Version is one version's totals and its current state.

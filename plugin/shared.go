@@ -1,0 +1,350 @@
+package plugin
+
+import (
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// RedisConfig shares the rate limit of every replica through Redis, with the
+// names and meanings of Traefik's rateLimit.redis for the keys they share.
+// Empty Endpoints: Redis is off, and each replica limits on its own.
+type RedisConfig struct {
+	Endpoints []string `json:"endpoints,omitempty"` // host:port
+	Username  string   `json:"username,omitempty"`
+	Password  string   `json:"password,omitempty"`
+	DB        int      `json:"db,omitempty"`
+	// DialTimeout, ReadTimeout and WriteTimeout are durations. A store call
+	// slower than ReadTimeout counts as a store error. Defaults 5s, 3s, 3s.
+	DialTimeout  string `json:"dialTimeout,omitempty"`
+	ReadTimeout  string `json:"readTimeout,omitempty"`
+	WriteTimeout string `json:"writeTimeout,omitempty"`
+	// PoolSize bounds the connections per replica. 0: 10 per CPU, as
+	// go-redis (and so Traefik) defaults.
+	PoolSize int             `json:"poolSize,omitempty"`
+	TLS      *RedisTLSConfig `json:"tls,omitempty"`
+	// OnError is what a replica does while Redis fails: "local" (limit with
+	// its own buckets, the limit of one replica), "allow" or "deny" (429 with
+	// Retry-After). Default local. Never a 5xx.
+	OnError string `json:"onError,omitempty"`
+}
+
+// RedisTLSConfig is Traefik's ClientTLS: ca, cert and key are file paths or
+// PEM contents. Setting the block turns TLS on.
+type RedisTLSConfig struct {
+	CA                 string `json:"ca,omitempty"`
+	Cert               string `json:"cert,omitempty"`
+	Key                string `json:"key,omitempty"`
+	InsecureSkipVerify bool   `json:"insecureSkipVerify,omitempty"`
+}
+
+func defaultRedisConfig() RedisConfig {
+	return RedisConfig{DialTimeout: "5s", ReadTimeout: "3s", WriteTimeout: "3s", OnError: "local"}
+}
+
+// What a replica does while the store fails.
+const (
+	onErrorLocal = iota
+	onErrorAllow
+	onErrorDeny
+)
+
+// maxLease bounds the tokens a replica takes from Redis in one call.
+const maxLease = 64
+
+// shared is a limiter's Redis side. Every replica with the same endpoints,
+// middleware name and limit settings shares one bucket per client key in
+// Redis: a GCRA on Redis's clock (gcraScript), namespaced by the middleware
+// and its settings (redisBucketKey), each key expiring when its bucket is
+// full again.
+//
+// A round trip costs a Yaegi plugin far more than a request (about 1,000
+// allocations and 200 µs, measured), so a replica leases tokens: a call takes
+// n of them, and the replica admits the next n - 1 requests of that key by
+// itself, within the lease's life of n intervals. n starts at 1 and doubles
+// (up to lease) only when a key used up its previous lease before it ended,
+// that is when the key asks this replica for more than its rate; otherwise it
+// falls back to 1. So a client below its rate takes one token per request
+// and is never rejected, and a busy client costs one round trip per n
+// requests.
+//
+// The bound holds across replicas: over any T, tokens are taken from Redis
+// at most burst' + T/interval times, burst' = burst - lease, and a token is
+// spent at most lease intervals after it was taken, so the requests admitted
+// in any window T are at most burst' + lease + T/interval = burst +
+// T/interval. The price: a burst arriving at one instant gets burst - lease
+// tokens, not burst (lease is at most burst/8, 64 at most, and 0 below a
+// burst of 8).
+type shared struct {
+	client      *redisClient
+	prefix      string // the key namespace: middleware and settings
+	intervalUs  int64
+	toleranceUs int64 // (burst' - 1) * interval
+	lease       int64 // the largest n
+	interval    int64 // ns, the lease's life per token
+	onError     int
+
+	mu      sync.Mutex
+	down    bool  // the last call failed: requests do not wait for the store
+	retryAt int64 // while down, when the next call may try again (ns since epoch)
+	backoff int64
+
+	counters *rlCounters // the middleware's: storeErrors counts the calls that failed
+	up       int32       // 1 while the last call succeeded (atomic)
+}
+
+// sharedClients are the Redis clients by their options: limiters (and
+// reloads) with the same endpoints and credentials share one pool.
+var sharedClients = struct {
+	sync.Mutex
+	m map[string]*redisClient
+}{m: map[string]*redisClient{}}
+
+const maxSharedClients = 64
+
+// newShared validates cfg and returns the Redis side of a limiter with the
+// given interval (ns) and burst, or nil when Redis is off. It never dials.
+func newShared(name string, cfg RedisConfig, interval, burst int64, source string) (*shared, string, error) {
+	if len(cfg.Endpoints) == 0 {
+		if cfg.TLS != nil || cfg.Username != "" || cfg.Password != "" {
+			return nil, "", errors.New("rateLimit.redis.endpoints: required when other rateLimit.redis settings are set")
+		}
+		return nil, "", nil
+	}
+	opts := redisOptions{Username: cfg.Username, Password: cfg.Password, DB: cfg.DB, PoolSize: cfg.PoolSize}
+	for i, e := range cfg.Endpoints {
+		host, port, err := net.SplitHostPort(e)
+		if err != nil || host == "" {
+			return nil, "", fmt.Errorf("rateLimit.redis.endpoints[%d]: %q is not host:port", i, e)
+		}
+		if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+			return nil, "", fmt.Errorf("rateLimit.redis.endpoints[%d]: %q has no valid port", i, e)
+		}
+		opts.Endpoints = append(opts.Endpoints, e)
+	}
+	if cfg.DB < 0 || cfg.DB > 1<<20 {
+		return nil, "", fmt.Errorf("rateLimit.redis.db: must be between 0 and %d, got %d", 1<<20, cfg.DB)
+	}
+	if err := checkCount("rateLimit.redis.poolSize", cfg.PoolSize, 1<<12); err != nil {
+		return nil, "", err
+	}
+	for _, d := range []struct {
+		field, value string
+		def          time.Duration
+		to           *time.Duration
+	}{
+		{"rateLimit.redis.dialTimeout", cfg.DialTimeout, 5 * time.Second, &opts.DialTimeout},
+		{"rateLimit.redis.readTimeout", cfg.ReadTimeout, 3 * time.Second, &opts.ReadTimeout},
+		{"rateLimit.redis.writeTimeout", cfg.WriteTimeout, 3 * time.Second, &opts.WriteTimeout},
+	} {
+		*d.to = d.def
+		if d.value != "" {
+			v, err := parseDuration(d.field, d.value)
+			if err != nil {
+				return nil, "", err
+			}
+			if v <= 0 || v > time.Minute {
+				return nil, "", fmt.Errorf("%s: must be above 0 and at most 1m, got %v", d.field, v)
+			}
+			*d.to = v
+		}
+	}
+	s := &shared{interval: interval}
+	switch cfg.OnError {
+	case "", "local":
+		s.onError = onErrorLocal
+	case "allow":
+		s.onError = onErrorAllow
+	case "deny":
+		s.onError = onErrorDeny
+	default:
+		return nil, "", fmt.Errorf("rateLimit.redis.onError: %q: want local, allow or deny", cfg.OnError)
+	}
+	tlsKey := ""
+	if t := cfg.TLS; t != nil {
+		tc, err := redisTLSConfig(t.CA, t.Cert, t.Key, t.InsecureSkipVerify)
+		if err != nil {
+			return nil, "", err
+		}
+		opts.TLS = tc
+		tlsKey = fmt.Sprintf("%s|%s|%s|%v", t.CA, t.Cert, t.Key, t.InsecureSkipVerify)
+	}
+	// Redis counts in microseconds.
+	s.intervalUs = interval / int64(time.Microsecond)
+	if s.intervalUs < 1 || interval%int64(time.Microsecond) != 0 && interval < int64(time.Millisecond) {
+		return nil, "", fmt.Errorf("rateLimit.average: with rateLimit.redis, the interval between tokens (%v) must be a whole number of microseconds", time.Duration(interval))
+	}
+	if burst >= 16 {
+		s.lease = burst / 8
+		if s.lease > maxLease {
+			s.lease = maxLease
+		}
+	}
+	s.toleranceUs = (burst - s.lease - 1) * s.intervalUs
+	if s.lease == 0 {
+		s.lease = 1 // one token per call, the one the request uses
+	}
+	s.prefix = redisBucketKey(name, s.intervalUs, s.toleranceUs, source) + ":"
+	clientKey := fmt.Sprintf("%q|%q|%q|%d|%v|%v|%v|%d|%s", opts.Endpoints, opts.Username, opts.Password, opts.DB,
+		opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout, opts.PoolSize, tlsKey)
+	sharedClients.Lock()
+	c := sharedClients.m[clientKey]
+	if c == nil {
+		c = newRedisClient(opts)
+		if len(sharedClients.m) < maxSharedClients {
+			sharedClients.m[clientKey] = c
+		}
+	}
+	sharedClients.Unlock()
+	s.client = c
+	s.up = 1
+	settings := fmt.Sprintf("redis|%s|%s|%d", clientKey, cfg.OnError, s.lease)
+	return s, settings, nil
+}
+
+// allowShared is allowSlow with Redis: it decides a request of key at now
+// from this replica's lease of the key, or with one store call. It returns
+// as allow does: now, or -1 when it answered (429).
+func allowShared(l *limiter, rw http.ResponseWriter, req *http.Request, key string, now int64) int64 {
+	s := l.shared
+	l.sem <- struct{}{}
+	b := l.buckets[key]
+	if b == nil {
+		b = insertBucket(l, key, now)
+	}
+	if b.leaseLeft > 0 && now < b.leaseEnd {
+		b.leaseLeft--
+		left := b.leaseLeft + b.storeLeft
+		<-l.sem
+		return sharedAdmit(l, rw, left, now)
+	}
+	n := int64(1)
+	if now < b.leaseEnd { // the last lease was used up before it ended
+		n = b.leaseN * 2
+		if n > s.lease {
+			n = s.lease
+		}
+	}
+	<-l.sem
+	if !s.available(now) {
+		return storeFailed(l, rw, req, key, now)
+	}
+	granted, waitUs, remaining, _, err := s.client.takeTokens(s.prefix+key, s.intervalUs, s.toleranceUs, n)
+	if err != nil {
+		s.failed(now, err)
+		return storeFailed(l, rw, req, key, now)
+	}
+	s.succeeded()
+	if granted == 0 {
+		wait := waitUs * int64(time.Microsecond)
+		if wait <= l.maxDelay {
+			wait = l.maxDelay + 1 // the store admits nothing later: a rejection
+		}
+		if rejected(l, rw, wait) {
+			return -1
+		}
+		return now // dry run
+	}
+	l.sem <- struct{}{}
+	b.leaseN, b.leaseLeft, b.leaseEnd, b.storeLeft = granted, granted-1, now+granted*s.interval, remaining
+	<-l.sem
+	return sharedAdmit(l, rw, granted-1+remaining, now)
+}
+
+// sharedAdmit writes the RateLimit fields of an admitted request with left
+// tokens (this replica's lease and what the store had left), and returns now.
+func sharedAdmit(l *limiter, rw http.ResponseWriter, left, now int64) int64 {
+	if l.headers {
+		h := rw.Header()
+		h["Ratelimit-Policy"] = l.policy
+		h["Ratelimit"] = rateLimitField(l, -left*l.interval)
+	}
+	return now
+}
+
+// storeFailed decides a request while the store fails, by onError: this
+// replica's own limiter, or allow, or deny (429, Retry-After until the next
+// try). Never a 5xx.
+func storeFailed(l *limiter, rw http.ResponseWriter, req *http.Request, key string, now int64) int64 {
+	s := l.shared
+	switch s.onError {
+	case onErrorAllow:
+		return now
+	case onErrorDeny:
+		s.mu.Lock()
+		wait := s.retryAt - now
+		s.mu.Unlock()
+		if wait < int64(time.Second) {
+			wait = int64(time.Second)
+		}
+		if wait <= l.maxDelay {
+			wait = l.maxDelay + 1
+		}
+		if rejected(l, rw, wait) {
+			return -1
+		}
+		return now
+	}
+	return allowLocal(l, rw, req, key, now)
+}
+
+// available reports whether a store call may be made at now: the store is
+// up, or it is down and its backoff has passed (one caller then tries).
+func (s *shared) available(now int64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.down {
+		return true
+	}
+	if now < s.retryAt {
+		return false
+	}
+	s.retryAt = now + s.backoff // the others keep deciding without the store meanwhile
+	return true
+}
+
+// failed records a failed store call: requests stop waiting for the store
+// for a backoff that doubles from 250ms to 5s.
+func (s *shared) failed(now int64, err error) {
+	atomic.AddUint64(&s.counters.storeErrors, 1)
+	atomic.StoreInt32(&s.up, 0)
+	s.mu.Lock()
+	first := !s.down
+	if first {
+		s.backoff = int64(250 * time.Millisecond)
+	} else if s.backoff < int64(5*time.Second) {
+		s.backoff *= 2
+	}
+	s.down = true
+	s.retryAt = now + s.backoff
+	s.mu.Unlock()
+	if first {
+		logStoreError(err)
+	}
+}
+
+func (s *shared) succeeded() {
+	if atomic.LoadInt32(&s.up) == 1 {
+		return
+	}
+	atomic.StoreInt32(&s.up, 1)
+	s.mu.Lock()
+	s.down = false
+	s.mu.Unlock()
+}
+
+// logStoreError logs a store failure, once per outage (the metrics count them all).
+func logStoreError(err error) {
+	msg := err.Error()
+	if i := strings.IndexByte(msg, '\n'); i >= 0 {
+		msg = msg[:i]
+	}
+	log.Printf("edgecanary: rate-limit store (Redis) failed: %s; deciding without it until it answers", msg)
+}

@@ -1,0 +1,232 @@
+package plugin
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// replicas builds n limiters for one middleware name sharing srv, as n
+// Traefik replicas would (each process has its own registry: the test
+// removes each from this one before building the next).
+func replicas(t *testing.T, n int, name string, cfg RateLimitConfig) []*limiter {
+	t.Helper()
+	var ls []*limiter
+	for i := 0; i < n; i++ {
+		l, err := newLimiter(name, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		limiters.Lock()
+		delete(limiters.m, name)
+		limiters.Unlock()
+		ls = append(ls, l)
+	}
+	return ls
+}
+
+func sharedConfig(addr string, average int64, period string, burst int64) RateLimitConfig {
+	cfg := rlConfig(average, period, burst)
+	cfg.SourceCriterion.RequestHeaderName = "X-Client"
+	cfg.Redis.Endpoints = []string{addr}
+	cfg.Redis.ReadTimeout = "200ms"
+	return cfg
+}
+
+// sharedRequest sends one request of client through l and returns the status.
+func sharedRequest(l *limiter, client string) (int, http.Header) {
+	req := httptest.NewRequest(http.MethodGet, "http://shop.test/", nil)
+	req.Header.Set("X-Client", client)
+	rec := httptest.NewRecorder()
+	if allow(l, rec, req, int64(time.Since(epoch))) < 0 {
+		return rec.Code, rec.Header()
+	}
+	return http.StatusOK, rec.Header()
+}
+
+// TestSharedLimitBoundAcrossReplicas: three replicas sending one client's
+// requests as fast as they can admit at most burst + T/interval in any run
+// of T, and close to it: the limit is one, not three.
+func TestSharedLimitBoundAcrossReplicas(t *testing.T) {
+	srv := newTestRedis(t, false)
+	ls := replicas(t, 3, "bound@file", sharedConfig(srv.addr(), 200, "1s", 40)) // lease 5
+	if ls[0].shared.lease != 5 {
+		t.Fatalf("lease %d, want burst/8 = 5", ls[0].shared.lease)
+	}
+	start := time.Now()
+	var admitted, rejectedN int64
+	done := make(chan struct{})
+	for _, l := range ls {
+		l := l
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for time.Since(start) < 1500*time.Millisecond {
+				if code, _ := sharedRequest(l, "alice"); code == http.StatusOK {
+					atomic.AddInt64(&admitted, 1)
+				} else {
+					atomic.AddInt64(&rejectedN, 1)
+				}
+			}
+		}()
+	}
+	for range ls {
+		<-done
+	}
+	elapsed := time.Since(start)
+	bound := 40 + int64(elapsed.Seconds()*200)
+	t.Logf("%d admitted, %d rejected in %v; bound %d", admitted, rejectedN, elapsed, bound)
+	if admitted > bound {
+		t.Errorf("%d admitted across three replicas, above burst + T/interval = %d", admitted, bound)
+	}
+	if admitted < bound*7/10 || rejectedN == 0 {
+		t.Errorf("%d admitted, %d rejected: the replicas did not use the shared budget (bound %d)", admitted, rejectedN, bound)
+	}
+}
+
+// TestSharedLimitBelowRateIsNeverRejected: a client at 70% of its rate,
+// spread round-robin over three replicas, is never rejected, and its tokens
+// are taken one per request (no lease wasted).
+func TestSharedLimitBelowRateIsNeverRejected(t *testing.T) {
+	srv := newTestRedis(t, false)
+	ls := replicas(t, 3, "below@file", sharedConfig(srv.addr(), 50, "1s", 16)) // interval 20ms
+	n := 60
+	if testing.Short() {
+		n = 30
+	}
+	tick := 20 * time.Millisecond * 10 / 7
+	for i := 0; i < n; i++ {
+		at := time.Now()
+		if code, _ := sharedRequest(ls[i%3], "bob"); code != http.StatusOK {
+			t.Fatalf("request %d at 70%% of the rate: %d", i, code)
+		}
+		time.Sleep(tick - time.Since(at))
+	}
+}
+
+// TestSharedLimitNamespaces: two middlewares, or one middleware with other
+// settings, never share a client's bucket.
+func TestSharedLimitNamespaces(t *testing.T) {
+	srv := newTestRedis(t, false)
+	a := replicas(t, 1, "ns-a@file", sharedConfig(srv.addr(), 1, "1h", 2))[0]
+	b := replicas(t, 1, "ns-b@file", sharedConfig(srv.addr(), 1, "1h", 2))[0]
+	c := replicas(t, 1, "ns-a@file", sharedConfig(srv.addr(), 2, "1h", 2))[0]
+	for _, l := range []*limiter{a, b, c} {
+		for i := 0; i < 2; i++ {
+			if code, _ := sharedRequest(l, "carol"); code != http.StatusOK {
+				t.Fatalf("%s request %d: %d: a bucket is shared", l.shared.prefix, i, code)
+			}
+		}
+		if code, h := sharedRequest(l, "carol"); code != http.StatusTooManyRequests || h.Get("Retry-After") == "" {
+			t.Fatalf("%s third request: %d %v, want 429 with Retry-After", l.shared.prefix, code, h)
+		}
+	}
+	if a.shared.prefix == b.shared.prefix || a.shared.prefix == c.shared.prefix {
+		t.Fatal("two namespaces are equal")
+	}
+	// Each key expires when its bucket is full again (1h here: a TTL is set).
+	cl := testRedisClient(t, redisOptions{Endpoints: []string{srv.addr()}})
+	keys, _ := mustDo(t, cl, "KEYS", a.shared.prefix+"*").([]interface{})
+	if len(keys) != 1 {
+		t.Fatalf("keys under %s: %v, want carol's", a.shared.prefix, keys)
+	}
+	ttl := mustDo(t, cl, "PTTL", keys[0].(string))
+	if v, ok := ttl.(int64); !ok || v <= 0 || v > int64(2*time.Hour/time.Millisecond) {
+		t.Fatalf("PTTL %v, want the refill time", ttl)
+	}
+}
+
+// TestSharedLimitStoreFailure: with Redis stopped (SIGSTOP), no request gets
+// a 5xx or waits more than once for the store; onError decides; the failure
+// is counted and the limiter uses the store again once it answers.
+func TestSharedLimitStoreFailure(t *testing.T) {
+	srv := newTestRedis(t, false)
+	for _, tc := range []struct {
+		onError string
+		want    func(i, code int) bool
+	}{
+		{"local", func(i, code int) bool {
+			return code == http.StatusOK && i < 3 || code == http.StatusTooManyRequests && i >= 3
+		}},
+		{"allow", func(_, code int) bool { return code == http.StatusOK }},
+		{"deny", func(_, code int) bool { return code == http.StatusTooManyRequests }},
+	} {
+		t.Run(tc.onError, func(t *testing.T) {
+			cfg := sharedConfig(srv.addr(), 1, "1h", 3)
+			cfg.Redis.OnError = tc.onError
+			l := replicas(t, 1, "fail-"+tc.onError+"@file", cfg)[0]
+			if code, _ := sharedRequest(l, "warm"); code != http.StatusOK {
+				t.Fatal("the store is not used")
+			}
+			srv.signal("STOP")
+			srv.stopped = true
+			start := time.Now()
+			for i := 0; i < 6; i++ {
+				at := time.Now()
+				code, h := sharedRequest(l, "dave")
+				if !tc.want(i, code) {
+					t.Fatalf("request %d with the store stopped: %d %v", i, code, h)
+				}
+				if i > 0 && time.Since(at) > 50*time.Millisecond {
+					t.Fatalf("request %d waited %v for a store known to be down", i, time.Since(at))
+				}
+			}
+			if time.Since(start) > time.Second {
+				t.Fatalf("six requests took %v", time.Since(start))
+			}
+			if atomic.LoadUint64(&l.shared.counters.storeErrors) == 0 || atomic.LoadInt32(&l.shared.up) != 0 {
+				t.Fatal("the failure is not counted")
+			}
+			srv.signal("CONT")
+			srv.stopped = false
+			deadline := time.Now().Add(10 * time.Second)
+			for atomic.LoadInt32(&l.shared.up) == 0 {
+				if time.Now().After(deadline) {
+					t.Fatal("the limiter did not use the store again")
+				}
+				sharedRequest(l, "erin")
+				time.Sleep(20 * time.Millisecond)
+			}
+		})
+	}
+}
+
+// TestSharedLimitBadConfig: every bad rateLimit.redis value is an error that
+// names its field, from New.
+func TestSharedLimitBadConfig(t *testing.T) {
+	for _, tc := range []struct {
+		field string
+		set   func(*RedisConfig)
+	}{
+		{"rateLimit.redis.endpoints[0]", func(r *RedisConfig) { r.Endpoints = []string{"localhost"} }},
+		{"rateLimit.redis.endpoints[1]", func(r *RedisConfig) { r.Endpoints = []string{"127.0.0.1:6379", "127.0.0.1:0"} }},
+		{"rateLimit.redis.db", func(r *RedisConfig) { r.Endpoints = []string{"127.0.0.1:6379"}; r.DB = -1 }},
+		{"rateLimit.redis.poolSize", func(r *RedisConfig) { r.Endpoints = []string{"127.0.0.1:6379"}; r.PoolSize = -2 }},
+		{"rateLimit.redis.readTimeout", func(r *RedisConfig) { r.Endpoints = []string{"127.0.0.1:6379"}; r.ReadTimeout = "soon" }},
+		{"rateLimit.redis.dialTimeout", func(r *RedisConfig) { r.Endpoints = []string{"127.0.0.1:6379"}; r.DialTimeout = "-1s" }},
+		{"rateLimit.redis.writeTimeout", func(r *RedisConfig) { r.Endpoints = []string{"127.0.0.1:6379"}; r.WriteTimeout = "2h" }},
+		{"rateLimit.redis.onError", func(r *RedisConfig) { r.Endpoints = []string{"127.0.0.1:6379"}; r.OnError = "retry" }},
+		{"rateLimit.redis.tls.ca", func(r *RedisConfig) {
+			r.Endpoints = []string{"127.0.0.1:6379"}
+			r.TLS = &RedisTLSConfig{CA: "/nonexistent/ca.pem"}
+		}},
+		{"rateLimit.redis.endpoints", func(r *RedisConfig) { r.Password = "secret" }},
+	} {
+		cfg := baseConfig("http://127.0.0.1:1", 10)
+		cfg.RateLimit = rlConfig(10, "1s", 10)
+		tc.set(&cfg.RateLimit.Redis)
+		_, err := New(t.Context(), stableNext, cfg, "redis-bad@file")
+		if err == nil || !strings.Contains(err.Error(), tc.field) {
+			t.Errorf("%s: error %v, want one naming the field", tc.field, err)
+		}
+	}
+	// More than a million tokens a second cannot be counted in microseconds.
+	cfg := baseConfig("http://127.0.0.1:1", 10)
+	cfg.RateLimit = rlConfig(3000000, "1s", 10)
+	cfg.RateLimit.Redis.Endpoints = []string{"127.0.0.1:6379"}
+	if _, err := New(t.Context(), stableNext, cfg, "redis-fast@file"); err == nil || !strings.Contains(err.Error(), "rateLimit.average") {
+		t.Errorf("3,000,000/s with Redis: error %v, want one naming rateLimit.average", err)
+	}
+}

@@ -352,3 +352,18 @@ func BenchmarkYaegiFloorLimit(b *testing.B) {
 	req.RemoteAddr = "192.0.2.1:1234"
 	runServe(b, floorHandler(b, "limit"), req)
 }
+
+// BenchmarkYaegiRedisLease: the rate limit shared through a real
+// redis-server, one client: the request is admitted from this replica's
+// lease, and a round trip is made in the background once per lease (the
+// limits of make bench's line 6b).
+func BenchmarkYaegiRedisLease(b *testing.B) {
+	rd := startRedis(b)
+	h := benchHandler(b, map[string]any{
+		"versions":  map[string]any{"stable": map[string]any{"weight": 1}},
+		"rateLimit": map[string]any{"average": 100000, "burst": 1000, "redis": map[string]any{"endpoints": []any{rd.addr}}},
+	})
+	req := httptest.NewRequest(http.MethodGet, "http://bench.test/", nil)
+	req.RemoteAddr = "192.0.2.1:1234"
+	runServe(b, h, req)
+}

@@ -156,7 +156,10 @@ type bucket struct {
 
 	// With rateLimit.redis, this replica's lease of the key's tokens (see shared).
 	leaseLeft, leaseN, leaseEnd int64
-	storeLeft                   int64 // the tokens the store had left after the lease
+	storeLeft                   int64         // the tokens the store had left after the lease
+	fetching                    chan struct{} // a store call for the key is in flight: closed when it ends
+	waiters                     int64         // requests waiting for it
+	emptyUntil                  int64         // the store has no token for the key before then
 }
 
 // deadTat is the tat of an evicted bucket, and of noBucket: so far in the
@@ -380,6 +383,14 @@ func peerBucket(l *limiter, remoteAddr string, now int64) *bucket {
 	return b
 }
 
+// clientKey is the key of a request's client.
+func clientKey(l *limiter, req *http.Request) string {
+	if l.source == sourcePeer {
+		return peerKey(l, req.RemoteAddr)
+	}
+	return sourceKey(l, req)
+}
+
 // peerKey is the key of a RemoteAddr: its address.
 func peerKey(l *limiter, remoteAddr string) string {
 	// net/http writes "ip:port", with brackets around IPv6.
@@ -469,13 +480,7 @@ func allow(l *limiter, rw http.ResponseWriter, req *http.Request, now int64) int
 // delayed or rejected request.
 func allowSlow(l *limiter, rw http.ResponseWriter, req *http.Request, now int64) int64 {
 	if l.shared != nil {
-		key := ""
-		if l.source == sourcePeer {
-			key = peerKey(l, req.RemoteAddr)
-		} else {
-			key = sourceKey(l, req)
-		}
-		return allowShared(l, rw, req, key, now)
+		return allowShared(l, rw, req, clientKey(l, req), now)
 	}
 	var wait int64
 	if l.source == sourcePeer {

@@ -57,7 +57,7 @@ const (
 )
 
 // maxLease bounds the tokens a replica takes from Redis in one call.
-const maxLease = 64
+const maxLease = 1024
 
 // shared is a limiter's Redis side. Every replica with the same endpoints,
 // middleware name and limit settings shares one bucket per client key in
@@ -68,27 +68,27 @@ const maxLease = 64
 // A round trip costs a Yaegi plugin far more than a request (about 1,000
 // allocations and 200 µs, measured), so a replica leases tokens: a call takes
 // n of them, and the replica admits the next n - 1 requests of that key by
-// itself, within the lease's life of n intervals. n starts at 1 and doubles
-// (up to lease) only when a key used up its previous lease before it ended,
-// that is when the key asks this replica for more than its rate; otherwise it
-// falls back to 1. So a client below its rate takes one token per request
-// and is never rejected, and a busy client costs one round trip per n
-// requests.
+// itself, within the lease's life of lease intervals. n starts at 1 and
+// doubles (up to lease, plus the requests waiting for the call) only when a
+// key used up its previous lease before it ended, that is when the key asks
+// this replica for more than it can earn meanwhile; otherwise it falls back
+// to 1. So a client below its rate takes one token per request and is never
+// rejected, and a busy client costs one round trip per lease.
 //
-// The bound holds across replicas: over any T, tokens are taken from Redis
-// at most burst' + T/interval times, burst' = burst - lease, and a token is
-// spent at most lease intervals after it was taken, so the requests admitted
-// in any window T are at most burst' + lease + T/interval = burst +
-// T/interval. The price: a burst arriving at one instant gets burst - lease
-// tokens, not burst (lease is at most burst/8, 64 at most, and 0 below a
-// burst of 8).
+// The bound holds across replicas: in any window W, Redis hands out at most
+// burst' + W/interval tokens, burst' = burst - lease (its tolerance), and a
+// token is spent at most life = lease intervals after it was taken, so the
+// requests admitted in any window T are at most burst' + (T + life)/interval
+// = burst + T/interval. The price: a burst arriving at one instant gets
+// burst - lease tokens, not burst (lease is burst/4, at most 1024, and 0
+// below a burst of 8).
 type shared struct {
 	client      *redisClient
 	prefix      string // the key namespace: middleware and settings
 	intervalUs  int64
 	toleranceUs int64 // (burst' - 1) * interval
-	lease       int64 // the largest n
-	interval    int64 // ns, the lease's life per token
+	lease       int64 // the largest n, and the tokens the bound sets aside (see shared)
+	life        int64 // how long a lease may be spent: lease intervals, in ns
 	onError     int
 
 	mu      sync.Mutex
@@ -156,7 +156,7 @@ func newShared(name string, cfg RedisConfig, interval, burst int64, source strin
 			*d.to = v
 		}
 	}
-	s := &shared{interval: interval}
+	s := &shared{}
 	switch cfg.OnError {
 	case "", "local":
 		s.onError = onErrorLocal
@@ -181,13 +181,14 @@ func newShared(name string, cfg RedisConfig, interval, burst int64, source strin
 	if s.intervalUs < 1 || interval%int64(time.Microsecond) != 0 && interval < int64(time.Millisecond) {
 		return nil, "", fmt.Errorf("rateLimit.average: with rateLimit.redis, the interval between tokens (%v) must be a whole number of microseconds", time.Duration(interval))
 	}
-	if burst >= 16 {
-		s.lease = burst / 8
+	if burst >= 8 {
+		s.lease = burst / 4
 		if s.lease > maxLease {
 			s.lease = maxLease
 		}
 	}
 	s.toleranceUs = (burst - s.lease - 1) * s.intervalUs
+	s.life = s.lease * interval
 	if s.lease == 0 {
 		s.lease = 1 // one token per call, the one the request uses
 	}
@@ -210,52 +211,184 @@ func newShared(name string, cfg RedisConfig, interval, burst int64, source strin
 }
 
 // allowShared is allowSlow with Redis: it decides a request of key at now
-// from this replica's lease of the key, or with one store call. It returns
-// as allow does: now, or -1 when it answered (429).
+// from this replica's lease of the key, or with one store call. One call per
+// key is in flight at a time: the requests that find the lease empty
+// meanwhile wait for that call (bounded by readTimeout) and share what it
+// brought, so a busy key costs one round trip per lease, not one per
+// concurrent request. It returns as allow does: now, or -1 when it answered
+// (429).
 func allowShared(l *limiter, rw http.ResponseWriter, req *http.Request, key string, now int64) int64 {
-	s := l.shared
+	// The common case, admitted from the lease, is this function; the rest
+	// is allowSharedSlow's (under Yaegi every variable of a function costs
+	// on every call).
 	l.sem <- struct{}{}
 	b := l.buckets[key]
-	if b == nil {
-		b = insertBucket(l, key, now)
-	}
-	if b.leaseLeft > 0 && now < b.leaseEnd {
-		b.leaseLeft--
-		left := b.leaseLeft + b.storeLeft
+	if b == nil || b.leaseLeft <= 0 || now >= b.leaseEnd {
 		<-l.sem
-		return sharedAdmit(l, rw, left, now)
+		return allowSharedSlow(l, rw, req, key, now)
 	}
-	n := int64(1)
-	if now < b.leaseEnd { // the last lease was used up before it ended
-		n = b.leaseN * 2
-		if n > s.lease {
-			n = s.lease
+	b.leaseLeft--
+	left := b.leaseLeft + b.storeLeft
+	refresh := (b.leaseLeft < b.leaseN/4 || now > b.leaseEnd-l.shared.life/4) && b.fetching == nil
+	<-l.sem
+	if refresh {
+		startRefresh(l, b, key, now)
+	}
+	if l.headers {
+		h := rw.Header()
+		h["Ratelimit-Policy"] = l.policy
+		if left < l.nR {
+			h["Ratelimit"] = l.byR[left]
+		} else {
+			h["Ratelimit"] = rateLimitField(l, -left*l.interval)
 		}
 	}
+	return now
+}
+
+// startRefresh takes b's next lease in the background, before this one runs
+// out or ends (a quarter of its tokens or of its life left): the requests of
+// a busy key do not wait for the store.
+func startRefresh(l *limiter, b *bucket, key string, now int64) {
+	if !l.shared.available(now) {
+		return
+	}
+	l.sem <- struct{}{}
+	if b.fetching != nil {
+		<-l.sem
+		return
+	}
+	ch := make(chan struct{})
+	b.fetching = ch
+	n := nextLease(l.shared, b, now)
 	<-l.sem
+	go refreshLease(l, b, ch, key, n, now)
+}
+
+// allowSharedSlow is allowShared when the lease cannot answer: it waits for
+// a store call in flight for the key, or makes one.
+func allowSharedSlow(l *limiter, rw http.ResponseWriter, req *http.Request, key string, now int64) int64 {
+	for waited := 0; ; waited++ {
+		l.sem <- struct{}{}
+		b := l.buckets[key]
+		if b == nil {
+			b = insertBucket(l, key, now)
+		}
+		if b.leaseLeft > 0 && now < b.leaseEnd {
+			b.leaseLeft--
+			left := b.leaseLeft + b.storeLeft
+			<-l.sem
+			return sharedAdmit(l, rw, left, now)
+		}
+		if now < b.emptyUntil { // the store said: no token before then
+			wait := b.emptyUntil - now
+			<-l.sem
+			return sharedRejected(l, rw, wait, now)
+		}
+		if b.fetching != nil && waited < 2 {
+			ch := b.fetching
+			b.waiters++
+			<-l.sem
+			<-ch // closed by the call in flight, whatever its outcome
+			now = int64(time.Since(epoch))
+			continue
+		}
+		n := nextLease(l.shared, b, now)
+		ch := make(chan struct{})
+		b.fetching = ch
+		<-l.sem
+		return fetchLease(l, rw, req, b, ch, key, n, now)
+	}
+}
+
+// nextLease is the size of b's next lease, with the lock held: twice the
+// last one when it is (nearly) used up (the key asks for more than it can
+// earn meanwhile), else what was used of it, plus the
+// requests waiting, within 1 and lease. A lease that ended unused is used 0:
+// the next is 1.
+func nextLease(s *shared, b *bucket, now int64) int64 {
+	n := int64(1)
+	if b.leaseLeft < b.leaseN/4+1 {
+		n = b.leaseN * 2
+	} else if used := b.leaseN - b.leaseLeft; used > 1 {
+		n = used // a refresh ahead of the end: what this life used
+	}
+	n += b.waiters
+	b.waiters = 0
+	if n > s.lease {
+		n = s.lease
+	}
+	if n < 1 {
+		n = 1
+	}
+	return n
+}
+
+// refreshLease takes b's next lease in the background. The new lease
+// replaces what is left of the old one (at most a quarter of it, dropped:
+// its tokens are spent for the bound's sake), and lives from before the
+// call.
+func refreshLease(l *limiter, b *bucket, ch chan struct{}, key string, n, now int64) {
+	s := l.shared
+	granted, waitUs, remaining, _, err := s.client.takeTokens(s.prefix+key, s.intervalUs, s.toleranceUs, n)
+	l.sem <- struct{}{}
+	b.fetching = nil
+	if err == nil && granted > 0 {
+		b.leaseN, b.leaseLeft, b.leaseEnd, b.storeLeft = granted, granted, now+s.life, remaining
+	} else if err == nil {
+		b.emptyUntil = now + waitUs*int64(time.Microsecond)
+	}
+	<-l.sem
+	close(ch)
+	if err != nil {
+		s.failed(int64(time.Since(epoch)), err)
+		return
+	}
+	s.succeeded()
+}
+
+// fetchLease takes up to n tokens of key from the store for b, keeps all but
+// the request's own as b's lease, and wakes the requests waiting on ch.
+func fetchLease(l *limiter, rw http.ResponseWriter, req *http.Request, b *bucket, ch chan struct{}, key string, n, now int64) int64 {
+	s := l.shared
 	if !s.available(now) {
+		l.sem <- struct{}{}
+		b.fetching = nil
+		<-l.sem
+		close(ch)
 		return storeFailed(l, rw, req, key, now)
 	}
 	granted, waitUs, remaining, _, err := s.client.takeTokens(s.prefix+key, s.intervalUs, s.toleranceUs, n)
+	l.sem <- struct{}{}
+	b.fetching = nil
+	if err == nil && granted > 0 {
+		b.leaseN, b.leaseLeft, b.leaseEnd, b.storeLeft = granted, granted-1, now+s.life, remaining
+	} else if err == nil {
+		b.emptyUntil = now + waitUs*int64(time.Microsecond) // tokens come back with time only: exact
+	}
+	<-l.sem
+	close(ch)
 	if err != nil {
 		s.failed(now, err)
 		return storeFailed(l, rw, req, key, now)
 	}
 	s.succeeded()
 	if granted == 0 {
-		wait := waitUs * int64(time.Microsecond)
-		if wait <= l.maxDelay {
-			wait = l.maxDelay + 1 // the store admits nothing later: a rejection
-		}
-		if rejected(l, rw, wait) {
-			return -1
-		}
-		return now // dry run
+		return sharedRejected(l, rw, waitUs*int64(time.Microsecond), now)
 	}
-	l.sem <- struct{}{}
-	b.leaseN, b.leaseLeft, b.leaseEnd, b.storeLeft = granted, granted-1, now+granted*s.interval, remaining
-	<-l.sem
 	return sharedAdmit(l, rw, granted-1+remaining, now)
+}
+
+// sharedRejected answers a request the store has no token for before wait.
+// The store admits nothing later: a wait within maxDelay is a rejection too.
+func sharedRejected(l *limiter, rw http.ResponseWriter, wait, now int64) int64 {
+	if wait <= l.maxDelay {
+		wait = l.maxDelay + 1
+	}
+	if rejected(l, rw, wait) {
+		return -1
+	}
+	return now // dry run
 }
 
 // sharedAdmit writes the RateLimit fields of an admitted request with left

@@ -52,9 +52,9 @@ func sharedRequest(l *limiter, client string) (int, http.Header) {
 // of T, and close to it: the limit is one, not three.
 func TestSharedLimitBoundAcrossReplicas(t *testing.T) {
 	srv := newTestRedis(t, false)
-	ls := replicas(t, 3, "bound@file", sharedConfig(srv.addr(), 200, "1s", 40)) // lease 5
-	if ls[0].shared.lease != 5 {
-		t.Fatalf("lease %d, want burst/8 = 5", ls[0].shared.lease)
+	ls := replicas(t, 3, "bound@file", sharedConfig(srv.addr(), 200, "1s", 40)) // lease 10
+	if ls[0].shared.lease != 10 {
+		t.Fatalf("lease %d, want burst/4 = 10", ls[0].shared.lease)
 	}
 	start := time.Now()
 	var admitted, rejectedN int64

@@ -67,6 +67,8 @@ var routers = []router{
 	{name: "floor-next", label: "5a. reference Yaegi plugin that only calls next (the interpreter's floor)"},
 	{name: "floor-observe", label: "5b. reference Yaegi plugin that reads the status code and times the request (the floor of 3c, 3d and 4)"},
 	{name: "floor-limit", label: "5c. reference Yaegi plugin that reads the clock, takes a lock, stores the instant by peer and writes the two RateLimit fields (the floor of 3b)"},
+	{name: "native-redis", label: "6a. Traefik native RateLimit shared through Redis (compiled: one Redis script per request)"},
+	{name: "redis", label: "6b. edgecanary: rate limit shared through Redis (leases of up to burst/4 tokens, refreshed in the background)"},
 }
 
 // benchAccept is the Accept header of every benchmark request, as curl sends
@@ -183,6 +185,16 @@ func bench(o options) error {
 		sidecarIngest = ingest
 	}
 
+	redisAddr := ""
+	if contains(selected, "redis") || contains(selected, "native-redis") {
+		addr, stopRedis, err := startRedis(dir)
+		if err != nil {
+			return err
+		}
+		defer stopRedis()
+		redisAddr = addr
+	}
+
 	if err := stage.Plugin(root, filepath.Join(dir, "plugins-local")); err != nil {
 		return err
 	}
@@ -210,7 +222,7 @@ func bench(o options) error {
 	if err := os.WriteFile(filepath.Join(dir, "traefik.yml"), []byte(static), 0o644); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "dynamic.yml"), []byte(dynamicConfig(stable, canary, sidecarIngest)), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "dynamic.yml"), []byte(dynamicConfig(stable, canary, sidecarIngest, redisAddr)), 0o644); err != nil {
 		return err
 	}
 	logs := &bytes.Buffer{}
@@ -331,6 +343,38 @@ func stageFloor(src, dst string) error {
 		}
 	}
 	return nil
+}
+
+// startRedis starts Debian's redis-server on a free loopback port, without
+// persistence, for the Redis lines.
+func startRedis(dir string) (string, func(), error) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return "", nil, fmt.Errorf("the Redis lines need redis-server (apt-get install --no-install-recommends redis-server): %w", err)
+	}
+	port, err := freePort()
+	if err != nil {
+		return "", nil, err
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return "", nil, err
+	}
+	stop := func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}
+	for i := 0; i < 100; i++ {
+		if c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond); err == nil {
+			c.Close()
+			return addr, stop, nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	stop()
+	return "", nil, fmt.Errorf("redis-server on %s did not start", addr)
 }
 
 func contains(rs []router, name string) bool {

@@ -34,6 +34,13 @@ func pathBackend(name string, held *sync.Map) http.Handler {
 			heldEntered.Store(req.Header.Get("X-Test-Canary")+req.URL.Path, true)
 			release, _ := held.LoadOrStore(req.URL.Path, make(chan struct{}))
 			<-release.(chan struct{})
+			if strings.Contains(req.URL.Path, "/slow=true/") {
+				// Held past slowThreshold on both paths, whatever the
+				// test's timing: the two canaries' requests are held for
+				// different times, and one may otherwise be judged slow
+				// and the other not.
+				time.Sleep(40 * time.Millisecond)
+			}
 		}
 		switch req.URL.Path {
 		case "/fail":

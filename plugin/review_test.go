@@ -294,12 +294,16 @@ func TestReviewConcurrentPaths(t *testing.T) {
 				cfg.CircuitBreaker.OpenDuration = "5ms"
 			}
 			c := reviewCanary(t, next, cfg, key, true)
+			n := 60
+			if testing.Short() {
+				n = 20
+			}
 			var wg sync.WaitGroup
 			for g := 0; g < 8; g++ {
 				wg.Add(1)
 				go func(g int) {
 					defer wg.Done()
-					for i := 0; i < 60; i++ {
+					for i := 0; i < n; i++ {
 						path := "/"
 						if (i+g)%3 == 0 {
 							path = "/fail"

@@ -82,6 +82,14 @@ func TestReviewInlineMustNotChangeMeaning(t *testing.T) {
 			step:  "func each(n int, f func(i int)) {\n\tfor j := 0; j < n; j++ {\n\t\tf(j)\n\t}\n}",
 			wrong: "if j == 1 {\n\t\t\treturn",
 		},
+		{
+			// A hole with a return called before the step's end: called, the
+			// step goes on after it; inlined, the return skips the rest.
+			name:  "a hole whose return would skip the rest of the step",
+			body:  "INLINE.two(func() {\n\t\tstop()\n\t\treturn\n\t})\n\tuse()",
+			step:  "func two(f func()) {\n\tif ok {\n\t\tf()\n\t}\n\tafter()\n}",
+			wrong: "return\n\t}\n\tafter()",
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := renderWith(t, tc.body, tc.step)

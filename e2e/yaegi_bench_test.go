@@ -306,12 +306,14 @@ func floorHandler(b *testing.B, mode string) http.Handler {
 	if err := os.MkdirAll(dst, 0o755); err != nil {
 		b.Fatal(err)
 	}
-	src, err := os.ReadFile(filepath.Join("cmd", "bench", "floor", "floor.go"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dst, "floor.go"), src, 0o644); err != nil {
-		b.Fatal(err)
+	for _, f := range []string{"floor.go", "status_gen.go"} { // the status wrapper is rendered by internal/gen
+		src, err := os.ReadFile(filepath.Join("cmd", "bench", "floor", f))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, f), src, 0o644); err != nil {
+			b.Fatal(err)
+		}
 	}
 	i := yaegiImport(b, goPath, io.Discard, "github.com/edgecanary/benchfloor")
 	fnNew, err := i.Eval("benchfloor.New")

@@ -324,3 +324,100 @@ func TestReviewConcurrentPaths(t *testing.T) {
 		})
 	}
 }
+
+// TestReviewConfigurationEdges builds every combination of edge settings
+// (one version or two, a zero weight on either side, sticky.header,
+// override.cookie, a breaker without fallback or with slowThreshold, the
+// limiter keyed otherwise than by the peer, dry-run, RateLimit fields off)
+// on the generated paths and on the reference, and sends the same requests
+// to both: no panic, and the same status and body.
+func TestReviewConfigurationEdges(t *testing.T) {
+	canarySrv := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/fail" {
+			rw.WriteHeader(http.StatusInternalServerError)
+		}
+		_, _ = io.WriteString(rw, "canary")
+	}))
+	defer canarySrv.Close()
+	prevIntn := randIntn
+	defer func() { randIntn = prevIntn }()
+	randIntn = func(int) int { return 0 }
+	versions := map[string]map[string]VersionConfig{
+		"one":          {"stable": {Weight: 1}},
+		"two":          {"stable": {Weight: 50}, "canary": {Weight: 50, URL: canarySrv.URL}},
+		"canary-zero":  {"stable": {Weight: 50}, "canary": {Weight: 0, URL: canarySrv.URL}},
+		"primary-zero": {"stable": {Weight: 0}, "canary": {Weight: 50, URL: canarySrv.URL}},
+	}
+	n := 0
+	for vname, vs := range versions {
+		for mask := 0; mask < 1<<7; mask++ {
+			if testing.Short() && mask%3 != 0 {
+				continue
+			}
+			cfg := CreateConfig()
+			cfg.Versions = vs
+			cfg.Sticky.Cookie.Secret = "s"
+			cfg.Override.TrustedIPs = []string{"192.0.2.0/24"}
+			if mask&1 != 0 {
+				cfg.Sticky.Header = "X-User"
+			}
+			if mask&2 != 0 {
+				cfg.Override.Cookie = "force"
+			}
+			if mask&4 != 0 {
+				cfg.RateLimit = rlConfig(3, "1s", 3)
+				if mask&8 != 0 {
+					cfg.RateLimit.SourceCriterion.RequestHeaderName = "X-Key"
+				}
+				if mask&16 != 0 {
+					cfg.RateLimit.DryRun = true
+					cfg.RateLimit.Headers = false
+				}
+			}
+			if mask&32 != 0 {
+				cfg.CircuitBreaker.ConsecutiveFailures = 2
+				cfg.CircuitBreaker.Fallback = mask&8 == 0
+				if mask&16 != 0 {
+					cfg.CircuitBreaker.SlowThreshold = "1h"
+				}
+			}
+			if mask&64 != 0 {
+				cfg.Sidecar.Address, cfg.Sidecar.Interval = "http://127.0.0.1:1", "1h"
+			}
+			n++
+			name := fmt.Sprintf("%s/%07b", vname, mask)
+			t.Run(name, func(t *testing.T) {
+				gen := pathCanary(t, stableNext, cfg, fmt.Sprintf("edge-gen-%d@file", n), true)
+				ref := pathCanary(t, stableNext, cfg, fmt.Sprintf("edge-ref-%d@file", n), false)
+				for i := 0; i < 12; i++ {
+					answer := func(c *canary) string {
+						path := "/"
+						if i%3 == 2 {
+							path = "/fail"
+						}
+						req := httptest.NewRequest(http.MethodGet, "http://shop.test"+path, nil)
+						req.RemoteAddr = fmt.Sprintf("192.0.2.%d:1000", i%2)
+						req.Header.Set("X-Key", "k")
+						switch i % 4 {
+						case 1:
+							req.AddCookie(&http.Cookie{Name: c.cookieName, Value: c.signed.values[0]})
+						case 2:
+							req.AddCookie(&http.Cookie{Name: c.cookieName, Value: c.signed.values[numBuckets-1]})
+						case 3:
+							req.Header.Set("X-Canary", "always")
+							req.Header.Set("X-User", "u1")
+						}
+						rec := httptest.NewRecorder()
+						if p := serveRecovering(c, rec, req); p != nil {
+							t.Fatalf("request %d: panic %v (key %q)", i, p, pathKey(c))
+						}
+						return fmt.Sprintf("%d %q seen=%q", rec.Code, rec.Body.String(), rec.Header().Get("X-Seen-Canary"))
+					}
+					if a, b := answer(gen), answer(ref); a != b {
+						t.Fatalf("request %d (key %q): generated %s, reference %s", i, pathKey(gen), a, b)
+					}
+				}
+			})
+		}
+	}
+}

@@ -827,7 +827,7 @@ func (r *renderer) checkHoles(step string, list []ast.Stmt, b *binding, tail boo
 // noHoleIn refuses, under n, a call of a func parameter inside a func
 // literal, and (when returning is set) one whose literal returns.
 func (r *renderer) noHoleIn(step string, n ast.Node, b *binding, returning bool) {
-	if n == nil || n == ast.Node(nil) {
+	if n == nil {
 		return
 	}
 	ast.Inspect(n, func(n ast.Node) bool {

@@ -306,7 +306,7 @@ func floorHandler(b *testing.B, mode string) http.Handler {
 	if err := os.MkdirAll(dst, 0o755); err != nil {
 		b.Fatal(err)
 	}
-	for _, f := range []string{"floor.go", "status_gen.go"} {
+	for _, f := range []string{"floor.go", "status_gen.go"} { // the status wrapper is rendered by internal/gen
 		src, err := os.ReadFile(filepath.Join("cmd", "bench", "floor", f))
 		if err != nil {
 			b.Fatal(err)

@@ -449,11 +449,13 @@ func leaveSlow(c *canary, b *breaker, gen uint64, code int, start, end int64) {
 }
 
 // headersStart is the start that leaveSlow judges slowThreshold from: end -
-// (headers - sent), or sent when the headers' time was not recorded.
+// (headers - sent), or sent when the headers' time was not recorded. It
+// reads sent once, first: the request paths assign its result to sent
+// itself, which internal/gen allows only so (see checkAlias).
 func headersStart(w *statusWriter, sent, end int64) (start int64) {
 	start = sent
 	if w.headers != 0 {
-		start = end - (w.headers - sent)
+		start = end - (w.headers - start)
 	}
 	return
 }

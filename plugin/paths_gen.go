@@ -426,6 +426,9 @@ func pathL(c *canary) http.HandlerFunc {
 	sem, interval, span0 := rl.sem, rl.interval, rl.window+rl.interval
 	headers, policy := rl.headers, rl.policy
 	rest := serveReference(c)
+	if peers == nil {
+		return rest
+	}
 	primary := c.primary
 	next := primary.handler
 	return func(rw http.ResponseWriter, req *http.Request) {
@@ -718,6 +721,9 @@ func pathLP(c *canary) http.HandlerFunc {
 	sem, interval, span0 := rl.sem, rl.interval, rl.window+rl.interval
 	headers, policy := rl.headers, rl.policy
 	rest := serveReference(c)
+	if peers == nil {
+		return rest
+	}
 	lookup, cookieName := c.signed.lookup, c.cookieName
 	handlerOf := make([]http.Handler, numBuckets)
 	for b, r := range c.bucketOf {

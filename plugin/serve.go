@@ -14,7 +14,9 @@ import "net/http"
 //	breaker and/or reporting, one version   pathB, pathS, pathBS  enter, leave, headersStart,       TestGeneratedPathsMatchReference
 //	  with the cookie, with the limiter     pathP*, pathL*        passThrough, record (+ the above)   (random sequences, every path)
 //	sticky.header or override.cookie set    reference             none: each request is chosen      the reference itself
-//	rateLimit.redis, nothing observed       reference             none: the lease decides           TestSharedLimit*, TestTraefikReplicasShareOneLimit
+//	limiter the inline step cannot answer   pathL/pathLP return   none: allowSlow decides           TestGeneratedPathsMatchReference
+//	  (not by peer, fields without table,   the reference path    (rateLimit.redis: the lease)      TestSharedLimit*, TestTraefikReplicasShareOneLimit
+//	  rateLimit.redis), nothing observed
 //
 // Path names are the features' initials: L limiter, P cookie pick, B breaker,
 // S stats (reporting). To add a step: write it once as a function of the
@@ -49,9 +51,6 @@ var generated = true
 func pathKey(c *canary) string {
 	if !c.single && !c.fast || c.single && c.slowPath {
 		return "" // every request is chosen: the reference path
-	}
-	if c.rl != nil && c.rl.shared != nil && !c.observe {
-		return "" // the inline GCRA step never answers for a shared limit: the reference path's is leaner
 	}
 	k := ""
 	if c.rl != nil {

@@ -11,7 +11,13 @@
 // it. A step has at most one return, a bare one at its end, or is a single
 // return of an expression. Locals a step declares at its top level must not
 // clash with the template's names, and no argument may name a local the
-// step declares inside: Generate fails rather than render code that means
+// step declares inside. A step must not write its parameters, nor use a
+// parameter as a composite literal's key, nor name a package-level
+// identifier the template declares as a local; an argument must not call
+// anything (it would run at every use); a result must not be assigned to a
+// variable an argument reads (but see checkAlias); a func parameter must not
+// be called inside a func literal of the step, and one whose literal returns
+// only at the step's end. Generate fails rather than render code that means
 // something else.
 package gen
 
@@ -159,6 +165,7 @@ type renderer struct {
 	steps   map[string]*ast.FuncDecl
 	stepSrc map[string]string
 	names   map[string]bool // identifiers the template uses, and top-level locals inlined so far
+	locals  map[string]bool // names the template declares, and top-level locals inlined so far: a step's free identifier must be none of them
 	fset    *token.FileSet
 	err     error
 }
@@ -177,9 +184,12 @@ func renderOnce(tmpl []byte, steps map[string]*ast.FuncDecl, stepSrc map[string]
 		if !ok || fd.Name.Name == "pathTemplate" {
 			continue
 		}
-		r := &renderer{flags: map[string]bool{}, steps: steps, stepSrc: stepSrc, names: map[string]bool{}, fset: fset}
+		r := &renderer{flags: map[string]bool{}, steps: steps, stepSrc: stepSrc, names: map[string]bool{}, locals: map[string]bool{}, fset: fset}
 		for _, id := range variables(fd) {
 			r.names[id] = true
+		}
+		for _, id := range allDeclared(fd) {
+			r.locals[id] = true
 		}
 		r.walk(fd.Body)
 		if r.err != nil {
@@ -215,9 +225,12 @@ func render(tmpl []byte, p Path, steps map[string]*ast.FuncDecl, stepSrc map[str
 	if fn == nil {
 		return "", fmt.Errorf("the template has no func pathTemplate")
 	}
-	r := &renderer{flags: p.flags(), steps: steps, stepSrc: stepSrc, names: map[string]bool{}, fset: fset}
+	r := &renderer{flags: p.flags(), steps: steps, stepSrc: stepSrc, names: map[string]bool{}, locals: map[string]bool{}, fset: fset}
 	for _, id := range variables(fn) {
 		r.names[id] = true
+	}
+	for _, id := range allDeclared(fn) {
+		r.locals[id] = true
 	}
 	fn.Name.Name = p.Name
 	r.walk(fn.Body)
@@ -396,7 +409,9 @@ func (r *renderer) expr(e ast.Expr) ast.Expr {
 				r.fail(name + " is used as an expression but is not one return")
 				return e
 			}
-			r.rename(body, r.bindParams(name, fd, args, nil))
+			b := r.bindParams(name, fd, args, nil)
+			r.checkStep(name, fd, body, b)
+			r.rename(body, b)
 			return &ast.ParenExpr{X: ret.Results[0]}
 		}
 	}
@@ -442,6 +457,9 @@ func (r *renderer) bindParams(name string, fd *ast.FuncDecl, args []ast.Expr, b 
 			continue
 		}
 		t := r.text(args[i])
+		if hasCall(args[i]) {
+			r.fail(fmt.Sprintf("INLINE.%s: the argument %s for %s has a call, which would run at every use of %s, not once: assign it to a variable first", name, t, p.Name, p.Name))
+		}
 		switch args[i].(type) {
 		case *ast.Ident, *ast.SelectorExpr, *ast.BasicLit, *ast.IndexExpr, *ast.CallExpr, *ast.ParenExpr:
 		default:
@@ -459,6 +477,7 @@ func (r *renderer) inline(name string, args, lhs []ast.Expr, tok token.Token) []
 		return nil
 	}
 	b := r.bindParams(name, fd, args, nil)
+	r.checkStep(name, fd, body, b)
 	var results []*ast.Field
 	var nres int
 	if fd.Type.Results != nil {
@@ -487,6 +506,9 @@ func (r *renderer) inline(name string, args, lhs []ast.Expr, tok token.Token) []
 				r.claim(name, n.Name)
 			}
 			b.text[n.Name] = target
+			if !declare {
+				r.checkAlias(name, fd, body, args, n.Name, lhs[i-1])
+			}
 			if declare {
 				out = append(out, &ast.DeclStmt{Decl: &ast.GenDecl{Tok: token.VAR, Specs: []ast.Spec{
 					&ast.ValueSpec{Names: []*ast.Ident{ast.NewIdent(target)}, Type: f.Type},
@@ -537,6 +559,7 @@ func (r *renderer) inline(name string, args, lhs []ast.Expr, tok token.Token) []
 			}
 		}
 	}
+	r.checkHoles(name, list, b, true)
 	r.rename(&ast.BlockStmt{List: list}, b)
 	return append(out, r.fill(list, b)...)
 }
@@ -569,6 +592,7 @@ func (r *renderer) claim(step, local string) {
 		r.fail(fmt.Sprintf("INLINE.%s: its local %s clashes with a name of the template or another step", step, local))
 	}
 	r.names[local] = true
+	r.locals[local] = true
 }
 
 // declared lists the names a statement declares: at its own level
@@ -597,12 +621,257 @@ func declared(s ast.Stmt, nested bool) []string {
 				for _, id := range n.Names {
 					names = append(names, id.Name)
 				}
+			case *ast.RangeStmt:
+				if n.Tok == token.DEFINE {
+					for _, e := range []ast.Expr{n.Key, n.Value} {
+						if id, ok := e.(*ast.Ident); ok && id.Name != "_" {
+							names = append(names, id.Name)
+						}
+					}
+				}
+			case *ast.FuncLit:
+				names = append(names, fieldNames(n.Type.Params)...)
+				names = append(names, fieldNames(n.Type.Results)...)
 			}
 		}
 		return true
 	})
 	sort.Strings(names)
 	return names
+}
+
+func fieldNames(fl *ast.FieldList) []string {
+	var names []string
+	if fl != nil {
+		for _, f := range fl.List {
+			for _, id := range f.Names {
+				names = append(names, id.Name)
+			}
+		}
+	}
+	return names
+}
+
+// allDeclared lists every name a function declares: its parameters and
+// results, and the locals of every scope in it.
+func allDeclared(fd *ast.FuncDecl) []string {
+	names := append(fieldNames(fd.Type.Params), fieldNames(fd.Type.Results)...)
+	if fd.Body != nil {
+		for _, s := range fd.Body.List {
+			names = append(names, declared(s, false)...)
+			names = append(names, declared(s, true)...)
+		}
+	}
+	return names
+}
+
+// hasCall reports whether e calls anything (a conversion counts: the
+// generator has no types).
+func hasCall(e ast.Expr) bool {
+	found := false
+	ast.Inspect(e, func(n ast.Node) bool {
+		if _, ok := n.(*ast.CallExpr); ok {
+			found = true
+		}
+		return !found
+	})
+	return found
+}
+
+// checkStep refuses a step whose inlining would change what it means
+// (parameters are bound in b, results not yet): a parameter written (a
+// call's parameter is a copy, an inlined one is the caller's variable), a
+// parameter or result as a composite literal's key (it cannot be told from
+// a field name, which is not renamed), and a free identifier of the step (a
+// package-level name) that the template or an inlined step declares as a
+// local, which would capture it.
+func (r *renderer) checkStep(name string, fd *ast.FuncDecl, body *ast.BlockStmt, b *binding) {
+	bound := map[string]bool{}
+	for p := range b.text {
+		bound[p] = true
+	}
+	own := map[string]bool{}
+	for _, id := range allDeclared(fd) {
+		own[id] = true
+	}
+	written := func(e ast.Expr) {
+		if id, ok := e.(*ast.Ident); ok && bound[id.Name] {
+			r.fail(fmt.Sprintf("INLINE.%s: it writes its parameter %s, which inlined is the caller's %s", name, id.Name, b.text[id.Name]))
+		}
+	}
+	ast.Inspect(body, func(n ast.Node) bool {
+		switch n := n.(type) {
+		case *ast.AssignStmt:
+			if n.Tok != token.DEFINE {
+				for _, l := range n.Lhs {
+					written(l)
+				}
+			}
+		case *ast.IncDecStmt:
+			written(n.X)
+		case *ast.UnaryExpr:
+			if n.Op == token.AND {
+				written(n.X)
+			}
+		case *ast.RangeStmt:
+			if n.Tok == token.ASSIGN {
+				written(n.Key)
+				written(n.Value)
+			}
+		case *ast.KeyValueExpr:
+			if id, ok := n.Key.(*ast.Ident); ok && own[id.Name] {
+				r.fail(fmt.Sprintf("INLINE.%s: %s is a composite literal's key and a name of the step: a field name is not renamed, a variable must be", name, id.Name))
+			}
+		}
+		return true
+	})
+	for _, id := range variables(body) {
+		if !own[id] && r.locals[id] {
+			r.fail(fmt.Sprintf("INLINE.%s: its %s would be the template's local %s", name, id, id))
+		}
+	}
+}
+
+// checkAlias refuses a result assigned to a variable an argument reads:
+// inlined, every write to the result changes that argument's parameter,
+// which called is a copy. One case is safe and allowed: the argument is the
+// variable itself, the step's first statement copies that parameter to the
+// result, and the parameter appears nowhere else (headersStart's start =
+// sent, which the generator then drops as x = x).
+func (r *renderer) checkAlias(step string, fd *ast.FuncDecl, body *ast.BlockStmt, args []ast.Expr, result string, target ast.Expr) {
+	roots := map[string]bool{}
+	for _, v := range variables(target) {
+		roots[v] = true
+	}
+	var params []*ast.Ident
+	for _, f := range fd.Type.Params.List {
+		params = append(params, f.Names...)
+	}
+	for i, p := range params {
+		if i >= len(args) {
+			return
+		}
+		if _, lit := args[i].(*ast.FuncLit); lit {
+			continue
+		}
+		shared := false
+		for _, v := range variables(args[i]) {
+			shared = shared || roots[v]
+		}
+		if !shared || r.text(args[i]) == r.text(target) && copiesFirst(body, result, p.Name) {
+			continue
+		}
+		r.fail(fmt.Sprintf("INLINE.%s: its result %s is assigned to %s, which the argument for %s reads: inlined, writing %s would change %s", step, result, r.text(target), p.Name, result, p.Name))
+	}
+}
+
+// copiesFirst reports whether body starts with result = param and names
+// param nowhere else.
+func copiesFirst(body *ast.BlockStmt, result, param string) bool {
+	if len(body.List) == 0 {
+		return false
+	}
+	as, ok := body.List[0].(*ast.AssignStmt)
+	if !ok || as.Tok != token.ASSIGN || len(as.Lhs) != 1 || len(as.Rhs) != 1 {
+		return false
+	}
+	l, lok := as.Lhs[0].(*ast.Ident)
+	rv, rok := as.Rhs[0].(*ast.Ident)
+	if !lok || !rok || l.Name != result || rv.Name != param {
+		return false
+	}
+	n := 0
+	for _, v := range variables(body) {
+		if v == param {
+			n++
+		}
+	}
+	return n == 1
+}
+
+// checkHoles refuses a call of a func parameter whose literal would not
+// mean, inlined, what it means called: inside a func literal of the step
+// (the body would run when that literal runs, and its return return from
+// it), or, for a literal with a return, anywhere but the step's tail (the
+// return leaves the path, where called it would go on with the step).
+func (r *renderer) checkHoles(step string, list []ast.Stmt, b *binding, tail bool) {
+	for i, s := range list {
+		last := tail && i == len(list)-1
+		switch s := s.(type) {
+		case *ast.ExprStmt:
+			if lit := r.holeCall(s, b); lit != nil {
+				if !last && returns(lit.Body) {
+					r.fail(fmt.Sprintf("INLINE.%s: a func parameter whose literal returns is called before the step's end: the return would skip the rest of the step", step))
+				}
+				continue
+			}
+		case *ast.IfStmt:
+			r.noHoleIn(step, s.Init, b, false)
+			r.noHoleIn(step, s.Cond, b, false)
+			r.checkHoles(step, s.Body.List, b, last)
+			switch e := s.Else.(type) {
+			case *ast.BlockStmt:
+				r.checkHoles(step, e.List, b, last)
+			case *ast.IfStmt:
+				r.checkHoles(step, []ast.Stmt{e}, b, last)
+			}
+			continue
+		case *ast.BlockStmt:
+			r.checkHoles(step, s.List, b, last)
+			continue
+		}
+		r.noHoleIn(step, s, b, true)
+	}
+}
+
+// noHoleIn refuses, under n, a call of a func parameter inside a func
+// literal, and (when returning is set) one whose literal returns.
+func (r *renderer) noHoleIn(step string, n ast.Node, b *binding, returning bool) {
+	if n == nil {
+		return
+	}
+	ast.Inspect(n, func(n ast.Node) bool {
+		switch n := n.(type) {
+		case *ast.FuncLit:
+			ast.Inspect(n.Body, func(m ast.Node) bool {
+				if es, ok := m.(*ast.ExprStmt); ok && r.holeCall(es, b) != nil {
+					r.fail(fmt.Sprintf("INLINE.%s: a func parameter is called inside a func literal of the step", step))
+				}
+				return true
+			})
+			return false
+		case *ast.ExprStmt:
+			if lit := r.holeCall(n, b); lit != nil && returning && returns(lit.Body) {
+				r.fail(fmt.Sprintf("INLINE.%s: a func parameter whose literal returns is called in a loop or a switch of the step: the return would leave the path", step))
+			}
+		}
+		return true
+	})
+}
+
+// holeCall returns the literal passed for the func parameter s calls, or nil.
+func (r *renderer) holeCall(s *ast.ExprStmt, b *binding) *ast.FuncLit {
+	if call, ok := s.X.(*ast.CallExpr); ok {
+		if id, ok := call.Fun.(*ast.Ident); ok {
+			return b.holes[id.Name]
+		}
+	}
+	return nil
+}
+
+// returns reports whether a literal's body has a return of its own.
+func returns(body *ast.BlockStmt) bool {
+	found := false
+	ast.Inspect(body, func(n ast.Node) bool {
+		switch n.(type) {
+		case *ast.ReturnStmt:
+			found = true
+		case *ast.FuncLit:
+			return false
+		}
+		return !found
+	})
+	return found
 }
 
 // rename renames the identifiers of n bound in b, leaving field names alone.

@@ -327,13 +327,23 @@ func bench(o options) error {
 	return writeReport(o, selected, results, latency, rssStart, rssEnd, mem, micro)
 }
 
-// stageFloor copies the reference plugin (its manifest, go.mod, floor.go and
-// the status wrapper rendered from the plugin's) as a local plugin.
+// stageFloor copies the reference plugin (its manifest, go.mod and every Go
+// file: the status wrapper is in status_gen.go) as a local plugin.
 func stageFloor(src, dst string) error {
 	if err := os.MkdirAll(dst, 0o755); err != nil {
 		return err
 	}
-	for _, f := range []string{".traefik.yml", "go.mod", "floor.go", "status_gen.go"} {
+	goFiles, err := filepath.Glob(filepath.Join(src, "*.go"))
+	if err != nil {
+		return err
+	}
+	files := []string{".traefik.yml", "go.mod"}
+	for _, f := range goFiles {
+		if !strings.HasSuffix(f, "_test.go") {
+			files = append(files, filepath.Base(f))
+		}
+	}
+	for _, f := range files {
 		data, err := os.ReadFile(filepath.Join(src, f))
 		if err != nil {
 			return err

@@ -30,6 +30,9 @@ func pathTemplate(c *canary) http.HandlerFunc {
 		headers, policy := rl.headers, rl.policy
 		if !HAS.observe {
 			rest := serveReference(c)
+			if peers == nil {
+				return rest // the inline step would never answer (see inlineLimiter)
+			}
 		}
 	}
 	if HAS.pick {

@@ -81,7 +81,7 @@ const maxLease = 1024
 // requests admitted in any window T are at most burst' + (T + life)/interval
 // = burst + T/interval. The price: a burst arriving at one instant gets
 // burst - lease tokens, not burst (lease is burst/4, at most 1024, and 0
-// below a burst of 8).
+// below a burst of 32: one call per request, the whole burst).
 type shared struct {
 	client      *redisClient
 	prefix      string // the key namespace: middleware and settings
@@ -181,7 +181,7 @@ func newShared(name string, cfg RedisConfig, interval, burst int64, source strin
 	if s.intervalUs < 1 || interval%int64(time.Microsecond) != 0 && interval < int64(time.Millisecond) {
 		return nil, "", fmt.Errorf("rateLimit.average: with rateLimit.redis, the interval between tokens (%v) must be a whole number of microseconds", time.Duration(interval))
 	}
-	if burst >= 8 {
+	if burst >= 32 {
 		s.lease = burst / 4
 		if s.lease > maxLease {
 			s.lease = maxLease

@@ -91,7 +91,7 @@ func TestSharedLimitBoundAcrossReplicas(t *testing.T) {
 // are taken one per request (no lease wasted).
 func TestSharedLimitBelowRateIsNeverRejected(t *testing.T) {
 	srv := newTestRedis(t, false)
-	ls := replicas(t, 3, "below@file", sharedConfig(srv.addr(), 50, "1s", 16)) // interval 20ms
+	ls := replicas(t, 3, "below@file", sharedConfig(srv.addr(), 50, "1s", 32)) // interval 20ms, lease 8
 	n := 60
 	if testing.Short() {
 		n = 30

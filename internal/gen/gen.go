@@ -567,6 +567,14 @@ func (r *renderer) inline(name string, args, lhs []ast.Expr, tok token.Token) []
 // variables lists the identifiers under n that are not field names.
 func variables(n ast.Node) []string {
 	var names []string
+	eachVariable(n, func(id *ast.Ident) { names = append(names, id.Name) })
+	return names
+}
+
+// eachVariable calls f for every identifier under n that is not a field
+// name: not the selected name of x.f, nor the key of a composite literal's
+// key: value.
+func eachVariable(n ast.Node, f func(id *ast.Ident)) {
 	skip := map[*ast.Ident]bool{}
 	ast.Inspect(n, func(n ast.Node) bool {
 		switch n := n.(type) {
@@ -578,12 +586,11 @@ func variables(n ast.Node) []string {
 			}
 		case *ast.Ident:
 			if !skip[n] {
-				names = append(names, n.Name)
+				f(n)
 			}
 		}
 		return true
 	})
-	return names
 }
 
 // claim records a top-level local of an inlined step, which must be new.
@@ -876,21 +883,10 @@ func returns(body *ast.BlockStmt) bool {
 
 // rename renames the identifiers of n bound in b, leaving field names alone.
 func (r *renderer) rename(n ast.Node, b *binding) {
-	skip := map[*ast.Ident]bool{}
-	ast.Inspect(n, func(n ast.Node) bool {
-		switch n := n.(type) {
-		case *ast.SelectorExpr:
-			skip[n.Sel] = true
-		case *ast.KeyValueExpr:
-			if id, ok := n.Key.(*ast.Ident); ok {
-				skip[id] = true
-			}
-		case *ast.Ident:
-			if t, ok := b.text[n.Name]; ok && !skip[n] {
-				n.Name = t
-			}
+	eachVariable(n, func(id *ast.Ident) {
+		if t, ok := b.text[id.Name]; ok {
+			id.Name = t
 		}
-		return true
 	})
 }
 

@@ -6,6 +6,8 @@
 package plugin
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"net/http"
 	"net/http/httptest"
@@ -120,4 +122,22 @@ func peerKeyOf(l *limiter, remote string) string {
 		}
 	}
 	return ""
+}
+
+// FuzzRedisReply: whatever a Redis server (or something pretending to be
+// one) answers, the RESP reader returns a value or an error: never a panic,
+// never an allocation far beyond what it read.
+func FuzzRedisReply(f *testing.F) {
+	for _, seed := range []string{"+OK\r\n", "-ERR x\r\n", ":42\r\n", "$3\r\nfoo\r\n", "$-1\r\n", "*2\r\n:1\r\n$1\r\na\r\n", "*-1\r\n",
+		"*1\r\n*1\r\n*1\r\n:1\r\n", "$999999999999\r\n", "*99999999\r\n", ":9223372036854775808\r\n", "$2\r\nab", "+OK"} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		br := bufio.NewReaderSize(bytes.NewReader(data), redisReadBuf)
+		for i := 0; i < 4; i++ {
+			if _, err := readRedisReply(br, 0); err != nil {
+				return
+			}
+		}
+	})
 }

@@ -91,10 +91,12 @@ type shared struct {
 	life        int64 // how long a lease may be spent: lease intervals, in ns
 	onError     int
 
-	mu      sync.Mutex
-	down    bool  // the last call failed: requests do not wait for the store
-	retryAt int64 // while down, when the next call may try again (ns since epoch)
-	backoff int64
+	mu       sync.Mutex
+	down     bool  // the last call failed: requests do not wait for the store
+	retryAt  int64 // while down, when the next call may try again (ns since epoch)
+	backoff  int64
+	logged   bool
+	loggedAt int64 // when an outage was last logged: at most once per 10 s
 
 	counters *rlCounters // the middleware's: storeErrors counts the calls that failed
 	up       int32       // 1 while the last call succeeded (atomic)
@@ -457,8 +459,12 @@ func (s *shared) failed(now int64, err error) {
 	}
 	s.down = true
 	s.retryAt = now + s.backoff
+	log := first && (!s.logged || now-s.loggedAt >= int64(10*time.Second))
+	if log {
+		s.logged, s.loggedAt = true, now
+	}
 	s.mu.Unlock()
-	if first {
+	if log {
 		logStoreError(err)
 	}
 }
@@ -473,7 +479,8 @@ func (s *shared) succeeded() {
 	s.mu.Unlock()
 }
 
-// logStoreError logs a store failure, once per outage (the metrics count them all).
+// logStoreError logs a store failure: once per outage, and at most once per
+// 10 s when the store flaps (the metrics count every failure).
 func logStoreError(err error) {
 	msg := err.Error()
 	if i := strings.IndexByte(msg, '\n'); i >= 0 {

@@ -174,4 +174,3 @@ func TestReview15BackoffFromCallStart(t *testing.T) {
 		}
 	}
 }
-

@@ -371,7 +371,9 @@ func fetchLease(l *limiter, rw http.ResponseWriter, req *http.Request, b *bucket
 	<-l.sem
 	close(ch)
 	if err != nil {
-		s.failed(now, err)
+		// The backoff runs from the call's end: a call that timed out took
+		// longer than the first backoff.
+		s.failed(int64(time.Since(epoch)), err)
 		return storeFailed(l, rw, req, key, now)
 	}
 	s.succeeded()
@@ -449,8 +451,11 @@ func (s *shared) available(now int64) bool {
 // for a backoff that doubles from 250ms to 5s.
 func (s *shared) failed(now int64, err error) {
 	atomic.AddUint64(&s.counters.storeErrors, 1)
-	atomic.StoreInt32(&s.up, 0)
 	s.mu.Lock()
+	// up changes with down, under the lock: else a success racing this
+	// failure could leave down set with up 1, and succeeded (which returns
+	// early on up) would never clear it.
+	atomic.StoreInt32(&s.up, 0)
 	first := !s.down
 	if first {
 		s.backoff = int64(250 * time.Millisecond)
@@ -473,8 +478,8 @@ func (s *shared) succeeded() {
 	if atomic.LoadInt32(&s.up) == 1 {
 		return
 	}
-	atomic.StoreInt32(&s.up, 1)
 	s.mu.Lock()
+	atomic.StoreInt32(&s.up, 1)
 	s.down = false
 	s.mu.Unlock()
 }

@@ -400,6 +400,13 @@ func peerKey(l *limiter, remoteAddr string) string {
 	return normalizeAddr(l, remoteAddr, remoteAddr)
 }
 
+// idle reports whether b carries no state at now: its tat has passed and,
+// with rateLimit.redis (whose buckets keep tat 0), it holds no live lease, no
+// known-empty store and no store call in flight.
+func idle(b *bucket, now int64) bool {
+	return b.tat <= now && b.leaseEnd <= now && b.emptyUntil <= now && b.fetching == nil
+}
+
 // insertBucket adds key, keeping the map within max entries. Called with the lock held.
 // A bucket whose tat has passed is full and carries no state: a few are
 // dropped on every insert, so idle clients expire. When the map is full, a
@@ -411,7 +418,7 @@ func peerKey(l *limiter, remoteAddr string) string {
 func insertBucket(l *limiter, key string, now int64) *bucket {
 	checked := 0
 	for k, b := range l.buckets {
-		if b.tat <= now {
+		if idle(b, now) {
 			kill(b)
 			delete(l.buckets, k)
 		}
@@ -425,15 +432,19 @@ func insertBucket(l *limiter, key string, now int64) *bucket {
 		var victimKey string
 		checked = 0
 		for k, b := range l.buckets {
+			if idle(b, now) { // gives nothing away
+				victim, victimKey = b, k
+				break
+			}
 			if victim == nil || b.tat < victim.tat {
 				victim, victimKey = b, k
 			}
 			checked++
-			if b.tat <= now || checked >= 8 {
+			if checked >= 8 {
 				break
 			}
 		}
-		if victim.tat > now {
+		if !idle(victim, now) {
 			atomic.AddUint64(&l.counters.evictions, 1)
 		}
 		kill(victim)

@@ -313,7 +313,10 @@ func newLimiter(name string, cfg RateLimitConfig) (*limiter, error) {
 	limiters.Lock()
 	defer limiters.Unlock()
 	if e, ok := limiters.m[name]; ok && e.settings == settings {
+		releaseShared(sh) // the kept limiter has its own hold on the client
 		return e.l, nil
+	} else if ok {
+		releaseShared(e.l.shared) // replaced: its Redis client closes with its last user
 	}
 	l.sem = make(chan struct{}, 1)
 	l.buckets = make(map[string]*bucket)
@@ -330,7 +333,8 @@ func newLimiter(name string, cfg RateLimitConfig) (*limiter, error) {
 		l.nR = burst
 	}
 	if len(limiters.m) >= maxLimiters {
-		for k := range limiters.m {
+		for k, e := range limiters.m {
+			releaseShared(e.l.shared)
 			delete(limiters.m, k)
 			break
 		}

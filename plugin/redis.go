@@ -142,9 +142,10 @@ type redisConn struct {
 // idle connections are stale, and each retry clears one more of them.
 type redisClient struct {
 	opts   redisOptions
-	init   [][]string // AUTH and SELECT, sent in one write on each new connection
-	slots  chan *redisConn
-	next   int32 // index of the endpoint to dial first: the last that answered
+	init   [][]string      // AUTH and SELECT, sent in one write on each new connection
+	slots  chan *redisConn // one nil per connection that may still be dialed
+	idle   chan *redisConn // the idle connections, reused before any dial
+	next   int32           // index of the endpoint to dial first: the last that answered
 	closed int32
 }
 
@@ -169,7 +170,7 @@ func newRedisClient(opts redisOptions) *redisClient {
 	if opts.PoolSize <= 0 {
 		opts.PoolSize = redisPoolPerProc * runtime.GOMAXPROCS(0)
 	}
-	c := &redisClient{opts: opts, slots: make(chan *redisConn, opts.PoolSize)}
+	c := &redisClient{opts: opts, slots: make(chan *redisConn, opts.PoolSize), idle: make(chan *redisConn, opts.PoolSize)}
 	switch {
 	case opts.Username != "":
 		c.init = append(c.init, []string{"AUTH", opts.Username, opts.Password})
@@ -191,14 +192,12 @@ func (c *redisClient) close() {
 	if !atomic.CompareAndSwapInt32(&c.closed, 0, 1) {
 		return
 	}
-	for i := 0; i < cap(c.slots); i++ {
+	for i := 0; i < cap(c.idle); i++ {
 		drained := false
 		select {
-		case cn := <-c.slots:
+		case cn := <-c.idle:
 			drained = true
-			if cn != nil {
-				_ = cn.nc.Close()
-			}
+			_ = cn.nc.Close()
 		default:
 			drained = false
 		}
@@ -254,25 +253,38 @@ func (c *redisClient) exec(cmds [][]string) ([]interface{}, error) {
 	}
 }
 
-// get takes a slot, waiting at most ReadTimeout, and dials when it is empty
-// or when fresh is set (then it closes the slot's idle connection).
+// get returns an idle connection, or dials one while fewer than PoolSize
+// are open, waiting at most ReadTimeout for either. Idle connections are
+// reused first, so a pool opens only as many connections as calls run at
+// once. With fresh, an idle connection is closed and a new one dialed.
 func (c *redisClient) get(fresh bool) (*redisConn, error) {
 	if atomic.LoadInt32(&c.closed) != 0 {
 		return nil, errRedisClosed
 	}
 	// Yaegi drops the value of a receive that assigns an existing variable
-	// (case cn = <-c.slots), so each case declares its own.
+	// (case cn = <-c.idle), so each case declares its own.
 	var cn *redisConn
 	got := false
 	select {
-	case slot := <-c.slots:
-		cn, got = slot, true
+	case idle := <-c.idle:
+		cn, got = idle, true
 	default:
 		got = false
 	}
 	if !got {
+		select {
+		case slot := <-c.slots:
+			cn, got = slot, true
+		default:
+			got = false
+		}
+	}
+	if !got {
 		timer := time.NewTimer(c.opts.ReadTimeout)
 		select {
+		case idle := <-c.idle:
+			cn = idle
+			timer.Stop()
 		case slot := <-c.slots:
 			cn = slot
 			timer.Stop()
@@ -294,13 +306,13 @@ func (c *redisClient) get(fresh bool) (*redisConn, error) {
 	return cn, nil
 }
 
-// put gives back a healthy connection.
+// put gives back a healthy connection, idle.
 func (c *redisClient) put(cn *redisConn) {
 	if atomic.LoadInt32(&c.closed) != 0 {
 		c.discard(cn)
 		return
 	}
-	c.slots <- cn
+	c.idle <- cn
 }
 
 // discard closes a connection and gives its slot back empty.

@@ -84,6 +84,7 @@ const maxLease = 1024
 // below a burst of 32: one call per request, the whole burst).
 type shared struct {
 	client      *redisClient
+	clientKey   string // its key in sharedClients
 	prefix      string // the key namespace: middleware and settings
 	intervalUs  int64
 	toleranceUs int64 // (burst' - 1) * interval
@@ -103,13 +104,36 @@ type shared struct {
 }
 
 // sharedClients are the Redis clients by their options: limiters (and
-// reloads) with the same endpoints and credentials share one pool.
+// reloads) with the same endpoints and credentials share one pool. A client
+// is closed when the last limiter using it is replaced or dropped (see
+// releaseShared), so the map holds at most one client per live limiter.
 var sharedClients = struct {
 	sync.Mutex
-	m map[string]*redisClient
-}{m: map[string]*redisClient{}}
+	m map[string]*sharedClient
+}{m: map[string]*sharedClient{}}
 
-const maxSharedClients = 64
+type sharedClient struct {
+	c     *redisClient
+	users int
+}
+
+// releaseShared gives back s's client: the last user closes it. nil is a no-op.
+func releaseShared(s *shared) {
+	if s == nil {
+		return
+	}
+	sharedClients.Lock()
+	defer sharedClients.Unlock()
+	e := sharedClients.m[s.clientKey]
+	if e == nil || e.c != s.client {
+		return
+	}
+	e.users--
+	if e.users <= 0 {
+		delete(sharedClients.m, s.clientKey)
+		e.c.close()
+	}
+}
 
 // newShared validates cfg and returns the Redis side of a limiter with the
 // given interval (ns) and burst, or nil when Redis is off. It never dials.
@@ -198,15 +222,14 @@ func newShared(name string, cfg RedisConfig, interval, burst int64, source strin
 	clientKey := fmt.Sprintf("%q|%q|%q|%d|%v|%v|%v|%d|%s", opts.Endpoints, opts.Username, opts.Password, opts.DB,
 		opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout, opts.PoolSize, tlsKey)
 	sharedClients.Lock()
-	c := sharedClients.m[clientKey]
-	if c == nil {
-		c = newRedisClient(opts)
-		if len(sharedClients.m) < maxSharedClients {
-			sharedClients.m[clientKey] = c
-		}
+	e := sharedClients.m[clientKey]
+	if e == nil {
+		e = &sharedClient{c: newRedisClient(opts)}
+		sharedClients.m[clientKey] = e
 	}
+	e.users++
 	sharedClients.Unlock()
-	s.client = c
+	s.client, s.clientKey = e.c, clientKey
 	s.up = 1
 	settings := fmt.Sprintf("redis|%s|%s|%d", clientKey, cfg.OnError, s.lease)
 	return s, settings, nil

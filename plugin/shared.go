@@ -203,8 +203,9 @@ func newShared(name string, cfg RedisConfig, interval, burst int64, source strin
 		tlsKey = fmt.Sprintf("%s|%s|%s|%v", t.CA, t.Cert, t.Key, t.InsecureSkipVerify)
 	}
 	// Redis counts in microseconds.
-	s.intervalUs = interval / int64(time.Microsecond)
-	if s.intervalUs < 1 || interval%int64(time.Microsecond) != 0 && interval < int64(time.Millisecond) {
+	// Rounded up, so the shared rate is never above the configured one.
+	s.intervalUs = (interval + int64(time.Microsecond) - 1) / int64(time.Microsecond)
+	if interval < int64(time.Microsecond) || interval%int64(time.Microsecond) != 0 && interval < int64(time.Millisecond) {
 		return nil, "", fmt.Errorf("rateLimit.average: with rateLimit.redis, the interval between tokens (%v) must be a whole number of microseconds", time.Duration(interval))
 	}
 	if burst >= 32 {

@@ -559,11 +559,11 @@ func (c *redisClient) eval(s *redisScript, keys, args []string) (interface{}, er
 // and n >= 1. The key holds the bucket's theoretical arrival time, tat, in
 // microseconds; a missing key is a full bucket. With now from TIME:
 //
-//	tat       = max(stored tat, now)
+//	tat       = the later of stored tat and now
 //	granted   = clamp(floor((τ + I - (tat - now)) / I), 0, n)
 //	tat'      = tat + granted*I, stored only when granted > 0
-//	remaining = max(0, floor((τ + I - (tat' - now)) / I))
-//	wait      = max(0, tat' - τ - now)
+//	remaining = floor((τ + I - (tat' - now)) / I), at least 0
+//	wait      = tat' - τ - now, at least 0
 //
 // So k tokens are admitted when tat + k*I - now <= τ + I: a full bucket gives
 // burst at once, then one per I. remaining is what a next call could take at

@@ -33,7 +33,41 @@ type Middleware struct {
 	RateLimitStoreUp     bool       `json:"rateLimitStoreUp"`
 	RateLimitStoreErrors uint64     `json:"rateLimitStoreErrors"`
 	Fallbacks            []Fallback `json:"fallbacks"`
-	Buckets              []float64  `json:"buckets"` // the latency histogram's upper bounds, in seconds
+	Buckets              []float64  `json:"buckets"`           // the latency histogram's upper bounds, in seconds
+	Rollout              *Rollout   `json:"rollout,omitempty"` // nil when no rollout is configured
+}
+
+// Rollout states, as Rollout.State and the metric edgecanary_rollout_state.
+const (
+	RolloutWaiting     = 0 // before start
+	RolloutProgressing = 1
+	RolloutComplete    = 2 // past the last step
+	RolloutRolledBack  = 3
+)
+
+// Rollout is a middleware's progressive rollout (config rollout): its
+// schedule, where it stands, and its checks.
+type Rollout struct {
+	Version     string    `json:"version"`      // the version that ramps
+	Start       int64     `json:"start"`        // Unix milliseconds
+	IntervalMs  int64     `json:"intervalMs"`   // length of each step and check window
+	StepWeights []float64 `json:"stepWeights"`  // percent, one per step
+	Step        int       `json:"step"`         // 1-based current step; 0 before start
+	State       int       `json:"state"`        // RolloutWaiting ... RolloutRolledBack
+	Shared      bool      `json:"shared"`       // the rollback is shared through Redis
+	Failed      int       `json:"failedChecks"` // consecutive failed checks now
+	// Checks counts results since the process started: pass, fail, inconclusive.
+	Checks [3]uint64 `json:"checks"`
+	// Recent holds the last checks, oldest first (at most 32).
+	Recent []Check `json:"recentChecks"`
+}
+
+// Check is one check of a rollout's window.
+type Check struct {
+	At     int64  `json:"at"`     // Unix milliseconds, the end of the window
+	Step   int    `json:"step"`   // the step the window belonged to
+	Result string `json:"result"` // "pass", "fail" or "inconclusive"
+	Reason string `json:"reason"` // e.g. "request-success-rate 98.7% < 99%"
 }
 
 // Version is one version's totals and its current state.

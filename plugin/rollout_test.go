@@ -423,7 +423,7 @@ func TestRolloutSharedThroughRedis(t *testing.T) {
 	if !r1.rolledBack || r1.unwritten {
 		t.Fatalf("r1: rolled back %v, unwritten %v", r1.rolledBack, r1.unwritten)
 	}
-	r2.tick(at(time.Minute)) // reads r1.s rollback before it judges its own window
+	r2.tick(at(time.Minute)) // reads r1's rollback before it judges its own window
 	if !r2.rolledBack || atomic.LoadInt32(&r2.cut) != 0 {
 		t.Fatalf("r2 did not roll back: cut %d", r2.cut)
 	}

@@ -407,6 +407,8 @@ func startRollout(ctx context.Context, c *canary, s *rolloutSettings, client *re
 		}
 		r = &rollout{name: c.name, s: s, redisKey: rolloutRedisKey(c.name, s.key)}
 		rollouts.m[c.name] = r
+		log.Printf("edgecanary %s: rollout of %s: weights %v, steps of %v from %s", c.name, s.version, s.sched.weights,
+			time.Duration(s.sched.interval), time.Unix(0, s.sched.start).UTC().Format(time.RFC3339))
 	}
 	rollouts.Unlock()
 
@@ -447,7 +449,7 @@ func startRollout(ctx context.Context, c *canary, s *rolloutSettings, client *re
 	if client == nil && !r.warned() {
 		log.Printf("edgecanary %s: WARNING: rollout without rollout.redis: each replica judges and rolls back on its own, and a restarted replica forgets a rollback", c.name)
 	}
-	r.tick(time.Now()) // the weight is right before the first request
+	r.settle(time.Now()) // the weight is right before the first request; Redis is read in the background
 	if start {
 		go r.run()
 	}
@@ -545,11 +547,18 @@ func (r *rollout) tick(now time.Time) (time.Duration, bool) {
 	}
 	unwritten := r.unwritten
 	r.mu.Unlock()
-
 	if poll {
 		r.sync(client, unwritten, now)
 	}
+	return r.settle(now), false
+}
+
+// settle judges the window that ended, if any, and sets the step for now.
+// It returns how long until the next step or poll. It never calls Redis,
+// except to write a rollback decided here.
+func (r *rollout) settle(now time.Time) time.Duration {
 	r.mu.Lock()
+	client := r.client
 	t := now.UnixNano()
 	step, _, done := r.s.sched.at(t)
 	r.judgeWindows(step, done, now)
@@ -578,7 +587,7 @@ func (r *rollout) tick(now time.Time) (time.Duration, bool) {
 	if wait < time.Millisecond {
 		wait = time.Millisecond
 	}
-	return wait, false
+	return wait
 }
 
 // sync reads the shared rollback from Redis, and writes this replica's when

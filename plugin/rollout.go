@@ -542,7 +542,10 @@ func (r *rollout) tick(now time.Time) (time.Duration, bool) {
 		return 0, true
 	}
 	client := r.client
-	poll := client != nil && !now.Before(r.nextPoll)
+	// Poll when due, and at a step boundary (a step is confirmed with Redis
+	// before it applies) unless Redis is failing, which polls only when due.
+	step, _, _ := r.s.sched.at(now.UnixNano())
+	poll := client != nil && (!now.Before(r.nextPoll) || step > r.allowed && !r.storeError && !r.rolledBack)
 	if poll {
 		r.nextPoll = now.Add(pollEvery(r.s.sched.interval))
 	}

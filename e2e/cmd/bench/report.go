@@ -253,7 +253,7 @@ var goals = []struct {
 	{"breaker", "floor-observe", "5b", featureGap},
 	{"reporting", "floor-observe", "5b", featureGap},
 	{"all", "floor-observe", "5b", allGap},
-	{"redis", "native-redis", "6a", 0}, // at least the compiled peer's throughput
+	{"redis", "native-redis", "6a", 0},          // at least the compiled peer's throughput
 	{"rollout", "canary-reporting", "7a", 0.02}, // a running rollout costs no more than weighted routing with its counters
 }
 

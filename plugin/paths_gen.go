@@ -358,7 +358,7 @@ func pathPSR(c *canary) http.HandlerFunc {
 			if ck, err := req.Cookie(cookieName); err == nil {
 				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
 					r = bucketOf[b]
-					if int32(b) < atomic.LoadInt32(cut) {
+					if b < int(atomic.LoadInt32(cut)) {
 						r = ramp
 					}
 				}
@@ -491,7 +491,7 @@ func pathPBSR(c *canary) http.HandlerFunc {
 			if ck, err := req.Cookie(cookieName); err == nil {
 				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
 					r = bucketOf[b]
-					if int32(b) < atomic.LoadInt32(cut) {
+					if b < int(atomic.LoadInt32(cut)) {
 						r = ramp
 					}
 				}
@@ -1117,7 +1117,7 @@ func pathLPSR(c *canary) http.HandlerFunc {
 			if ck, err := req.Cookie(cookieName); err == nil {
 				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
 					r = bucketOf[b]
-					if int32(b) < atomic.LoadInt32(cut) {
+					if b < int(atomic.LoadInt32(cut)) {
 						r = ramp
 					}
 				}
@@ -1304,7 +1304,7 @@ func pathLPBSR(c *canary) http.HandlerFunc {
 			if ck, err := req.Cookie(cookieName); err == nil {
 				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
 					r = bucketOf[b]
-					if int32(b) < atomic.LoadInt32(cut) {
+					if b < int(atomic.LoadInt32(cut)) {
 						r = ramp
 					}
 				}

@@ -853,7 +853,7 @@ func (c *canary) setupRollout(ctx context.Context, s *rolloutSettings, rc RedisC
 // version below the rollout's cut, else the configured layout. The
 // generated paths inline the same test (HAS.rollout).
 func owner(c *canary, b int) *route {
-	if c.cut != nil && int32(b) < atomic.LoadInt32(c.cut) {
+	if c.cut != nil && b < int(atomic.LoadInt32(c.cut)) {
 		return c.ramp
 	}
 	return c.bucketOf[b]

@@ -155,7 +155,7 @@ func pathTemplate(c *canary) http.HandlerFunc {
 				INLINE.cookieLookup(req, oh, cookieName, lookup, func(b int) {
 					r = bucketOf[b]
 					if HAS.rollout {
-						if int32(b) < atomic.LoadInt32(cut) { // owner, inline
+						if b < int(atomic.LoadInt32(cut)) { // owner, inline
 							r = ramp
 						}
 					}

@@ -1,0 +1,668 @@
+package e2e
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os/exec"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+)
+
+// The tests in this file are issue 15's real-process proofs beyond
+// TestTraefikReplicasShareOneLimit: three real Traefik processes (v3.6.12),
+// each with its own sidecar, one real redis-server, on loopback.
+
+// redisProc is a real redis-server on a fixed loopback port, so that it can
+// be killed and started again at the same address.
+type redisProc struct {
+	t    testing.TB
+	port int
+	args []string
+	cmd  *exec.Cmd
+	logs *syncBuffer
+}
+
+// startRedisProc starts redis-server on a free loopback port (the plain
+// port; --port 0 and --tls-port in extra make it TLS only), without
+// persistence, with extra arguments.
+func startRedisProc(t testing.TB, extra ...string) *redisProc {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		t.Skip("redis-server not installed (apt-get install --no-install-recommends redis-server; .ci/run does)")
+	}
+	r := &redisProc{t: t, port: freePort(t), logs: &syncBuffer{}}
+	r.args = append([]string{"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir()}, extra...)
+	r.start()
+	t.Cleanup(func() {
+		r.kill()
+		if t.Failed() {
+			t.Logf("redis-server logs:\n%s", r.logs.String())
+		}
+	})
+	return r
+}
+
+func (r *redisProc) addr() string { return "127.0.0.1:" + strconv.Itoa(r.port) }
+
+// start runs the server (again, on the same port) and waits until it accepts.
+func (r *redisProc) start() {
+	r.t.Helper()
+	r.cmd = exec.Command("redis-server", r.args...)
+	r.cmd.Stdout, r.cmd.Stderr = r.logs, r.logs
+	r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := r.cmd.Start(); err != nil {
+		r.t.Fatal(err)
+	}
+	waitFor(r.t, 10*time.Second, "redis-server on "+r.addr(), func() bool {
+		c, err := net.DialTimeout("tcp", r.addr(), 100*time.Millisecond)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+}
+
+// kill ends the server at once (SIGKILL, after SIGCONT should it be stopped).
+func (r *redisProc) kill() {
+	if r.cmd == nil {
+		return
+	}
+	_ = r.cmd.Process.Signal(syscall.SIGCONT)
+	_ = r.cmd.Process.Kill()
+	_ = r.cmd.Wait()
+	r.cmd = nil
+}
+
+func (r *redisProc) signal(sig syscall.Signal) {
+	r.t.Helper()
+	if err := r.cmd.Process.Signal(sig); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+// redisCall sends one command on a new plain connection (after AUTH with
+// auth, when given) and returns its reply as text: arrays are joined with
+// newlines, an error reply is an error.
+func redisCall(addr string, auth []string, args ...string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(c)
+	if len(auth) > 0 {
+		if err := respWrite(c, append([]string{"AUTH"}, auth...)); err != nil {
+			return "", err
+		}
+		if _, err := respRead(br); err != nil {
+			return "", err
+		}
+	}
+	if err := respWrite(c, args); err != nil {
+		return "", err
+	}
+	return respRead(br)
+}
+
+func respWrite(w io.Writer, args []string) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "*%d\r\n", len(args))
+	for _, a := range args {
+		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func respRead(br *bufio.Reader) (string, error) {
+	line, err := br.ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	line = strings.TrimSuffix(line, "\r\n")
+	if line == "" {
+		return "", errors.New("empty reply")
+	}
+	switch line[0] {
+	case '+', ':':
+		return line[1:], nil
+	case '-':
+		return "", errors.New(line[1:])
+	case '$':
+		n, _ := strconv.Atoi(line[1:])
+		if n < 0 {
+			return "", nil
+		}
+		buf := make([]byte, n+2)
+		if _, err := io.ReadFull(br, buf); err != nil {
+			return "", err
+		}
+		return string(buf[:n]), nil
+	case '*':
+		n, _ := strconv.Atoi(line[1:])
+		var parts []string
+		for i := 0; i < n; i++ {
+			p, err := respRead(br)
+			if err != nil {
+				return "", err
+			}
+			parts = append(parts, p)
+		}
+		return strings.Join(parts, "\n"), nil
+	}
+	return "", fmt.Errorf("unexpected reply %q", line)
+}
+
+// redisClients lists the server's client connections but the caller's own
+// (CLIENT LIST), as "addr db" lines.
+func redisClients(t testing.TB, addr string) []string {
+	t.Helper()
+	out, err := redisCall(addr, nil, "CLIENT", "LIST")
+	if err != nil {
+		t.Fatalf("CLIENT LIST: %v", err)
+	}
+	var conns []string
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if line == "" || strings.Contains(line, "cmd=client|list") {
+			continue
+		}
+		f := map[string]string{}
+		for _, kv := range strings.Fields(line) {
+			if k, v, ok := strings.Cut(kv, "="); ok {
+				f[k] = v
+			}
+		}
+		conns = append(conns, f["addr"]+" db="+f["db"])
+	}
+	sort.Strings(conns)
+	return conns
+}
+
+// ecPlugin is an edgecanary middleware's body (indented for a middleware
+// under http.middlewares): stable, and a proxied canary when canaryURL is
+// set, the replicas' shared cookie secret, reports to ingest when set, and
+// the rateLimit block rl (indented by 10 spaces).
+func ecPlugin(canaryURL, ingest, rl string) string {
+	var b strings.Builder
+	b.WriteString("      plugin:\n        edgecanary:\n          versions:\n")
+	if canaryURL == "" {
+		b.WriteString("            stable:\n              weight: 100\n")
+	} else {
+		fmt.Fprintf(&b, "            stable:\n              weight: 50\n            canary:\n              weight: 50\n              url: %q\n", canaryURL)
+	}
+	b.WriteString("          sticky:\n            cookie:\n              secret: replicas-shared-secret\n")
+	if ingest != "" {
+		fmt.Fprintf(&b, "          sidecar:\n            address: %q\n            interval: 200ms\n", ingest)
+	}
+	b.WriteString(rl)
+	return b.String()
+}
+
+// ecRateLimit is edgecanary's rateLimit block keyed by X-Client, with the
+// redis block's lines (indented by 14 spaces) when redis is not empty.
+func ecRateLimit(average int, period string, burst int, redis string) string {
+	s := fmt.Sprintf("          rateLimit:\n            average: %d\n            period: %s\n            burst: %d\n"+
+		"            sourceCriterion:\n              requestHeaderName: X-Client\n", average, period, burst)
+	if redis != "" {
+		s += "            redis:\n" + redis
+	}
+	return s
+}
+
+// nativeRateLimit is Traefik's own rateLimit middleware with redis, keyed by
+// X-Client.
+func nativeRateLimit(average int, period string, burst int, endpoint string) string {
+	return fmt.Sprintf("      rateLimit:\n        average: %d\n        period: %s\n        burst: %d\n"+
+		"        sourceCriterion:\n          requestHeaderName: X-Client\n"+
+		"        redis:\n          endpoints: [%q]\n", average, period, burst, endpoint)
+}
+
+// hostRoute is a router for Host(host) to backend through one middleware,
+// both named name; mwBody is the middleware's body.
+type hostRoute struct {
+	name, host, backend, mwBody string
+}
+
+func hostsDynamic(routes []hostRoute) string {
+	var b strings.Builder
+	b.WriteString("http:\n  routers:\n")
+	for _, r := range routes {
+		fmt.Fprintf(&b, "    %s:\n      rule: Host(`%s`)\n      entryPoints: [web]\n      service: %s\n      middlewares: [%s]\n", r.name, r.host, r.name, r.name)
+	}
+	b.WriteString("  services:\n")
+	for _, r := range routes {
+		fmt.Fprintf(&b, "    %s:\n      loadBalancer:\n        servers:\n          - url: %q\n", r.name, r.backend)
+	}
+	b.WriteString("  middlewares:\n")
+	for _, r := range routes {
+		fmt.Fprintf(&b, "    %s:\n%s", r.name, r.mwBody)
+	}
+	return b.String()
+}
+
+// replicaSet is n Traefik replicas, each with its own sidecar.
+type replicaSet struct {
+	trs []*traefikProc
+	scs []*sidecarProc
+}
+
+// startReplicas starts n sidecars and n Traefik processes; dynamic gives the
+// configuration of replica i, whose sidecar takes reports at ingest.
+func startReplicas(t *testing.T, n int, dynamic func(i int, ingest string) string, routers ...string) *replicaSet {
+	t.Helper()
+	rs := &replicaSet{}
+	for i := 0; i < n; i++ {
+		sc := startSidecar(t)
+		tr := startTraefik(t, dynamic(i, sc.ingest), traefikOptions{})
+		for _, r := range routers {
+			tr.waitRouter(r)
+		}
+		rs.trs, rs.scs = append(rs.trs, tr), append(rs.scs, sc)
+	}
+	return rs
+}
+
+// hit is one response of a spray.
+type hit struct {
+	replica int
+	code    int // 0: a transport error
+	version string
+	at      time.Duration // when it was sent, from the spray's start
+	took    time.Duration
+}
+
+// spray sends rps requests a second for d, round-robin across the
+// replicas, for Host host as client id (X-Client), each on time whatever the
+// others' latency (at most 64 in flight), and returns every response.
+func spray(c *http.Client, trs []*traefikProc, host, id string, rps int, d time.Duration) []hit {
+	var (
+		mu   sync.Mutex
+		hits []hit
+		wg   sync.WaitGroup
+	)
+	sem := make(chan struct{}, 64)
+	start := time.Now()
+	every := time.Second / time.Duration(rps)
+	for i := 0; ; i++ {
+		at := time.Duration(i) * every
+		if at >= d {
+			break
+		}
+		if wait := time.Until(start.Add(at)); wait > 0 {
+			time.Sleep(wait)
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			h := hit{replica: i % len(trs), at: time.Since(start)}
+			req, _ := http.NewRequest(http.MethodGet, trs[h.replica].web+"/", nil)
+			req.Host = host
+			req.Header.Set("X-Client", id)
+			res, err := c.Do(req)
+			h.took = time.Since(start) - h.at
+			if err == nil {
+				_, _ = io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+				h.code, h.version = res.StatusCode, res.Header.Get("X-Version")
+			}
+			mu.Lock()
+			hits = append(hits, h)
+			mu.Unlock()
+		}(i)
+	}
+	wg.Wait()
+	return hits
+}
+
+// tally counts hits sent in [from, to) by status code, and their slowest.
+func tally(hits []hit, from, to time.Duration) (codes map[int]int, slowest time.Duration) {
+	codes = map[int]int{}
+	for _, h := range hits {
+		if h.at < from || h.at >= to {
+			continue
+		}
+		codes[h.code]++
+		if h.took > slowest {
+			slowest = h.took
+		}
+	}
+	return codes, slowest
+}
+
+// fivexx counts responses >= 500 and transport errors.
+func fivexx(codes map[int]int) int {
+	n := 0
+	for code, k := range codes {
+		if code >= 500 || code == 0 {
+			n += k
+		}
+	}
+	return n
+}
+
+// burstRR sends n requests one after the other, round-robin across the
+// replicas, and returns the number admitted; any status but 200 and 429
+// fails the test.
+func burstRR(t *testing.T, c *http.Client, trs []*traefikProc, host, id string, n int) int {
+	t.Helper()
+	ok := 0
+	for i := 0; i < n; i++ {
+		res := getHost(t, c, trs[i%len(trs)].web, host, map[string]string{"X-Client": id})
+		switch res.StatusCode {
+		case http.StatusOK:
+			ok++
+		case http.StatusTooManyRequests:
+		default:
+			t.Fatalf("%s request %d of %s at replica %d: status %d", host, i, id, i%len(trs)+1, res.StatusCode)
+		}
+	}
+	return ok
+}
+
+// metricValue is the value of a gauge or counter family's sample for
+// middleware, and whether there is one.
+func metricValue(mfs map[string]*dto.MetricFamily, name, middleware string) (float64, bool) {
+	mf := mfs[name]
+	if mf == nil {
+		return 0, false
+	}
+	for _, m := range mf.GetMetric() {
+		if labels(m)["middleware"] != middleware {
+			continue
+		}
+		if g := m.GetGauge(); g != nil {
+			return g.GetValue(), true
+		}
+		return m.GetCounter().GetValue(), true
+	}
+	return 0, false
+}
+
+// storeUpEverywhere reports whether every sidecar publishes store_up == want
+// for middleware.
+func (rs *replicaSet) storeUpEverywhere(middleware string, want float64) bool {
+	for _, sc := range rs.scs {
+		v, ok := metricValue(sc.scrape(), "edgecanary_ratelimit_store_up", middleware)
+		if !ok || v != want {
+			return false
+		}
+	}
+	return true
+}
+
+// sprayLimit is the spray tests' limit: average 10/s, burst 10, sprayed at
+// 4x for 10 s across three replicas.
+const (
+	sprayAverage = 10
+	sprayBurst   = 10
+	sprayRPS     = 40
+	sprayFor     = 10 * time.Second
+	// leaseBurst is a burst from which replicas lease tokens (burst/4):
+	// sprayed at 4x leaseAverage. A lease keeps burst/4 tokens aside (the
+	// bound's price, see README), so this limit's average is high enough
+	// that burst/4 stays within 5% of burst + average*10s (8 of 232).
+	leaseBurst   = 32
+	leaseAverage = 20
+	leaseRPS     = 80
+)
+
+// TestReplicasSprayIsolationStickinessAccounting: three replicas, one Redis,
+// a sidecar each and one Prometheus over the sidecars.
+//   - Spray: one client at 4x its limit, round-robin, for 10 s, is admitted
+//     burst + average*10s (-5%/+2%) through edgecanary with Redis; about
+//     three times that without Redis; Traefik's native rateLimit.redis on
+//     the same Redis is measured beside it.
+//   - Isolation: a second client is unaffected; two edgecanary middlewares
+//     with different limits keep separate budgets for one client, where two
+//     native ones share the bucket rate:<client>.
+//   - Stickiness: a cookie set by replica 1 keeps its user on its version at
+//     replicas 2 and 3.
+//   - Accounting: Prometheus's sum over the three sidecars equals what the
+//     clients received.
+func TestReplicasSprayIsolationStickinessAccounting(t *testing.T) {
+	rd := startRedisProc(t)
+	stable, canary := newBackend(t, "stable"), newBackend(t, "canary")
+	redis := fmt.Sprintf("              endpoints: [%q]\n", rd.addr())
+	dynamic := func(i int, ingest string) string {
+		rollAverage := 1
+		if i > 0 {
+			rollAverage = 2
+		}
+		return hostsDynamic([]hostRoute{
+			{"ours", "ours.test", stable.URL, ecPlugin("", ingest, ecRateLimit(sprayAverage, "1s", sprayBurst, redis))},
+			{"lease", "lease.test", stable.URL, ecPlugin("", ingest, ecRateLimit(leaseAverage, "1s", leaseBurst, redis))},
+			{"alone", "alone.test", stable.URL, ecPlugin("", ingest, ecRateLimit(sprayAverage, "1s", sprayBurst, ""))},
+			{"native", "native.test", stable.URL, nativeRateLimit(sprayAverage, "1s", sprayBurst, rd.addr())},
+			{"oursa", "oursa.test", stable.URL, ecPlugin("", ingest, ecRateLimit(1, "1m", 5, redis))},
+			{"oursb", "oursb.test", stable.URL, ecPlugin("", ingest, ecRateLimit(2, "1m", 5, redis))},
+			{"nata", "nata.test", stable.URL, nativeRateLimit(1, "1m", 5, rd.addr())},
+			{"natb", "natb.test", stable.URL, nativeRateLimit(2, "1m", 5, rd.addr())},
+			{"sticky", "sticky.test", stable.URL, ecPlugin(canary.URL, ingest, "")},
+			{"ourroll", "ourroll.test", stable.URL, ecPlugin("", ingest, ecRateLimit(rollAverage, "1m", 5, redis))},
+			{"natroll", "natroll.test", stable.URL, nativeRateLimit(rollAverage, "1m", 5, rd.addr())},
+		})
+	}
+	rs := startReplicas(t, 3, dynamic, "ours", "lease", "alone", "native", "oursa", "oursb", "nata", "natb", "sticky", "ourroll", "natroll")
+	var metricsTargets []string
+	for _, sc := range rs.scs {
+		metricsTargets = append(metricsTargets, sc.metrics)
+	}
+	prom := startPrometheus(t, metricsTargets...)
+	c := client("127.0.0.1")
+
+	// received counts what the clients got from edgecanary's routes, by
+	// "middleware code".
+	var recvMu sync.Mutex
+	received := map[string]float64{}
+	receive := func(middleware string, code int, n int) {
+		recvMu.Lock()
+		key := fmt.Sprintf("%s@file %d", middleware, code)
+		if code == http.StatusTooManyRequests {
+			key = middleware + "@file rejected"
+		}
+		if n != 0 {
+			received[key] += float64(n)
+		}
+		recvMu.Unlock()
+	}
+
+	t.Run("spray", func(t *testing.T) {
+		sprays := []struct {
+			host, id string
+			rps      int
+		}{
+			{"ours.test", "sprayer", sprayRPS}, {"lease.test", "sprayer", leaseRPS}, {"alone.test", "sprayer", sprayRPS}, {"native.test", "sprayer", sprayRPS},
+		}
+		results := make([]map[int]int, len(sprays))
+		var wg sync.WaitGroup
+		for i, s := range sprays {
+			wg.Add(1)
+			go func(i int, host, id string, rps int) {
+				defer wg.Done()
+				results[i], _ = tally(spray(c, rs.trs, host, id, rps, sprayFor), 0, time.Hour)
+			}(i, s.host, s.id, s.rps)
+		}
+		// A second client, below its rate, at the same middleware meanwhile.
+		bystander := map[int]int{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 4*int(sprayFor/time.Second); i++ {
+				res := getHost(t, c, rs.trs[i%3].web, "ours.test", map[string]string{"X-Client": "bystander"})
+				bystander[res.StatusCode]++
+				time.Sleep(250 * time.Millisecond)
+			}
+		}()
+		wg.Wait()
+		for _, code := range []int{200, 429} {
+			receive("ours", code, results[0][code]+bystander[code])
+			receive("lease", code, results[1][code])
+			receive("alone", code, results[2][code])
+		}
+		want := float64(sprayBurst + sprayAverage*int(sprayFor/time.Second))
+		leaseWant := float64(leaseBurst + leaseAverage*int(sprayFor/time.Second))
+		ours, lease, alone, native := results[0][200], results[1][200], results[2][200], results[3][200]
+		t.Logf("spray of %d requests at %d/s over 3 replicas, limit average %d/s burst %d: want %.0f admitted", sprayRPS*int(sprayFor/time.Second), sprayRPS, sprayAverage, sprayBurst, want)
+		t.Logf("  edgecanary with Redis:    %d admitted (%+.1f%%) %v", ours, 100*(float64(ours)/want-1), results[0])
+		t.Logf("  edgecanary without Redis: %d admitted (%.2fx) %v", alone, float64(alone)/want, results[2])
+		t.Logf("  Traefik native redis:     %d admitted (%+.1f%%) %v", native, 100*(float64(native)/want-1), results[3])
+		t.Logf("  edgecanary with Redis, average %d/s burst %d (leases of up to %d) at %d/s: %d admitted, want %.0f (%+.1f%%; burst-lease+average*10s = %.0f) %v",
+			leaseAverage, leaseBurst, leaseBurst/4, leaseRPS, lease, leaseWant, 100*(float64(lease)/leaseWant-1), leaseWant-leaseBurst/4, results[1])
+		t.Logf("  second client at 4/s: %v", bystander)
+		for i, r := range results {
+			if n := fivexx(r); n != 0 {
+				t.Errorf("%s: %d responses >= 500 or failed: %v", sprays[i].host, n, r)
+			}
+		}
+		if float64(ours) < want*0.95 || float64(ours) > want*1.02 {
+			t.Errorf("edgecanary with Redis admitted %d, want %.0f -5%%/+2%%", ours, want)
+		}
+		if float64(lease) < leaseWant*0.95 || float64(lease) > leaseWant*1.02 {
+			t.Errorf("edgecanary with Redis and leases admitted %d, want %.0f -5%%/+2%%", lease, leaseWant)
+		}
+		if float64(alone) < 2.5*want {
+			t.Errorf("without Redis: %d admitted, want about 3 x %.0f", alone, want)
+		}
+		if bystander[200] != 4*int(sprayFor/time.Second) {
+			t.Errorf("the second client was limited: %v", bystander)
+		}
+	})
+
+	t.Run("isolation", func(t *testing.T) {
+		// Edgecanary: oursa's budget spent, oursb's is whole.
+		a := burstRR(t, c, rs.trs, "oursa.test", "iso", 8)
+		b := burstRR(t, c, rs.trs, "oursb.test", "iso", 8)
+		receive("oursa", 200, a)
+		receive("oursa", 429, 8-a)
+		receive("oursb", 200, b)
+		receive("oursb", 429, 8-b)
+		keys, err := redisCall(rd.addr(), nil, "KEYS", "edgecanary:*:iso")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("edgecanary, burst 5 each: oursa admitted %d of 8, then oursb %d of 8; keys:\n%s", a, b, keys)
+		if a != 5 || b != 5 {
+			t.Errorf("edgecanary: oursa %d, oursb %d admitted of 8, want 5 and 5 (separate budgets, each shared by the replicas)", a, b)
+		}
+		if n := len(strings.Fields(keys)); n != 2 {
+			t.Errorf("edgecanary keys for the client: %d, want 2", n)
+		}
+		// Traefik native (v3.6.12) keys rate:<middleware>:<client>: two
+		// native middlewares do not share a bucket either.
+		na := burstRR(t, c, rs.trs, "nata.test", "iso", 8)
+		nb := burstRR(t, c, rs.trs, "natb.test", "iso", 8)
+		keys, err = redisCall(rd.addr(), nil, "KEYS", "rate:*:iso")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("Traefik native, burst 5 each: nata admitted %d of 8, then natb %d of 8; keys:\n%s", na, nb, keys)
+		if na != 5 || nb != 5 || len(strings.Fields(keys)) != 2 {
+			t.Errorf("native: nata %d, natb %d admitted, keys %q; want 5 and 5, rate:nata@file:iso and rate:natb@file:iso", na, nb, keys)
+		}
+	})
+
+	t.Run("isolation by limit settings", func(t *testing.T) {
+		// One middleware name whose limits differ between replicas, as during
+		// a rolling change of the limit: replica 1 has average 1/min, replicas
+		// 2 and 3 have 2/min, burst 5 everywhere. Edgecanary keys the limit
+		// settings too (two budgets); Traefik's native key is the name and
+		// the client only (one bucket, rate:natroll@file:roll).
+		for _, m := range []struct {
+			host       string
+			want2and3  int
+			keyPattern string
+			wantKeys   int
+		}{
+			{"ourroll.test", 5, "edgecanary:*ourroll*:roll", 2},
+			{"natroll.test", 0, "rate:*:roll", 1},
+		} {
+			first := burstRR(t, c, rs.trs[:1], m.host, "roll", 8)
+			rest := burstRR(t, c, rs.trs[1:], m.host, "roll", 8)
+			if strings.HasPrefix(m.host, "ourroll") {
+				receive("ourroll", 200, first+rest)
+				receive("ourroll", 429, 16-first-rest)
+			}
+			keys, err := redisCall(rd.addr(), nil, "KEYS", m.keyPattern)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%s: replica 1 (1/min) admitted %d of 8, then replicas 2 and 3 (2/min) %d of 8; keys:\n%s", m.host, first, rest, keys)
+			if first != 5 || rest != m.want2and3 || len(strings.Fields(keys)) != m.wantKeys {
+				t.Errorf("%s: %d then %d admitted, %d keys; want 5, %d and %d keys", m.host, first, rest, len(strings.Fields(keys)), m.want2and3, m.wantKeys)
+			}
+		}
+	})
+
+	t.Run("stickiness", func(t *testing.T) {
+		seen := map[string]int{}
+		for i := 0; i < 20; i++ {
+			res := getHost(t, c, rs.trs[0].web, "sticky.test", nil)
+			ck := cookieNamed(res, "edgecanary")
+			v := res.Header.Get("X-Version")
+			if res.StatusCode != http.StatusOK || ck == nil || v == "" {
+				t.Fatalf("replica 1: status %d, cookie %v, version %q", res.StatusCode, ck, v)
+			}
+			receive("sticky", 200, 1)
+			seen[v]++
+			for r := 1; r < 3; r++ {
+				req, _ := http.NewRequest(http.MethodGet, rs.trs[r].web+"/", nil)
+				req.Host = "sticky.test"
+				req.AddCookie(ck)
+				res, err := c.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				res.Body.Close()
+				receive("sticky", res.StatusCode, 1)
+				if got := res.Header.Get("X-Version"); got != v {
+					t.Errorf("user %d: replica 1 served %s, replica %d served %s", i, v, r+1, got)
+				}
+				if nc := cookieNamed(res, "edgecanary"); nc != nil && nc.Value != ck.Value {
+					t.Errorf("user %d: replica %d replaced the cookie of replica 1", i, r+1)
+				}
+			}
+		}
+		t.Logf("20 users placed by replica 1 (%v) kept their version at replicas 2 and 3", seen)
+		if seen["stable"] == 0 || seen["canary"] == 0 {
+			t.Errorf("20 users should land on both versions at 50/50: %v", seen)
+		}
+	})
+
+	t.Run("accounting", func(t *testing.T) {
+		var got map[string]float64
+		ok := false
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) && !ok {
+			got = map[string]float64{}
+			for _, s := range prom.query(`sum by (middleware, code) (edgecanary_requests_total)`) {
+				got[fmt.Sprintf("%s %s", s.Metric["middleware"], s.Metric["code"])] += float64(s.Value)
+			}
+			for _, s := range prom.query(`sum by (middleware) (edgecanary_ratelimit_rejected_total)`) {
+				if s.Value != 0 {
+					got[fmt.Sprintf("%s rejected", s.Metric["middleware"])] += float64(s.Value)
+				}
+			}
+			ok = sameCounts(got, received)
+			time.Sleep(time.Second)
+		}
+		t.Logf("received by the clients: %v", received)
+		t.Logf("Prometheus over the 3 sidecars: %v", got)
+		if !ok {
+			t.Errorf("Prometheus's sums differ from what the clients received")
+		}
+	})
+}

@@ -365,12 +365,14 @@ func refreshLease(l *limiter, b *bucket, ch chan struct{}, key string, n, now in
 		b.emptyUntil = now + waitUs*int64(time.Microsecond)
 	}
 	<-l.sem
-	close(ch)
+	// The outcome is recorded before the waiters wake: else a waiter could
+	// find the store not yet down and make a second call.
 	if err != nil {
 		s.failed(int64(time.Since(epoch)), err)
-		return
+	} else {
+		s.succeeded()
 	}
-	s.succeeded()
+	close(ch)
 }
 
 // fetchLease takes up to n tokens of key from the store for b, keeps all but
@@ -393,14 +395,19 @@ func fetchLease(l *limiter, rw http.ResponseWriter, req *http.Request, b *bucket
 		b.emptyUntil = now + waitUs*int64(time.Microsecond) // tokens come back with time only: exact
 	}
 	<-l.sem
+	// The outcome is recorded before the waiters wake: else a waiter could
+	// find the store not yet down, make a second call and wait a second
+	// readTimeout. The backoff runs from the call's end: a call that timed
+	// out took longer than the first backoff.
+	if err != nil {
+		s.failed(int64(time.Since(epoch)), err)
+	} else {
+		s.succeeded()
+	}
 	close(ch)
 	if err != nil {
-		// The backoff runs from the call's end: a call that timed out took
-		// longer than the first backoff.
-		s.failed(int64(time.Since(epoch)), err)
 		return storeFailed(l, rw, req, key, now)
 	}
-	s.succeeded()
 	if granted == 0 {
 		return sharedRejected(l, rw, waitUs*int64(time.Microsecond), now)
 	}
@@ -483,8 +490,11 @@ func (s *shared) failed(now int64, err error) {
 	first := !s.down
 	if first {
 		s.backoff = int64(250 * time.Millisecond)
-	} else if s.backoff < int64(5*time.Second) {
-		s.backoff *= 2
+	} else {
+		s.backoff *= 2 // 500ms, 1s, 2s, 4s, then 5s: never above 5s
+		if s.backoff > int64(5*time.Second) {
+			s.backoff = int64(5 * time.Second)
+		}
 	}
 	s.down = true
 	s.retryAt = now + s.backoff

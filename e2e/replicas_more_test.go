@@ -31,6 +31,8 @@ type redisProc struct {
 	args []string
 	cmd  *exec.Cmd
 	logs *syncBuffer
+	// startedAt is when the server last accepted its first connection.
+	startedAt time.Time
 }
 
 // startRedisProc starts redis-server on a free loopback port (the plain
@@ -71,6 +73,7 @@ func (r *redisProc) start() {
 		}
 		return err == nil
 	})
+	r.startedAt = time.Now()
 }
 
 // kill ends the server at once (SIGKILL, after SIGCONT should it be stopped).
@@ -663,6 +666,123 @@ func TestReplicasSprayIsolationStickinessAccounting(t *testing.T) {
 		t.Logf("Prometheus over the 3 sidecars: %v", got)
 		if !ok {
 			t.Errorf("Prometheus's sums differ from what the clients received")
+		}
+	})
+}
+
+// outageRedis is the outage test's redis block: a short readTimeout.
+const outageReadTimeout = 500 * time.Millisecond
+
+// TestReplicasRedisPausedAndKilled: three replicas, one Redis, a sidecar each,
+// a client spraying at 4x its limit (average 10/s, burst 10).
+//   - Redis paused (SIGSTOP) for 5 s mid-spray: no response >= 500, and no
+//     request waits much longer than readTimeout.
+//   - Redis killed mid-spray: no response >= 500, each replica's own limiter
+//     applies (about three times the shared limit), store_up drops to 0 at
+//     every sidecar.
+//   - Redis started again on the same port: the shared limit returns, and
+//     store_up is 1 again, within 2 x readTimeout plus the back-off (5 s at
+//     most).
+func TestReplicasRedisPausedAndKilled(t *testing.T) {
+	rd := startRedisProc(t)
+	stable := newBackend(t, "stable")
+	redis := fmt.Sprintf("              endpoints: [%q]\n              readTimeout: %v\n", rd.addr(), outageReadTimeout)
+	dynamic := func(_ int, ingest string) string {
+		return hostsDynamic([]hostRoute{
+			{"spray", "spray.test", stable.URL, ecPlugin("", ingest, ecRateLimit(sprayAverage, "1s", sprayBurst, redis))},
+		})
+	}
+	rs := startReplicas(t, 3, dynamic, "spray")
+	c := client("127.0.0.1")
+
+	// shared tells whether the three replicas share one limit again: 30
+	// requests of a new client, round-robin, admit about the burst (10),
+	// where replicas that decide alone admit 10 each.
+	probes := 0
+	shared := func() bool {
+		probes++
+		ok := burstRR(t, c, rs.trs, "spray.test", fmt.Sprintf("probe-%d", probes), 30)
+		return ok <= sprayBurst+2
+	}
+	// recover waits until the limit is shared again and every sidecar
+	// shows store_up 1, and returns how long each took.
+	recover := func(from time.Time) (limit, up time.Duration) {
+		waitFor(t, 20*time.Second, "the replicas to share the limit again", shared)
+		limit = time.Since(from)
+		waitFor(t, 10*time.Second, "store_up 1 at every sidecar", func() bool {
+			burstRR(t, c, rs.trs, "spray.test", "keepalive", 3) // a store call on each replica
+			return rs.storeUpEverywhere("spray@file", 1)
+		})
+		return limit, time.Since(from)
+	}
+	if !shared() {
+		t.Fatal("the replicas do not share the limit before any outage")
+	}
+
+	t.Run("paused", func(t *testing.T) {
+		var hits []hit
+		done := make(chan struct{})
+		go func() { defer close(done); hits = spray(c, rs.trs, "spray.test", "paused", sprayRPS, 9*time.Second) }()
+		time.Sleep(2 * time.Second)
+		rd.signal(syscall.SIGSTOP)
+		time.Sleep(5 * time.Second)
+		rd.signal(syscall.SIGCONT)
+		resumed := time.Now()
+		<-done
+		before, slowBefore := tally(hits, 0, 2*time.Second)
+		during, slowDuring := tally(hits, 2*time.Second, 7*time.Second)
+		after, slowAfter := tally(hits, 7*time.Second, time.Hour)
+		t.Logf("Redis paused 5 s (readTimeout %v), 40 requests/s: before %v slowest %v; paused %v slowest %v; after %v slowest %v",
+			outageReadTimeout, before, slowBefore.Round(time.Millisecond), during, slowDuring.Round(time.Millisecond), after, slowAfter.Round(time.Millisecond))
+		all, slowest := tally(hits, 0, time.Hour)
+		if n := fivexx(all); n != 0 {
+			t.Errorf("%d responses >= 500 or failed: %v", n, all)
+		}
+		// A request waits for one store call at most (before the fix of
+		// a24d13f, a waiter could make a second call: 940ms).
+		if limit := outageReadTimeout + 250*time.Millisecond; slowest > limit {
+			t.Errorf("slowest request %v, want at most readTimeout (%v) + 250ms", slowest, outageReadTimeout)
+		}
+		limit, up := recover(resumed)
+		t.Logf("after SIGCONT: the shared limit back after %v, store_up 1 at every sidecar after %v", limit.Round(time.Millisecond), up.Round(time.Millisecond))
+	})
+
+	t.Run("killed and restarted", func(t *testing.T) {
+		var hits []hit
+		done := make(chan struct{})
+		go func() { defer close(done); hits = spray(c, rs.trs, "spray.test", "killed", sprayRPS, 10*time.Second) }()
+		time.Sleep(2 * time.Second)
+		rd.kill()
+		killed := time.Now()
+		waitFor(t, 5*time.Second, "store_up 0 at every sidecar", func() bool { return rs.storeUpEverywhere("spray@file", 0) })
+		downAfter := time.Since(killed)
+		<-done
+		before, _ := tally(hits, 0, 2*time.Second)
+		during, slowest := tally(hits, 2*time.Second, time.Hour)
+		// Each replica alone admits its burst and average: 3 x (10 + 10/s x
+		// 8 s) at most; the shared limit would admit 10 + 80 at most.
+		sharedMax := float64(sprayBurst + sprayAverage*8)
+		t.Logf("Redis killed at 2 s of a 10 s spray at 40/s: before %v; after the kill %v (shared limit: at most %.0f; each replica alone: %.0f), slowest %v; store_up 0 at every sidecar %v after the kill",
+			before, during, sharedMax, 3*sharedMax, slowest.Round(time.Millisecond), downAfter.Round(time.Millisecond))
+		if n := fivexx(during) + fivexx(before); n != 0 {
+			t.Errorf("%d responses >= 500 or failed", n)
+		}
+		if ok := float64(during[200]); ok < 2*sharedMax || ok > 3*sharedMax*1.02 {
+			t.Errorf("after the kill %v admitted, want the local limiters': more than %.0f, at most %.0f", ok, 2*sharedMax, 3*sharedMax*1.02)
+		}
+		if slowest > outageReadTimeout+500*time.Millisecond {
+			t.Errorf("slowest request %v after the kill", slowest)
+		}
+
+		// Still down: local limits. Then Redis again, on the same port.
+		if shared() {
+			t.Error("the replicas share a limit with Redis dead")
+		}
+		rd.start()
+		limit, up := recover(rd.startedAt)
+		t.Logf("Redis restarted on the same port: the shared limit back after %v, store_up 1 at every sidecar after %v", limit.Round(time.Millisecond), up.Round(time.Millisecond))
+		if bound := 2*outageReadTimeout + 5*time.Second + time.Second; limit > bound {
+			t.Errorf("the shared limit came back after %v, want within 2 x readTimeout + the 5 s back-off (+1 s for the probes): %v", limit, bound)
 		}
 	})
 }

@@ -2,12 +2,21 @@ package e2e
 
 import (
 	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -785,4 +794,150 @@ func TestReplicasRedisPausedAndKilled(t *testing.T) {
 			t.Errorf("the shared limit came back after %v, want within 2 x readTimeout + the 5 s back-off (+1 s for the probes): %v", limit, bound)
 		}
 	})
+}
+
+// writeTestCA writes a test CA and a server certificate for 127.0.0.1 that
+// it signed, as PEM files in dir, and returns their paths.
+func writeTestCA(t *testing.T, dir string) (caFile, certFile, keyFile string) {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "edgecanary e2e CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2),
+		Subject:      pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile, certFile, keyFile = filepath.Join(dir, "ca.pem"), filepath.Join(dir, "server.pem"), filepath.Join(dir, "server-key.pem")
+	for path, block := range map[string]*pem.Block{
+		caFile:   {Type: "CERTIFICATE", Bytes: caDER},
+		certFile: {Type: "CERTIFICATE", Bytes: der},
+		keyFile:  {Type: "PRIVATE KEY", Bytes: keyDER},
+	} {
+		if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return caFile, certFile, keyFile
+}
+
+// TestReplicasRedisAuthAndTLS: three replicas through a Redis that requires
+// a password (requirepass) and has an ACL user, on a plain port and on its
+// TLS port (a CA made by the test). Each of these shares the limit across
+// the replicas: an ACL user, the default user's password, an ACL user over
+// TLS with the CA. A wrong password, or TLS without the CA, is a store
+// error: onError applies (local: each replica alone; deny: 429), never a 5xx,
+// and store_up is 0.
+func TestReplicasRedisAuthAndTLS(t *testing.T) {
+	pkiDir := t.TempDir()
+	caFile, certFile, keyFile := writeTestCA(t, pkiDir)
+	tlsPort := freePort(t)
+	rd := startRedisProc(t,
+		"--tls-port", strconv.Itoa(tlsPort), "--tls-cert-file", certFile, "--tls-key-file", keyFile,
+		"--tls-ca-cert-file", caFile, "--tls-auth-clients", "no",
+		"--requirepass", "pw",
+		"--user", "alice", "on", ">s3cret", "~*", "&*", "+@all")
+	tlsAddr := "127.0.0.1:" + strconv.Itoa(tlsPort)
+	alice := []string{"alice", "s3cret"}
+	if _, err := redisCall(rd.addr(), nil, "SET", "x", "1"); err == nil || !strings.Contains(err.Error(), "NOAUTH") {
+		t.Fatalf("Redis answers without AUTH: %v", err)
+	}
+	stable := newBackend(t, "stable")
+	block := func(endpoint, user, password, extra string) string {
+		s := fmt.Sprintf("              endpoints: [%q]\n              readTimeout: 500ms\n", endpoint)
+		if user != "" {
+			s += fmt.Sprintf("              username: %q\n", user)
+		}
+		return s + fmt.Sprintf("              password: %q\n", password) + extra
+	}
+	tlsCA := fmt.Sprintf("              tls:\n                ca: %q\n", caFile)
+	tlsNoCA := "              tls:\n                insecureSkipVerify: false\n"
+	cases := []struct {
+		name, redis string
+		want        int // admitted of 30 round-robin requests
+		storeUp     float64
+	}{
+		{"acl", block(rd.addr(), "alice", "s3cret", ""), 10, 1},
+		{"pass", block(rd.addr(), "", "pw", ""), 10, 1},
+		{"tls", block(tlsAddr, "alice", "s3cret", tlsCA), 10, 1},
+		{"wrongpass", block(rd.addr(), "alice", "wrong", ""), 30, 0},
+		{"wrongdeny", block(rd.addr(), "alice", "wrong", "              onError: deny\n"), 0, 0},
+		{"tlsnoca", block(tlsAddr, "alice", "s3cret", tlsNoCA), 30, 0},
+	}
+	var names []string
+	for _, tc := range cases {
+		names = append(names, tc.name)
+	}
+	dynamic := func(_ int, ingest string) string {
+		var routes []hostRoute
+		for _, tc := range cases {
+			routes = append(routes, hostRoute{tc.name, tc.name + ".test", stable.URL, ecPlugin("", ingest, ecRateLimit(1, "1m", sprayBurst, tc.redis))})
+		}
+		return hostsDynamic(routes)
+	}
+	rs := startReplicas(t, 3, dynamic, names...)
+	c := client("127.0.0.1")
+	for _, tc := range cases {
+		ok := burstRR(t, c, rs.trs, tc.name+".test", "alice-client", 30)
+		t.Logf("%s: %d of 30 admitted over three replicas (burst 10)", tc.name, ok)
+		if ok != tc.want {
+			t.Errorf("%s: %d of 30 admitted, want %d", tc.name, ok, tc.want)
+		}
+	}
+	for _, tc := range cases {
+		waitFor(t, 10*time.Second, tc.name+": store_up at every sidecar", func() bool {
+			return rs.storeUpEverywhere(tc.name+"@file", tc.storeUp)
+		})
+	}
+	keys, err := redisCall(rd.addr(), alice, "KEYS", "edgecanary:*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("keys:\n%s", keys)
+	for _, tc := range cases {
+		if has := strings.Contains(keys, ":"+tc.name+"@file:"); has != (tc.storeUp == 1) {
+			t.Errorf("%s: a key in Redis: %v", tc.name, has)
+		}
+	}
+	list, err := redisCall(rd.addr(), alice, "CLIENT", "LIST")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(list, "laddr="+tlsAddr) {
+		t.Errorf("no client connected to the TLS port:\n%s", list)
+	}
 }

@@ -941,3 +941,152 @@ func TestReplicasRedisAuthAndTLS(t *testing.T) {
 		t.Errorf("no client connected to the TLS port:\n%s", list)
 	}
 }
+
+// TestReplicasReloadKeepsRedisConnections: one Traefik with rateLimit.redis
+// (poolSize 4), its dynamic configuration rewritten.
+//   - Reloads that keep the redis settings (the limit and the routers
+//     change) keep the pool: the connections on the Redis server (CLIENT
+//     LIST) are the same ones, no more.
+//   - Reloads that change them (db) close the old pool: only connections to
+//     the new db remain, at most poolSize.
+//   - Traefik's goroutines return to their baseline after either.
+func TestReplicasReloadKeepsRedisConnections(t *testing.T) {
+	rd := startRedisProc(t)
+	// A backend without keep-alive: Traefik's idle connections to it would
+	// hold goroutines that come and go with each reload's new transport.
+	stable := newBackend(t, "stable")
+	stable.Config.SetKeepAlivesEnabled(false)
+	dynamic := func(marker, db int) string {
+		redis := fmt.Sprintf("              endpoints: [%q]\n              poolSize: 4\n              db: %d\n", rd.addr(), db)
+		return hostsDynamic([]hostRoute{
+			// The limit changes with each rewrite too: the pool is the
+			// redis settings', not the limit's.
+			{"reload", "reload.test", stable.URL, ecPlugin("", "", ecRateLimit(10+marker, "1s", 10, redis))},
+			// A router whose name changes with each rewrite: its presence
+			// says the rewrite is applied.
+			{fmt.Sprintf("mark%d", marker), fmt.Sprintf("mark%d.test", marker), stable.URL, ecPlugin("", "", "")},
+		})
+	}
+	tr := startTraefik(t, dynamic(0, 1), traefikOptions{})
+	tr.waitRouter("reload")
+	tr.waitRouter("mark0")
+	c := client("127.0.0.1")
+	// traffic sends 16 clients' requests at once, 5 each: enough to use
+	// every connection of the pool.
+	traffic := func(round int) {
+		t.Helper()
+		var wg sync.WaitGroup
+		codes := make([]map[int]int, 16)
+		for g := 0; g < 16; g++ {
+			wg.Add(1)
+			go func(g int) {
+				defer wg.Done()
+				codes[g] = map[int]int{}
+				for i := 0; i < 5; i++ {
+					req, _ := http.NewRequest(http.MethodGet, tr.web+"/", nil)
+					req.Host = "reload.test"
+					req.Header.Set("X-Client", fmt.Sprintf("r%d-c%d-%d", round, g, i))
+					res, err := c.Do(req)
+					if err != nil {
+						codes[g][0]++
+						continue
+					}
+					_, _ = io.Copy(io.Discard, res.Body)
+					res.Body.Close()
+					codes[g][res.StatusCode]++
+				}
+			}(g)
+		}
+		wg.Wait()
+		for g, m := range codes {
+			if m[http.StatusOK] != 5 {
+				t.Fatalf("round %d client %d: %v, want 5 OK", round, g, m)
+			}
+		}
+	}
+	// settled is Traefik's goroutine count once it is idle and our
+	// keep-alive connections to it are closed.
+	settled := func() int {
+		c.CloseIdleConnections()
+		n, last := 0, -1
+		for i := 0; i < 40; i++ {
+			time.Sleep(250 * time.Millisecond)
+			n = tr.goroutines()
+			if n == last {
+				break
+			}
+			last = n
+		}
+		return n
+	}
+	// backToBaseline waits (10 s at most) for the goroutines to come back
+	// within 4 of g0 (a transient pair comes and goes), and returns their
+	// number.
+	backToBaseline := func(g0 int) int {
+		n := settled()
+		for deadline := time.Now().Add(10 * time.Second); n > g0+4 && time.Now().Before(deadline); {
+			n = settled()
+		}
+		return n
+	}
+	traffic(0)
+	conns0 := redisClients(t, rd.addr())
+	g0 := settled()
+	t.Logf("after the first traffic: %d connections on Redis %v, %d goroutines in Traefik", len(conns0), conns0, g0)
+	if len(conns0) == 0 || len(conns0) > 4 {
+		t.Fatalf("%d connections, want 1 to poolSize (4)", len(conns0))
+	}
+	initial := map[string]bool{}
+	for _, cn := range conns0 {
+		initial[cn] = true
+	}
+
+	marker := 0
+	for i := 0; i < 5; i++ {
+		marker++
+		tr.writeDynamic(dynamic(marker, 1))
+		tr.waitRouter(fmt.Sprintf("mark%d", marker))
+		traffic(marker)
+		conns := redisClients(t, rd.addr())
+		for _, cn := range conns {
+			if !initial[cn] {
+				t.Errorf("reload %d keeping the settings: a new connection %s (before: %v)", i+1, cn, conns0)
+			}
+		}
+		if len(conns) > len(conns0) {
+			t.Errorf("reload %d keeping the settings: %d connections, before %d", i+1, len(conns), len(conns0))
+		}
+	}
+	g1 := backToBaseline(g0)
+	t.Logf("after 5 reloads keeping the settings: connections %v, %d goroutines (baseline %d)", redisClients(t, rd.addr()), g1, g0)
+	if g1 > g0+4 {
+		t.Errorf("goroutines %d after 5 reloads keeping the settings, baseline %d", g1, g0)
+	}
+
+	var counts []int
+	for db := 2; db <= 5; db++ {
+		marker++
+		tr.writeDynamic(dynamic(marker, db))
+		tr.waitRouter(fmt.Sprintf("mark%d", marker))
+		traffic(marker)
+		var conns []string
+		waitFor(t, 10*time.Second, fmt.Sprintf("only connections to db %d", db), func() bool {
+			conns = redisClients(t, rd.addr())
+			for _, cn := range conns {
+				if !strings.HasSuffix(cn, fmt.Sprintf(" db=%d", db)) {
+					return false
+				}
+			}
+			return len(conns) > 0
+		})
+		counts = append(counts, len(conns))
+		if len(conns) > 4 {
+			t.Errorf("db %d: %d connections, want at most poolSize (4): %v", db, len(conns), conns)
+		}
+	}
+	g2 := backToBaseline(g0)
+	t.Logf("after 4 reloads changing db (1 to 5): connections after each %v, now %v; %d goroutines (baseline %d)", counts, redisClients(t, rd.addr()), g2, g0)
+	if g2 > g0+4 {
+		t.Errorf("goroutines %d after 4 reloads changing the settings, baseline %d", g2, g0)
+	}
+}

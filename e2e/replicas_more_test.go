@@ -695,14 +695,29 @@ const outageReadTimeout = 500 * time.Millisecond
 func TestReplicasRedisPausedAndKilled(t *testing.T) {
 	rd := startRedisProc(t)
 	stable := newBackend(t, "stable")
+	c := client("127.0.0.1")
 	redis := fmt.Sprintf("              endpoints: [%q]\n              readTimeout: %v\n", rd.addr(), outageReadTimeout)
 	dynamic := func(_ int, ingest string) string {
 		return hostsDynamic([]hostRoute{
 			{"spray", "spray.test", stable.URL, ecPlugin("", ingest, ecRateLimit(sprayAverage, "1s", sprayBurst, redis))},
+			{"native", "native.test", stable.URL, nativeRateLimit(sprayAverage, "1s", sprayBurst, rd.addr()) +
+				fmt.Sprintf("          readTimeout: %v\n", outageReadTimeout)},
 		})
 	}
-	rs := startReplicas(t, 3, dynamic, "spray")
-	c := client("127.0.0.1")
+	rs := startReplicas(t, 3, dynamic, "spray", "native")
+	// Traefik's native rateLimit.redis gets the same spray beside ours: its
+	// figures are logged, not checked.
+	var nativeHits []hit
+	nativeDone := make(chan struct{})
+	sprayNative := func(id string, d time.Duration) {
+		nativeDone = make(chan struct{})
+		go func() { defer close(nativeDone); nativeHits = spray(c, rs.trs, "native.test", id, sprayRPS, d) }()
+	}
+	logNative := func(what string, from, to time.Duration) {
+		<-nativeDone
+		codes, slowest := tally(nativeHits, from, to)
+		t.Logf("  Traefik native rateLimit.redis, same spray, %s: %v, slowest %v", what, codes, slowest.Round(time.Millisecond))
+	}
 
 	// shared tells whether the three replicas share one limit again: 30
 	// requests of a new client, round-robin, admit about the burst (10),
@@ -732,6 +747,7 @@ func TestReplicasRedisPausedAndKilled(t *testing.T) {
 		var hits []hit
 		done := make(chan struct{})
 		go func() { defer close(done); hits = spray(c, rs.trs, "spray.test", "paused", sprayRPS, 9*time.Second) }()
+		sprayNative("paused", 9*time.Second)
 		time.Sleep(2 * time.Second)
 		rd.signal(syscall.SIGSTOP)
 		time.Sleep(5 * time.Second)
@@ -743,6 +759,7 @@ func TestReplicasRedisPausedAndKilled(t *testing.T) {
 		after, slowAfter := tally(hits, 7*time.Second, time.Hour)
 		t.Logf("Redis paused 5 s (readTimeout %v), 40 requests/s: before %v slowest %v; paused %v slowest %v; after %v slowest %v",
 			outageReadTimeout, before, slowBefore.Round(time.Millisecond), during, slowDuring.Round(time.Millisecond), after, slowAfter.Round(time.Millisecond))
+		logNative("paused", 2*time.Second, 7*time.Second)
 		all, slowest := tally(hits, 0, time.Hour)
 		if n := fivexx(all); n != 0 {
 			t.Errorf("%d responses >= 500 or failed: %v", n, all)
@@ -760,6 +777,7 @@ func TestReplicasRedisPausedAndKilled(t *testing.T) {
 		var hits []hit
 		done := make(chan struct{})
 		go func() { defer close(done); hits = spray(c, rs.trs, "spray.test", "killed", sprayRPS, 10*time.Second) }()
+		sprayNative("killed", 10*time.Second)
 		time.Sleep(2 * time.Second)
 		rd.kill()
 		killed := time.Now()
@@ -773,6 +791,7 @@ func TestReplicasRedisPausedAndKilled(t *testing.T) {
 		sharedMax := float64(sprayBurst + sprayAverage*8)
 		t.Logf("Redis killed at 2 s of a 10 s spray at 40/s: before %v; after the kill %v (shared limit: at most %.0f; each replica alone: %.0f), slowest %v; store_up 0 at every sidecar %v after the kill",
 			before, during, sharedMax, 3*sharedMax, slowest.Round(time.Millisecond), downAfter.Round(time.Millisecond))
+		logNative("after the kill", 2*time.Second, time.Hour)
 		if n := fivexx(during) + fivexx(before); n != 0 {
 			t.Errorf("%d responses >= 500 or failed", n)
 		}

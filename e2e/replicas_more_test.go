@@ -32,29 +32,54 @@ import (
 // TestTraefikReplicasShareOneLimit: three real Traefik processes (v3.6.12),
 // each with its own sidecar, one real redis-server, on loopback.
 
-// redisProc is a real redis-server on a fixed loopback port, so that it can
+// redisProc is a real redis-server on fixed loopback ports, so that it can
 // be killed and started again at the same address.
 type redisProc struct {
-	t    testing.TB
-	port int
-	args []string
-	cmd  *exec.Cmd
-	logs *syncBuffer
+	t       testing.TB
+	port    int
+	tlsPort int // 0: no TLS port
+	args    []string
+	cmd     *exec.Cmd
+	exited  chan struct{} // closed when cmd has exited
+	logs    *syncBuffer
 	// startedAt is when the server last accepted its first connection.
 	startedAt time.Time
 }
 
-// startRedisProc starts redis-server on a free loopback port (the plain
-// port; --port 0 and --tls-port in extra make it TLS only), without
+// startRedisProc starts redis-server on a free loopback port, without
 // persistence, with extra arguments.
 func startRedisProc(t testing.TB, extra ...string) *redisProc {
+	t.Helper()
+	return startRedisProcWith(t, false, func(int) []string { return extra })
+}
+
+// startRedisProcWith starts redis-server on a free loopback port, and on a
+// free TLS port when withTLS is set, with the extra arguments that extra
+// gives for that TLS port. A server that exits at start-up (another process
+// took a port between freePort and the server's bind) is started again on
+// other ports, twice at most.
+func startRedisProcWith(t testing.TB, withTLS bool, extra func(tlsPort int) []string) *redisProc {
 	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Skip("redis-server not installed (apt-get install --no-install-recommends redis-server; .ci/run does)")
 	}
-	r := &redisProc{t: t, port: freePort(t), logs: &syncBuffer{}}
-	r.args = append([]string{"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir()}, extra...)
-	r.start()
+	r := &redisProc{t: t, logs: &syncBuffer{}}
+	dir := t.TempDir()
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		r.port = freePort(t)
+		if withTLS {
+			r.tlsPort = freePort(t)
+		}
+		r.args = append([]string{"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir}, extra(r.tlsPort)...)
+		if err = r.tryStart(); err == nil {
+			break
+		}
+		r.kill()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
 		r.kill()
 		if t.Failed() {
@@ -66,23 +91,51 @@ func startRedisProc(t testing.TB, extra ...string) *redisProc {
 
 func (r *redisProc) addr() string { return "127.0.0.1:" + strconv.Itoa(r.port) }
 
-// start runs the server (again, on the same port) and waits until it accepts.
+// start runs the server again, on the same ports, and waits until it accepts.
 func (r *redisProc) start() {
 	r.t.Helper()
+	if err := r.tryStart(); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+// tryStart runs the server and waits until each of its ports accepts.
+func (r *redisProc) tryStart() error {
 	r.cmd = exec.Command("redis-server", r.args...)
 	r.cmd.Stdout, r.cmd.Stderr = r.logs, r.logs
 	r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := r.cmd.Start(); err != nil {
-		r.t.Fatal(err)
+		r.cmd = nil
+		return err
 	}
-	waitFor(r.t, 10*time.Second, "redis-server on "+r.addr(), func() bool {
-		c, err := net.DialTimeout("tcp", r.addr(), 100*time.Millisecond)
-		if err == nil {
+	exited := make(chan struct{})
+	go func(cmd *exec.Cmd) { _ = cmd.Wait(); close(exited) }(r.cmd)
+	r.exited = exited
+	ports := []int{r.port}
+	if r.tlsPort != 0 {
+		ports = append(ports, r.tlsPort)
+	}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(25 * time.Millisecond) {
+		select {
+		case <-exited:
+			return fmt.Errorf("redis-server %v exited at start-up:\n%s", r.args, r.logs.String())
+		default:
+		}
+		up := true
+		for _, port := range ports {
+			c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port), 100*time.Millisecond)
+			if err != nil {
+				up = false
+				break
+			}
 			c.Close()
 		}
-		return err == nil
-	})
-	r.startedAt = time.Now()
+		if up {
+			r.startedAt = time.Now()
+			return nil
+		}
+	}
+	return fmt.Errorf("redis-server %v did not accept within 10 s:\n%s", r.args, r.logs.String())
 }
 
 // kill ends the server at once (SIGKILL, after SIGCONT should it be stopped).
@@ -92,7 +145,7 @@ func (r *redisProc) kill() {
 	}
 	_ = r.cmd.Process.Signal(syscall.SIGCONT)
 	_ = r.cmd.Process.Kill()
-	_ = r.cmd.Wait()
+	<-r.exited
 	r.cmd = nil
 }
 
@@ -884,13 +937,15 @@ func writeTestCA(t *testing.T, dir string) (caFile, certFile, keyFile string) {
 func TestReplicasRedisAuthAndTLS(t *testing.T) {
 	pkiDir := t.TempDir()
 	caFile, certFile, keyFile := writeTestCA(t, pkiDir)
-	tlsPort := freePort(t)
-	rd := startRedisProc(t,
-		"--tls-port", strconv.Itoa(tlsPort), "--tls-cert-file", certFile, "--tls-key-file", keyFile,
-		"--tls-ca-cert-file", caFile, "--tls-auth-clients", "no",
-		"--requirepass", "pw",
-		"--user", "alice", "on", ">s3cret", "~*", "&*", "+@all")
-	tlsAddr := "127.0.0.1:" + strconv.Itoa(tlsPort)
+	rd := startRedisProcWith(t, true, func(tlsPort int) []string {
+		return []string{
+			"--tls-port", strconv.Itoa(tlsPort), "--tls-cert-file", certFile, "--tls-key-file", keyFile,
+			"--tls-ca-cert-file", caFile, "--tls-auth-clients", "no",
+			"--requirepass", "pw",
+			"--user", "alice", "on", ">s3cret", "~*", "&*", "+@all",
+		}
+	})
+	tlsAddr := "127.0.0.1:" + strconv.Itoa(rd.tlsPort)
 	alice := []string{"alice", "s3cret"}
 	if _, err := redisCall(rd.addr(), nil, "SET", "x", "1"); err == nil || !strings.Contains(err.Error(), "NOAUTH") {
 		t.Fatalf("Redis answers without AUTH: %v", err)

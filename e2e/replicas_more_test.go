@@ -492,8 +492,11 @@ const (
 //     three times that without Redis; Traefik's native rateLimit.redis on
 //     the same Redis is measured beside it.
 //   - Isolation: a second client is unaffected; two edgecanary middlewares
-//     with different limits keep separate budgets for one client, where two
-//     native ones share the bucket rate:<client>.
+//     with different limits keep separate budgets for one client. Traefik
+//     v3.6.12's native keys are rate:<middleware>:<client> (not
+//     rate:<client>, as issue 15 says): two native middlewares do not share
+//     either, but one native middleware whose limits differ between replicas
+//     shares one bucket, where edgecanary keeps one per limit.
 //   - Stickiness: a cookie set by replica 1 keeps its user on its version at
 //     replicas 2 and 3.
 //   - Accounting: Prometheus's sum over the three sidecars equals what the
@@ -567,8 +570,16 @@ func TestReplicasSprayIsolationStickinessAccounting(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 0; i < 4*int(sprayFor/time.Second); i++ {
-				res := getHost(t, c, rs.trs[i%3].web, "ours.test", map[string]string{"X-Client": "bystander"})
-				bystander[res.StatusCode]++
+				req, _ := http.NewRequest(http.MethodGet, rs.trs[i%3].web+"/", nil)
+				req.Host = "ours.test"
+				req.Header.Set("X-Client", "bystander")
+				res, err := c.Do(req)
+				if err != nil {
+					bystander[0]++ // a transport error
+				} else {
+					res.Body.Close()
+					bystander[res.StatusCode]++
+				}
 				time.Sleep(250 * time.Millisecond)
 			}
 		}()
@@ -732,7 +743,7 @@ func TestReplicasSprayIsolationStickinessAccounting(t *testing.T) {
 	})
 }
 
-// outageRedis is the outage test's redis block: a short readTimeout.
+// outageReadTimeout is the outage test's rateLimit.redis.readTimeout.
 const outageReadTimeout = 500 * time.Millisecond
 
 // TestReplicasRedisPausedAndKilled: three replicas, one Redis, a sidecar each,

@@ -479,10 +479,10 @@ const (
 	// leaseBurst is a burst from which replicas lease tokens (burst/4):
 	// sprayed at 4x leaseAverage. A lease keeps burst/4 tokens aside (the
 	// bound's price, see README), so this limit's average is high enough
-	// that burst/4 stays within 5% of burst + average*10s (8 of 232).
+	// that burst/4 is well within 5% of burst + average*10s (8 of 332).
 	leaseBurst   = 32
-	leaseAverage = 20
-	leaseRPS     = 80
+	leaseAverage = 30
+	leaseRPS     = 120
 )
 
 // TestReplicasSprayIsolationStickinessAccounting: three replicas, one Redis,

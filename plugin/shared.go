@@ -98,6 +98,10 @@ type shared struct {
 	backoff  int64
 	logged   bool
 	loggedAt int64 // when an outage was last logged: at most once per 10 s
+	// outageLogged: this outage (since down was set) has been logged. An
+	// outage that begins within 10 s of the last line is logged once those
+	// 10 s have passed, at its next failed call.
+	outageLogged bool
 
 	counters *rlCounters // the middleware's: storeErrors counts the calls that failed
 	up       int32       // 1 while the last call succeeded (atomic)
@@ -498,9 +502,12 @@ func (s *shared) failed(now int64, err error) {
 	}
 	s.down = true
 	s.retryAt = now + s.backoff
-	log := first && (!s.logged || now-s.loggedAt >= int64(10*time.Second))
+	if first {
+		s.outageLogged = false
+	}
+	log := !s.outageLogged && (!s.logged || now-s.loggedAt >= int64(10*time.Second))
 	if log {
-		s.logged, s.loggedAt = true, now
+		s.logged, s.loggedAt, s.outageLogged = true, now, true
 	}
 	s.mu.Unlock()
 	if log {

@@ -282,3 +282,39 @@ func TestSharedLimitBackoffCapped(t *testing.T) {
 		t.Errorf("backoff after 10 failures %v, want 5s", time.Duration(s.backoff))
 	}
 }
+
+// TestSharedLimitEveryOutageLogged: an outage is logged once, and at most
+// once per 10 s; an outage that begins within 10 s of the last line is
+// logged once they have passed (it was never logged, however long it
+// lasted: found by TestReplicasRedisPausedAndKilled, where Redis killed 9 s
+// after a pause was logged was logged on no replica).
+func TestSharedLimitEveryOutageLogged(t *testing.T) {
+	s := &shared{counters: &rlCounters{}, up: 1}
+	t0 := int64(time.Hour)
+	steps := []struct {
+		at      time.Duration
+		ok      bool // the call succeeded
+		wantLog bool
+	}{
+		{at: 0, wantLog: true},                // an outage begins: logged
+		{at: time.Second},                     // the same outage
+		{at: 2 * time.Second, ok: true},       // over
+		{at: 9 * time.Second},                 // another, 9 s after the line: not yet
+		{at: 14 * time.Second, wantLog: true}, // the same, 14 s after the line: logged now
+		{at: 30 * time.Second},                // the same, already logged
+		{at: 31 * time.Second, ok: true},      // over
+		{at: 35 * time.Second, wantLog: true}, // another, 21 s after the line: logged at once
+		{at: 50 * time.Second},                // the same
+	}
+	for i, st := range steps {
+		if st.ok {
+			s.succeeded()
+			continue
+		}
+		before := s.loggedAt
+		s.failed(t0+int64(st.at), errRedisPoolTimeout)
+		if logged := s.loggedAt != before; logged != st.wantLog {
+			t.Errorf("step %d (%v): logged %v, want %v", i, st.at, logged, st.wantLog)
+		}
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -756,6 +757,7 @@ const outageReadTimeout = 500 * time.Millisecond
 //   - Redis started again on the same port: the shared limit returns, and
 //     store_up is 1 again, within 2 x readTimeout plus the back-off (5 s at
 //     most).
+//   - Each replica logs both outages, at most one line per 10 s.
 func TestReplicasRedisPausedAndKilled(t *testing.T) {
 	rd := startRedisProc(t)
 	stable := newBackend(t, "stable")
@@ -875,6 +877,33 @@ func TestReplicasRedisPausedAndKilled(t *testing.T) {
 		t.Logf("Redis restarted on the same port: the shared limit back after %v, store_up 1 at every sidecar after %v", limit.Round(time.Millisecond), up.Round(time.Millisecond))
 		if bound := 2*outageReadTimeout + 5*time.Second + time.Second; limit > bound {
 			t.Errorf("the shared limit came back after %v, want within 2 x readTimeout + the 5 s back-off (+1 s for the probes): %v", limit, bound)
+		}
+	})
+
+	t.Run("logged", func(t *testing.T) {
+		// Both outages are logged by every replica, lines at least 10 s
+		// apart (9 s in whole seconds).
+		re := regexp.MustCompile(`(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d) edgecanary: rate-limit store \(Redis\) failed`)
+		for i, tr := range rs.trs {
+			var at []time.Time
+			for _, m := range re.FindAllStringSubmatch(tr.logs.String(), -1) {
+				ts, err := time.Parse("2006/01/02 15:04:05", m[1])
+				if err != nil {
+					t.Fatal(err)
+				}
+				at = append(at, ts)
+			}
+			var gaps []time.Duration
+			for j := 1; j < len(at); j++ {
+				gaps = append(gaps, at[j].Sub(at[j-1]))
+				if at[j].Sub(at[j-1]) < 9*time.Second {
+					t.Errorf("replica %d: store failures logged %v apart", i+1, at[j].Sub(at[j-1]))
+				}
+			}
+			t.Logf("replica %d: %d store-failure lines, %v apart", i+1, len(at), gaps)
+			if len(at) < 2 {
+				t.Errorf("replica %d: %d store-failure lines for two outages", i+1, len(at))
+			}
 		}
 	})
 }

@@ -98,6 +98,10 @@ type shared struct {
 	backoff  int64
 	logged   bool
 	loggedAt int64 // when an outage was last logged: at most once per 10 s
+	// outageLogged: this outage (since down was set) has been logged. An
+	// outage that begins within 10 s of the last line is logged once those
+	// 10 s have passed, at its next failed call.
+	outageLogged bool
 
 	counters *rlCounters // the middleware's: storeErrors counts the calls that failed
 	up       int32       // 1 while the last call succeeded (atomic)
@@ -384,12 +388,14 @@ func refreshLease(l *limiter, b *bucket, ch chan struct{}, key string, n, now in
 		b.emptyUntil = now + waitUs*int64(time.Microsecond)
 	}
 	<-l.sem
-	close(ch)
+	// The outcome is recorded before the waiters wake: else a waiter could
+	// find the store not yet down and make a second call.
 	if err != nil {
 		s.failed(int64(time.Since(epoch)), err)
-		return
+	} else {
+		s.succeeded()
 	}
-	s.succeeded()
+	close(ch)
 }
 
 // fetchLease takes up to n tokens of key from the store for b, keeps all but
@@ -412,14 +418,19 @@ func fetchLease(l *limiter, rw http.ResponseWriter, req *http.Request, b *bucket
 		b.emptyUntil = now + waitUs*int64(time.Microsecond) // tokens come back with time only: exact
 	}
 	<-l.sem
+	// The outcome is recorded before the waiters wake: else a waiter could
+	// find the store not yet down, make a second call and wait a second
+	// readTimeout. The backoff runs from the call's end: a call that timed
+	// out took longer than the first backoff.
+	if err != nil {
+		s.failed(int64(time.Since(epoch)), err)
+	} else {
+		s.succeeded()
+	}
 	close(ch)
 	if err != nil {
-		// The backoff runs from the call's end: a call that timed out took
-		// longer than the first backoff.
-		s.failed(int64(time.Since(epoch)), err)
 		return storeFailed(l, rw, req, key, now)
 	}
-	s.succeeded()
 	if granted == 0 {
 		return sharedRejected(l, rw, waitUs*int64(time.Microsecond), now)
 	}
@@ -502,14 +513,20 @@ func (s *shared) failed(now int64, err error) {
 	first := !s.down
 	if first {
 		s.backoff = int64(250 * time.Millisecond)
-	} else if s.backoff < int64(5*time.Second) {
-		s.backoff *= 2
+	} else {
+		s.backoff *= 2 // 500ms, 1s, 2s, 4s, then 5s: never above 5s
+		if s.backoff > int64(5*time.Second) {
+			s.backoff = int64(5 * time.Second)
+		}
 	}
 	s.down = true
 	s.retryAt = now + s.backoff
-	log := first && (!s.logged || now-s.loggedAt >= int64(10*time.Second))
+	if first {
+		s.outageLogged = false
+	}
+	log := !s.outageLogged && (!s.logged || now-s.loggedAt >= int64(10*time.Second))
 	if log {
-		s.logged, s.loggedAt = true, now
+		s.logged, s.loggedAt, s.outageLogged = true, now, true
 	}
 	s.mu.Unlock()
 	if log {

@@ -3,6 +3,7 @@ package plugin
 import (
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -228,5 +229,92 @@ func TestSharedLimitBadConfig(t *testing.T) {
 	cfg.RateLimit.Redis.Endpoints = []string{"127.0.0.1:6379"}
 	if _, err := New(t.Context(), stableNext, cfg, "redis-fast@file"); err == nil || !strings.Contains(err.Error(), "rateLimit.average") {
 		t.Errorf("3,000,000/s with Redis: error %v, want one naming rateLimit.average", err)
+	}
+}
+
+// TestSharedLimitWaitersSeeTheFailure: requests that wait for a key's store
+// call in flight when the store stops (SIGSTOP) wait for that call only: the
+// failure is recorded before they wake, so none of them makes a second call
+// and waits a second readTimeout (found by TestReplicasRedisPausedAndKilled:
+// 940ms with a readTimeout of 500ms).
+func TestSharedLimitWaitersSeeTheFailure(t *testing.T) {
+	srv := newTestRedis(t, false)
+	cfg := sharedConfig(srv.addr(), 1, "1h", 3)
+	cfg.Redis.ReadTimeout = "300ms"
+	cfg.Redis.OnError = "allow"
+	srv.signal("STOP")
+	srv.stopped = true
+	for i := 0; i < 5; i++ {
+		l := replicas(t, 1, "waiters"+strconv.Itoa(i)+"@file", cfg)[0]
+		first := make(chan struct{})
+		go func() { defer close(first); sharedRequest(l, "k") }()
+		time.Sleep(50 * time.Millisecond) // the first request's call is in flight
+		took := make(chan time.Duration, 4)
+		for j := 0; j < 4; j++ {
+			go func() {
+				at := time.Now()
+				sharedRequest(l, "k")
+				took <- time.Since(at)
+			}()
+		}
+		<-first
+		for j := 0; j < 4; j++ {
+			if d := <-took; d > 400*time.Millisecond {
+				t.Errorf("round %d: a request waiting for the call in flight took %v, more than that call's readTimeout (300ms)", i, d)
+			}
+		}
+	}
+}
+
+// TestSharedLimitBackoffCapped: the backoff doubles from 250ms and never
+// exceeds 5 s, however many calls fail (it went 4 s, then 8 s).
+func TestSharedLimitBackoffCapped(t *testing.T) {
+	s := &shared{counters: &rlCounters{}}
+	now := int64(time.Hour)
+	for i := 0; i < 10; i++ {
+		s.failed(now, errRedisPoolTimeout)
+		if wait := time.Duration(s.retryAt - now); wait > 5*time.Second || wait < 250*time.Millisecond {
+			t.Fatalf("failure %d: next try after %v, want 250ms to 5s", i+1, wait)
+		}
+		now += int64(10 * time.Second)
+	}
+	if s.backoff != int64(5*time.Second) {
+		t.Errorf("backoff after 10 failures %v, want 5s", time.Duration(s.backoff))
+	}
+}
+
+// TestSharedLimitEveryOutageLogged: an outage is logged once, and at most
+// once per 10 s; an outage that begins within 10 s of the last line is
+// logged once they have passed (it was never logged, however long it
+// lasted: found by TestReplicasRedisPausedAndKilled, where Redis killed 9 s
+// after a pause was logged was logged on no replica).
+func TestSharedLimitEveryOutageLogged(t *testing.T) {
+	s := &shared{counters: &rlCounters{}, up: 1}
+	t0 := int64(time.Hour)
+	steps := []struct {
+		at      time.Duration
+		ok      bool // the call succeeded
+		wantLog bool
+	}{
+		{at: 0, wantLog: true},                // an outage begins: logged
+		{at: time.Second},                     // the same outage
+		{at: 2 * time.Second, ok: true},       // over
+		{at: 9 * time.Second},                 // another, 9 s after the line: not yet
+		{at: 14 * time.Second, wantLog: true}, // the same, 14 s after the line: logged now
+		{at: 30 * time.Second},                // the same, already logged
+		{at: 31 * time.Second, ok: true},      // over
+		{at: 35 * time.Second, wantLog: true}, // another, 21 s after the line: logged at once
+		{at: 50 * time.Second},                // the same
+	}
+	for i, st := range steps {
+		if st.ok {
+			s.succeeded()
+			continue
+		}
+		before := s.loggedAt
+		s.failed(t0+int64(st.at), errRedisPoolTimeout)
+		if logged := s.loggedAt != before; logged != st.wantLog {
+			t.Errorf("step %d (%v): logged %v, want %v", i, st.at, logged, st.wantLog)
+		}
 	}
 }

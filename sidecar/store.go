@@ -5,6 +5,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/edgecanary/edgecanary/wire"
 )
 
 // The store merges cumulative reports. Each Traefik process (source and
@@ -109,6 +111,7 @@ type instance struct {
 	gauges   map[string]map[string]versionGauge // middleware -> version
 	storeUp  map[string]bool                    // middleware -> its rate-limit store answered, for those with one
 	keys     map[string]bool                    // the series keys it holds (see seriesKeys)
+	rollouts map[string]*wire.Rollout           // middleware -> its rollout, cleaned (see cleanRollout)
 }
 
 type instKey struct{ source, id string }
@@ -279,7 +282,7 @@ func (s *store) merge(r *report, now time.Time) bool {
 			s.rejected[reasonCardinality]++
 			return false
 		}
-		inst = &instance{source: r.Source, id: r.Instance, mws: map[string]*mwTotals{}, gauges: map[string]map[string]versionGauge{}, storeUp: map[string]bool{}, keys: map[string]bool{}}
+		inst = &instance{source: r.Source, id: r.Instance, mws: map[string]*mwTotals{}, gauges: map[string]map[string]versionGauge{}, storeUp: map[string]bool{}, keys: map[string]bool{}, rollouts: map[string]*wire.Rollout{}}
 		s.instances[key] = inst
 	}
 	dropped := s.admitSeries(r)
@@ -316,6 +319,11 @@ func (s *store) merge(r *report, now time.Time) bool {
 		t.rlEvictions = maxU(t.rlEvictions, m.RateLimitEvicted)
 		t.storeErrors = maxU(t.storeErrors, m.RateLimitStoreErrors)
 		if newer {
+			if m.Rollout != nil {
+				inst.rollouts[m.Name] = cleanRollout(m.Rollout)
+			} else {
+				delete(inst.rollouts, m.Name)
+			}
 			if m.RateLimitStore != "" {
 				inst.storeUp[m.Name] = m.RateLimitStoreUp
 			} else {
@@ -490,7 +498,8 @@ func sameBounds(a, b []float64) bool {
 type view struct {
 	mws        map[string]*mwTotals
 	gauges     map[string]map[string]versionGauge
-	storeUp    map[string]bool // middleware -> every fresh instance with a store reached it
+	storeUp    map[string]bool          // middleware -> every fresh instance with a store reached it
+	rollouts   map[string]*wire.Rollout // middleware -> the freshest report's rollout; never written
 	lastReport map[string]time.Time
 	reports    uint64
 	rejected   map[string]uint64
@@ -500,7 +509,7 @@ type view struct {
 func (s *store) snapshot(now time.Time) view {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	v := view{mws: map[string]*mwTotals{}, gauges: map[string]map[string]versionGauge{}, storeUp: map[string]bool{}, lastReport: map[string]time.Time{}, rejected: map[string]uint64{}, reports: s.reports}
+	v := view{mws: map[string]*mwTotals{}, gauges: map[string]map[string]versionGauge{}, storeUp: map[string]bool{}, rollouts: map[string]*wire.Rollout{}, lastReport: map[string]time.Time{}, rejected: map[string]uint64{}, reports: s.reports}
 	for name, t := range s.retired {
 		d := newMWTotals()
 		addTotals(d, t)
@@ -538,6 +547,11 @@ func (s *store) snapshot(now time.Time) view {
 			if inst.sentAt >= freshest[name] {
 				freshest[name] = inst.sentAt
 				v.gauges[name] = g
+				if r := inst.rollouts[name]; r != nil {
+					v.rollouts[name] = r
+				} else {
+					delete(v.rollouts, name)
+				}
 			}
 		}
 	}

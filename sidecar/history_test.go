@@ -155,7 +155,9 @@ func TestHistoryCounterReset(t *testing.T) {
 		}
 	}
 	s, h := newStore(defaultMaxSeries), newHistory(5*time.Second)
-	v := func(ok uint64) vfig { return vfig{name: "stable", primary: true, weight: 1, ok: ok, hist: [4]uint64{ok, 0, 0, 0}} }
+	v := func(ok uint64) vfig {
+		return vfig{name: "stable", primary: true, weight: 1, ok: ok, hist: [4]uint64{ok, 0, 0, 0}}
+	}
 	mustMerge(t, s, histReport("old", 1, 40, 0, 0, nil, v(1000)), t0)
 	h.record(s.snapshot(t0), t0)
 	// The old process is gone; the new one has served 25 since it started.
@@ -388,7 +390,7 @@ func TestStatusPageDrawsHistory(t *testing.T) {
 	if regexp.MustCompile(`<script[^>]*>[^<]`).MatchString(page) || strings.Contains(page, "style=") || strings.Contains(page, "<style") {
 		t.Error("the page has inline script or style")
 	}
-	if !regexp.MustCompile(`<tr data-middleware="shop@file" data-version="canary"><td>shop@file</td><td>canary</td><td>25.0 %</td>`).MatchString(page) {
+	if !regexp.MustCompile(`<tr data-version="canary"><td>shop@file</td><td>canary</td><td>25.0 %</td>`).MatchString(page) {
 		t.Errorf("no server-side row for the canary:\n%s", page)
 	}
 	m := regexp.MustCompile(`<path class="line c0" data-version="canary" data-metric="errorRatio" data-t="([0-9,]+)" data-v="([^"]*)"`).FindStringSubmatch(page)

@@ -108,8 +108,8 @@ func renderLive(b *strings.Builder, d statusDoc) {
 		if v.Primary {
 			primary = `<span class="primary"> (primary)</span>`
 		}
-		fmt.Fprintf(b, `<tr data-middleware="%s" data-version="%s"><td>%s</td><td>%s%s</td><td>%s</td><td class="state-%s">%s</td><td>%.1f</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%d</td></tr>`,
-			esc(v.Middleware), esc(v.Version), esc(v.Middleware), esc(v.Version), primary, fmtPct(v.Weight),
+		fmt.Fprintf(b, `<tr data-version="%s"><td>%s</td><td>%s%s</td><td>%s</td><td class="state-%s">%s</td><td>%.1f</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%d</td></tr>`,
+			esc(v.Version), esc(v.Middleware), esc(v.Version), primary, fmtPct(v.Weight),
 			esc(v.State), esc(strings.ReplaceAll(v.State, "_", "-")), v.Rate, fmtPct(v.ErrorRatio), fmtMs(v.P50), fmtMs(v.P95), fmtMs(v.P99), v.Total)
 	}
 	b.WriteString("</tbody>\n</table>\n")
@@ -171,8 +171,9 @@ func renderHistory(b *strings.Builder, h *historyDoc) {
 		fmt.Fprintf(b, `<p class="meta" id="history-wait">Collecting: the charts start after two samples (%v s apart).</p>`+"\n", h.StepSeconds)
 		return
 	}
+	// The axis spans the window, or the samples held while they cover less.
 	end := h.Times[len(h.Times)-1]
-	ax := timeAxis{start: end - int64(h.WindowSeconds*1000), end: end}
+	ax := timeAxis{start: max(end-int64(h.WindowSeconds*1000), h.Times[0]), end: end}
 	for i := range h.Middlewares {
 		renderMiddleware(b, h, &h.Middlewares[i], ax)
 	}
@@ -310,21 +311,29 @@ func renderChart(b *strings.Builder, h *historyDoc, m *mwHistoryDoc, ax timeAxis
 	times := joinTimes(h.Times)
 	for _, l := range lines {
 		var d strings.Builder
-		pen := false
+		var dots [][2]float64
+		drawn := func(i int) bool {
+			return i >= 0 && i < len(l.values) && i < len(h.Times) && l.values[i] != nil && ax.contains(h.Times[i])
+		}
 		for i, v := range l.values {
-			if v == nil || i >= len(h.Times) || !ax.contains(h.Times[i]) {
-				pen = false
+			if !drawn(i) {
 				continue
 			}
-			cmd := "L"
-			if !pen {
-				cmd = "M"
+			x, yv := ax.x(h.Times[i]), y(math.Min(*v, yMax))
+			switch {
+			case drawn(i - 1):
+				fmt.Fprintf(&d, "L%.1f %.1f", x, yv)
+			case drawn(i + 1):
+				fmt.Fprintf(&d, "M%.1f %.1f", x, yv)
+			default: // a lone sample between gaps: a dot, drawn below
+				dots = append(dots, [2]float64{x, yv})
 			}
-			fmt.Fprintf(&d, "%s%.1f %.1f", cmd, ax.x(h.Times[i]), y(math.Min(*v, yMax)))
-			pen = true
 		}
 		fmt.Fprintf(b, `<path class="line %s" data-version="%s" data-metric="%s" data-t="%s" data-v="%s" d="%s"><title>%s %s</title></path>`,
 			l.class, esc(l.version), l.metric, times, joinValues(l.values), pathOrEmpty(d.String()), esc(l.version), l.metric)
+		for _, dot := range dots {
+			fmt.Fprintf(b, `<circle class="dot %s" cx="%.1f" cy="%.1f" r="3"/>`, l.class, dot[0], dot[1])
+		}
 	}
 	if ro != nil {
 		renderChecks(b, ro, ax)
@@ -353,8 +362,10 @@ func renderTimeTicks(b *strings.Builder, ax timeAxis, top, bottom float64) {
 	}
 	for t := (ax.start/tick + 1) * tick; t <= ax.end; t += tick {
 		x := ax.x(t)
-		fmt.Fprintf(b, `<line class="tick" x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f"/><text class="xlabel" x="%.1f" y="%.1f">%s</text>`,
-			x, x, top, bottom+4, x, bottom+16, time.UnixMilli(t).UTC().Format("15:04:05"))
+		fmt.Fprintf(b, `<line class="tick" x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f"/>`, x, x, top, bottom+4)
+		if x <= chartW-28 { // a label that fits
+			fmt.Fprintf(b, `<text class="xlabel" x="%.1f" y="%.1f">%s</text>`, x, bottom+16, time.UnixMilli(t).UTC().Format("15:04:05"))
+		}
 	}
 }
 
@@ -510,9 +521,11 @@ path.q95 { stroke-dasharray: 6 3; stroke-width: 1.5; }
 path.q50 { stroke-dasharray: 2 3; stroke-width: 1.5; }
 path.schedule { fill: none; stroke: #8c959f; stroke-width: 1.5; stroke-dasharray: 4 4; }
 rect.current-step { fill: #ddf4ff; opacity: .6; }
-.primary.line, path.primary { stroke: #0969da; } .c0.line { stroke: #e16f24; } .c1.line { stroke: #8250df; }
-.c2.line { stroke: #0e8a8a; } .c3.line { stroke: #bf3989; } .c4.line { stroke: #953800; } .c5.line { stroke: #6a7a00; }
-text.primary { fill: #0969da; } text.c0 { fill: #e16f24; } text.c1 { fill: #8250df; } text.c2 { fill: #0e8a8a; } text.c3 { fill: #bf3989; }
+path.primary { stroke: #0969da; } path.c0 { stroke: #e16f24; } path.c1 { stroke: #8250df; }
+path.c2 { stroke: #0e8a8a; } path.c3 { stroke: #bf3989; } path.c4 { stroke: #953800; } path.c5 { stroke: #6a7a00; }
+circle.dot.primary { fill: #0969da; } circle.dot.c0 { fill: #e16f24; } circle.dot.c1 { fill: #8250df; }
+circle.dot.c2 { fill: #0e8a8a; } circle.dot.c3 { fill: #bf3989; } circle.dot.c4 { fill: #953800; } circle.dot.c5 { fill: #6a7a00; }
+text.primary { fill: #0969da; } text.c0 { fill: #e16f24; } text.c1 { fill: #8250df; } text.c2 { fill: #0e8a8a; } text.c3 { fill: #bf3989; } text.c4 { fill: #953800; } text.c5 { fill: #6a7a00; }
 .key { font-weight: 600; } span.key.primary { color: #0969da; font-size: inherit; } span.key.c0 { color: #e16f24; } span.key.c1 { color: #8250df; }
 span.key.c2 { color: #0e8a8a; } span.key.c3 { color: #bf3989; } span.key.c4 { color: #953800; } span.key.c5 { color: #6a7a00; }
 rect.state.closed { fill: #2da44e; } rect.state.half_open { fill: #d4a72c; } rect.state.open { fill: #cf222e; }

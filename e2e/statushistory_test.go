@@ -1,0 +1,188 @@
+package e2e
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestStatusPageHistoryInChromium drives traffic through the real Traefik,
+// fails the canary with 500s for a while and heals it, with the real sidecar
+// sampling its history every second (--status.step=1s). Headless Chromium
+// then loads the status page: the test reads the canary's error-ratio line
+// back from the drawn SVG (its samples are in data attributes) and finds the
+// failure window there, sees the breaker's open band and the fallbacks, finds
+// no console message, and saves a screenshot in the test's artifact
+// directory (go test -artifacts keeps it; EDGECANARY_SCREENSHOT=path copies it,
+// which is how docs/status-page.png is made).
+func TestStatusPageHistoryInChromium(t *testing.T) {
+	chromium, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Fatal("chromium not found: apt-get install --no-install-recommends chromium")
+	}
+	stable, canary := newBackend(t, "stable"), newSwitchBackend(t, "canary")
+	sc := startSidecar(t, "--status.step=1s")
+	tr := startTraefik(t, reportingDynamic(stable.URL, canary.URL(), sc.ingest, `          circuitBreaker:
+            consecutiveFailures: 3
+            openDuration: 2s
+`), traefikOptions{})
+	tr.waitRouter("shop")
+
+	// New users (no cookie), half of them on the canary.
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	var sent atomic.Int64
+	go func() {
+		defer close(done)
+		c := client("")
+		for ctx.Err() == nil {
+			if res, err := c.Get(tr.web + "/"); err == nil {
+				_, _ = io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+				sent.Add(1)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	defer func() { cancel(); <-done }()
+
+	time.Sleep(5 * time.Second) // a healthy baseline
+	failStart := time.Now()
+	canary.setMode(mode500)
+	time.Sleep(6 * time.Second)
+	failEnd := time.Now()
+	canary.setMode(modeOK)
+	time.Sleep(7 * time.Second) // openDuration, a probe, and a few healthy samples
+	t.Logf("%d requests sent; canary failing from +%.1fs to +%.1fs", sent.Load(), 5.0, failEnd.Sub(failStart).Seconds()+5)
+
+	dom, console := runChromium(t, chromium, "--virtual-time-budget=3000", "--dump-dom", sc.metrics+"/")
+	noConsoleMessages(t, console)
+	if e := regexp.MustCompile(`<p id="error">([^<]*)</p>`).FindStringSubmatch(dom); e == nil || e[1] != "" {
+		t.Errorf("the page shows an error: %v", e)
+	}
+
+	times, ratios := drawnSeries(t, dom, "errorRatio")
+	var inWindow, after []float64
+	var first, last time.Time
+	for i, v := range ratios {
+		if v == nil {
+			continue
+		}
+		at := time.UnixMilli(times[i])
+		switch {
+		case at.Before(failStart):
+			if *v > 0.01 {
+				t.Errorf("the canary's error ratio is %v at %s, before the failure", *v, at.Format("15:04:05.000"))
+			}
+		case at.Before(failEnd.Add(3500 * time.Millisecond)): // a sample covers the second before it, plus the report interval
+			inWindow = append(inWindow, *v)
+			if *v > 0.05 {
+				if first.IsZero() {
+					first = at
+				}
+				last = at
+			}
+		default:
+			after = append(after, *v)
+			if *v > 0.01 {
+				t.Errorf("the canary's error ratio is %v at %s, after the recovery", *v, at.Format("15:04:05.000"))
+			}
+		}
+	}
+	if first.IsZero() {
+		t.Fatalf("no failure in the canary's error-ratio line: %v during the window", inWindow)
+	}
+	if first.Sub(failStart) > 2500*time.Millisecond {
+		t.Errorf("the failure shows in the line at %s, %v after it began", first.Format("15:04:05.000"), first.Sub(failStart))
+	}
+	if len(after) == 0 {
+		t.Error("the canary served no request after the recovery")
+	}
+	t.Logf("failure window in the drawn error-ratio line: %s to %s (failure injected %s to %s); samples in the window %v, after %v",
+		first.Format("15:04:05.000"), last.Format("15:04:05.000"), failStart.Format("15:04:05.000"), failEnd.Format("15:04:05.000"), inWindow, after)
+
+	states := regexp.MustCompile(`data-version="canary" data-metric="circuitState" data-t="[0-9,]*" data-v="([^"]*)"`).FindStringSubmatch(dom)
+	if states == nil {
+		t.Fatal("the page draws no breaker band for the canary")
+	}
+	if !strings.Contains(states[1], "open") {
+		t.Errorf("the canary's breaker band shows no open state: %s", states[1])
+	}
+	if !strings.HasSuffix(states[1], "closed") {
+		t.Errorf("the canary's breaker band does not end closed: %s", states[1])
+	}
+	edge := regexp.MustCompile(`<tr data-version="canary"><td><span class="key c0">canary</span></td><td>(\d+)</td><td>(\d+)</td><td>(\d+)</td><td>(\d+)</td></tr>`).FindStringSubmatch(dom)
+	if edge == nil {
+		t.Fatalf("no 'what the edge did' row for the canary:\n%s", dom)
+	}
+	if n, _ := strconv.Atoi(edge[3]); n == 0 {
+		t.Errorf("no fallback counted for the canary: %v", edge[1:])
+	}
+	t.Logf("canary over the window: %s requests, %s 5xx, %s fallbacks, %s refused", edge[1], edge[2], edge[3], edge[4])
+
+	// Without JavaScript the page is the same: it is rendered on the server.
+	// (Chromium's --dump-dom needs script, so the page is read as sent.)
+	res, err := http.Get(sc.metrics + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	noJS := string(raw)
+	if !strings.Contains(noJS, `<tr data-version="canary"><td>shop@file</td>`) {
+		t.Errorf("with JavaScript off, no row for the canary:\n%s", noJS)
+	}
+	drawnSeries(t, noJS, "errorRatio")
+
+	shot := filepath.Join(t.ArtifactDir(), "status-page.png")
+	_, console = runChromium(t, chromium, "--virtual-time-budget=3000", "--hide-scrollbars", "--window-size=1200,1500", "--screenshot="+shot, sc.metrics+"/")
+	noConsoleMessages(t, console)
+	png, err := os.ReadFile(shot)
+	if err != nil || len(png) < 10000 || string(png[1:4]) != "PNG" {
+		t.Fatalf("screenshot %s: %d bytes, %v", shot, len(png), err)
+	}
+	t.Logf("screenshot: %s (%d bytes)", shot, len(png))
+	if dst := os.Getenv("EDGECANARY_SCREENSHOT"); dst != "" {
+		if err := os.WriteFile(dst, png, 0o644); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// drawnSeries reads the canary's line of a metric back from the page: its
+// sample times and values (nil where none was drawn).
+func drawnSeries(t *testing.T, dom, metric string) ([]int64, []*float64) {
+	t.Helper()
+	m := regexp.MustCompile(`<path class="line [a-z0-9 ]+" data-version="canary" data-metric="` + metric + `" data-t="([0-9,]*)" data-v="([^"]*)"`).FindStringSubmatch(dom)
+	if m == nil {
+		t.Fatalf("the page draws no %s line for the canary:\n%s", metric, dom)
+	}
+	ts, vs := strings.Split(m[1], ","), strings.Split(m[2], ",")
+	if len(ts) != len(vs) || len(ts) < 10 {
+		t.Fatalf("%d times for %d values", len(ts), len(vs))
+	}
+	times, values := make([]int64, len(ts)), make([]*float64, len(vs))
+	for i := range ts {
+		var err error
+		if times[i], err = strconv.ParseInt(ts[i], 10, 64); err != nil {
+			t.Fatal(err)
+		}
+		if vs[i] != "" {
+			v, err := strconv.ParseFloat(vs[i], 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			values[i] = &v
+		}
+	}
+	return times, values
+}

@@ -13,6 +13,7 @@ import (
 	"unsafe"
 
 	"github.com/edgecanary/edgecanary/wire"
+	"github.com/traefik/paerser/cli"
 )
 
 var histBounds = []float64{0.1, 0.2, 0.4}
@@ -432,5 +433,98 @@ func TestStatusPageDrawsHistory(t *testing.T) {
 	}
 	if doc.History == nil || len(doc.History.Times) != 6 || doc.History.Middlewares[0].Rollout.Schedule[1].Weight != 25 {
 		t.Errorf("/api/status history %+v", doc.History)
+	}
+}
+
+// TestStatusStepFlag: --status.step sets the sampling step (5 s by default),
+// from 1 s to 1 m.
+func TestStatusStepFlag(t *testing.T) {
+	load := func(args ...string) (*Configuration, error) {
+		cfg := NewConfiguration()
+		cmd := &cli.Command{Name: "edgecanary-sidecar", Configuration: cfg, Resources: resources()}
+		for _, r := range cmd.Resources {
+			done, err := r.Load(args, cmd)
+			if err != nil {
+				return nil, err
+			}
+			if done {
+				break
+			}
+		}
+		return cfg, cfg.validate()
+	}
+	for _, c := range []struct {
+		args []string
+		want time.Duration
+		err  bool
+	}{
+		{nil, 5 * time.Second, false},
+		{[]string{"--status.step=1s"}, time.Second, false},
+		{[]string{"--status.step=10"}, 10 * time.Second, false}, // seconds, as Traefik reads durations
+		{[]string{"--status.step=500ms"}, 0, true},
+		{[]string{"--status.step=2m"}, 0, true},
+	} {
+		cfg, err := load(c.args...)
+		if c.err {
+			if err == nil || !strings.Contains(err.Error(), "status.step") {
+				t.Errorf("%v: error %v", c.args, err)
+			}
+			continue
+		}
+		if err != nil || time.Duration(cfg.Status.Step) != c.want {
+			t.Errorf("%v: step %v, %v; want %v", c.args, time.Duration(cfg.Status.Step), err, c.want)
+		}
+	}
+}
+
+// TestHistoryTakesAnyTotals: totals that jump, go down, change layout, or
+// come with bounds and counts that do not match, and pages rendered while
+// samples are taken, never panic (run with -race for the lock).
+func TestHistoryTakesAnyTotals(t *testing.T) {
+	h := newHistory(time.Second)
+	sp := &statusPages{store: newStore(defaultMaxSeries), history: h, now: func() time.Time { return t0 }}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 50; i++ {
+			rec := httptest.NewRecorder()
+			sp.fragment(rec, httptest.NewRequest(http.MethodGet, "/status/live", nil))
+			sp.json(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/api/status", nil))
+		}
+	}()
+	seed := uint64(1)
+	rnd := func(n uint64) uint64 { // xorshift: deterministic
+		seed ^= seed << 13
+		seed ^= seed >> 7
+		seed ^= seed << 17
+		return seed % n
+	}
+	layouts := [][]float64{{0.1, 0.2, 0.4}, {1}, nil}
+	at := t0
+	for i := 0; i < 3*historyPoints; i++ {
+		at = at.Add(time.Second)
+		t1 := newMWTotals()
+		bounds := layouts[rnd(3)]
+		counts := make([]uint64, len(bounds)+int(rnd(3))) // sometimes one short or long
+		for j := range counts {
+			counts[j] = rnd(1 << 40)
+		}
+		t1.hist["canary"] = &histTotals{bounds: bounds, counts: counts}
+		t1.requests[reqKey{"canary", int(rnd(600)), "GET"}] = rnd(1 << 62)
+		t1.fallbacks[fbKey{"canary", "stable"}] = rnd(1 << 33)
+		t1.transitions["canary"] = [3]uint64{rnd(5), rnd(5), rnd(5)}
+		t1.rlRejected = rnd(1 << 34)
+		g := map[string]versionGauge{"canary": {state: int(rnd(3)), weight: 0.5, configured: true}}
+		h.record(view{mws: map[string]*mwTotals{"shop@file": t1}, gauges: map[string]map[string]versionGauge{"shop@file": g}}, at)
+	}
+	<-done
+	d := h.doc()
+	if len(d.Times) != historyPoints || len(d.Middlewares) != 1 {
+		t.Fatalf("%d samples, %d middlewares", len(d.Times), len(d.Middlewares))
+	}
+	var b strings.Builder
+	renderHistory(&b, &d)
+	if _, err := json.Marshal(d); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"os"
@@ -13,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/edgecanary/edgecanary/wire"
 )
 
 // TestStatusPageHistoryInChromium drives traffic through the real Traefik,
@@ -185,4 +189,113 @@ func drawnSeries(t *testing.T, dom, metric string) ([]int64, []*float64) {
 		}
 	}
 	return times, values
+}
+
+// TestStatusPageRolloutInChromium: the real sidecar receives synthetic
+// reports whose middleware carries a rollout (wire.Rollout; the plugin's side
+// is issue 16), stepping through its schedule with a failed check; headless
+// Chromium draws the schedule, the current step and each check on the time
+// axis, with the check's reason escaped, and no console message.
+func TestStatusPageRolloutInChromium(t *testing.T) {
+	chromium, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Fatal("chromium not found: apt-get install --no-install-recommends chromium")
+	}
+	sc := startSidecar(t, "--status.step=1s")
+	begin := time.Now()
+	start := begin.Add(-2 * time.Second)
+	const interval = 3 * time.Second
+	weights := []float64{10, 25, 50, 100}
+	results := []string{"pass", "fail", "pass"}
+	var stable, canary uint64
+	post := func(now time.Time) {
+		step := min(1+int(now.Sub(start)/interval), len(weights))
+		var recent []wire.Check
+		for k := 1; k <= len(results); k++ {
+			at := start.Add(time.Duration(k) * interval)
+			if at.After(now) {
+				break
+			}
+			reason := "request-success-rate 100% >= 99%"
+			if results[k-1] == "fail" {
+				reason = "request-success-rate 80% < 99% <img src=x>"
+			}
+			recent = append(recent, wire.Check{At: at.UnixMilli(), Step: k, Result: results[k-1], Reason: reason})
+		}
+		w := weights[step-1] / 100
+		stable += uint64(100 * (1 - w))
+		canary += uint64(100 * w)
+		hist := func(n uint64) []uint64 { return []uint64{n / 2, n - n/2, 0, 0} }
+		r := wire.Report{
+			Version: wire.FormatVersion, Source: "synthetic", Instance: "rollout-test", StartedAt: begin.UnixMilli(), SentAt: now.UnixMilli(),
+			Middlewares: []wire.Middleware{{
+				Name: "shop@file", Buckets: []float64{0.005, 0.01, 0.025}, Fallbacks: []wire.Fallback{},
+				Versions: []wire.Version{
+					{Name: "canary", Weight: w, Configured: true, Requests: []wire.Request{{Code: 200, Method: "GET", Count: canary}}, Hist: hist(canary)},
+					{Name: "stable", Primary: true, Weight: 1 - w, Configured: true, Requests: []wire.Request{{Code: 200, Method: "GET", Count: stable}}, Hist: hist(stable)},
+				},
+				Rollout: &wire.Rollout{
+					Version: "canary", Start: start.UnixMilli(), IntervalMs: interval.Milliseconds(), StepWeights: weights,
+					Step: step, State: wire.RolloutProgressing, Failed: 0, Checks: [3]uint64{2, 1, 0}, Recent: recent,
+				},
+			}},
+		}
+		body, _ := json.Marshal(r)
+		res, err := http.Post(sc.ingest+"/v1/reports", "application/json", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusNoContent {
+			t.Fatalf("report rejected: %s", res.Status)
+		}
+	}
+	for now := time.Now(); now.Sub(begin) < 9*time.Second; now = time.Now() {
+		post(now)
+		time.Sleep(250 * time.Millisecond)
+	}
+
+	dom, console := runChromium(t, chromium, "--virtual-time-budget=3000", "--dump-dom", sc.metrics+"/")
+	noConsoleMessages(t, console)
+	for _, want := range []string{
+		`<div class="rollout" data-state="progressing" data-step="4">`, `<li class="current">100 %</li>`, `<path class="schedule"`,
+		`class="check pass" data-result="pass"`, `class="check fail" data-result="fail"`, `80% &lt; 99% &lt;img src=x&gt;`,
+	} {
+		if !strings.Contains(dom, want) {
+			t.Errorf("the page lacks %s", want)
+		}
+	}
+	if strings.Contains(dom, "<img src") {
+		t.Error("a check's reason became markup")
+	}
+	checks := regexp.MustCompile(`<circle class="check (pass|fail)" data-result="[a-z]+" data-at="([0-9]+)" data-step="([0-9])"`).FindAllStringSubmatch(dom, -1)
+	var drawn []string
+	for _, c := range checks {
+		drawn = append(drawn, c[1]+"@step"+c[3])
+	}
+	if strings.Join(drawn, " ") != "pass@step1 fail@step2 pass@step3" {
+		t.Errorf("checks drawn: %v", drawn)
+	}
+	_, weight := drawnSeries(t, dom, "weight")
+	seen := map[float64]bool{}
+	for _, v := range weight {
+		if v != nil {
+			seen[*v] = true
+		}
+	}
+	if !seen[0.25] || !seen[0.5] || !seen[1] {
+		t.Errorf("the canary's weight line does not follow the schedule: %v", seen)
+	}
+	shot := filepath.Join(t.ArtifactDir(), "status-page-rollout.png")
+	_, console = runChromium(t, chromium, "--virtual-time-budget=3000", "--hide-scrollbars", "--window-size=1200,1450", "--screenshot="+shot, sc.metrics+"/")
+	noConsoleMessages(t, console)
+	if dst := os.Getenv("EDGECANARY_ROLLOUT_SCREENSHOT"); dst != "" {
+		png, err := os.ReadFile(shot)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, png, 0o644); err != nil {
+			t.Error(err)
+		}
+	}
 }

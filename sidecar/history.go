@@ -346,7 +346,8 @@ func (vs *versionSeries) record(idx int, cur *versionTotals, g *versionGauge) bo
 			p.p95 = float32(bucketQuantile(0.95, cur.bounds, delta))
 			p.p99 = float32(bucketQuantile(0.99, cur.bounds, delta))
 		}
-		if reqs > observed {
+		// Without a histogram (left out at ingest.maxSeries) refusals are unknown: 0.
+		if len(delta) > 0 && reqs > observed {
 			p.refused = clampU32(reqs - observed)
 		}
 		// A trip shorter than the step still shows: the worst state entered.

@@ -184,6 +184,13 @@ func TestHistoryCounterReset(t *testing.T) {
 	if want := float32(0.1 + 0.1*10/30.0); math.Abs(float64(p.p50-want)) > 1e-6 {
 		t.Errorf("p50 after a reset %v, want %v", p.p50, want)
 	}
+	// No histogram (left out at the series cap): no refusal is inferred.
+	vs2 := &versionSeries{}
+	vs2.record(0, &versionTotals{requests: 10}, nil)
+	vs2.record(1, &versionTotals{requests: 30}, nil)
+	if p := vs2.points[1]; p.requests != 20 || p.refused != 0 || !math.IsNaN(float64(p.p50)) {
+		t.Errorf("without a histogram: %+v", p)
+	}
 	// A changed layout: the new histogram is the increase.
 	vs.record(2, &versionTotals{requests: 50, bounds: []float64{1}, cum: []uint64{8, 10}}, nil)
 	if p := vs.points[2]; p.p50 != 0.625 || p.requests != 10 {

@@ -114,7 +114,7 @@ func TestStatusPageHistoryInChromium(t *testing.T) {
 	t.Logf("failure window in the drawn error-ratio line: %s to %s (failure injected %s to %s); samples in the window %v, after %v",
 		first.Format("15:04:05.000"), last.Format("15:04:05.000"), failStart.Format("15:04:05.000"), failEnd.Format("15:04:05.000"), inWindow, after)
 
-	states := regexp.MustCompile(`data-version="canary" data-metric="circuitState" data-t="[0-9,]*" data-v="([^"]*)"`).FindStringSubmatch(dom)
+	states := regexp.MustCompile(`data-version="canary" data-metric="circuitState" data-v="([^"]*)"`).FindStringSubmatch(dom)
 	if states == nil {
 		t.Fatal("the page draws no breaker band for the canary")
 	}
@@ -166,11 +166,12 @@ func TestStatusPageHistoryInChromium(t *testing.T) {
 // sample times and values (nil where none was drawn).
 func drawnSeries(t *testing.T, dom, metric string) ([]int64, []*float64) {
 	t.Helper()
-	m := regexp.MustCompile(`<path class="line [a-z0-9 ]+" data-version="canary" data-metric="` + metric + `" data-t="([0-9,]*)" data-v="([^"]*)"`).FindStringSubmatch(dom)
-	if m == nil {
+	sec := regexp.MustCompile(`<section class="mw" data-middleware="shop@file" data-t="([0-9,]*)">`).FindStringSubmatch(dom)
+	m := regexp.MustCompile(`<path class="line [a-z0-9 ]+" data-version="canary" data-metric="` + metric + `" data-v="([^"]*)"`).FindStringSubmatch(dom)
+	if sec == nil || m == nil {
 		t.Fatalf("the page draws no %s line for the canary:\n%s", metric, dom)
 	}
-	ts, vs := strings.Split(m[1], ","), strings.Split(m[2], ",")
+	ts, vs := strings.Split(sec[1], ","), strings.Split(m[1], ",")
 	if len(ts) != len(vs) || len(ts) < 10 {
 		t.Fatalf("%d times for %d values", len(ts), len(vs))
 	}

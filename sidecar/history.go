@@ -469,20 +469,6 @@ type versionWindowTotals struct {
 	Refused   uint64 `json:"refused"`
 }
 
-func f64(v float64) *float64 {
-	if math.IsNaN(v) || math.IsInf(v, 0) {
-		return nil
-	}
-	return &v
-}
-
-// f32 widens a stored figure, kept to microseconds (or 1e-6 of a ratio):
-// float32 holds about 7 digits.
-func f32(v float32) *float64 { return f64(round(float64(v), 6)) }
-
-// u32 returns a pointer to a copy of v: the document outlives the lock.
-func u32(v uint32) *uint32 { return &v }
-
 // round rounds v to digits decimals: the page and the API need no more.
 func round(v float64, digits float64) float64 {
 	p := math.Pow(10, digits)
@@ -514,13 +500,16 @@ func (h *history) doc() historyDoc {
 }
 
 func (m *mwSeries) doc(name string, order []int, elapsed []uint32) mwHistoryDoc {
+	n := len(order)
 	d := mwHistoryDoc{
-		Name: name, RateLimited: make([]*uint32, len(order)), DryRunRateLimited: make([]*uint32, len(order)),
+		Name: name, RateLimited: make([]*uint32, n), DryRunRateLimited: make([]*uint32, n),
 		Versions: []versionHistoryDoc{}, Rollout: newRolloutDoc(m.rollout),
 	}
+	counts := make([]uint32, 2*n) // one allocation for every value: the document outlives the lock
 	for i, idx := range order {
 		if m.rated[idx] {
-			d.RateLimited[i], d.DryRunRateLimited[i] = u32(m.rejected[idx]), u32(m.dryRun[idx])
+			counts[i], counts[n+i] = m.rejected[idx], m.dryRun[idx]
+			d.RateLimited[i], d.DryRunRateLimited[i] = &counts[i], &counts[n+i]
 			d.Totals.RateLimited += uint64(m.rejected[idx])
 			d.Totals.DryRunRateLimited += uint64(m.dryRun[idx])
 		}
@@ -545,28 +534,47 @@ func (vs *versionSeries) doc(name string, order []int, elapsed []uint32) version
 		Weight: make([]*float64, n), CircuitState: make([]*string, n),
 		Requests: make([]*uint32, n), Errors: make([]*uint32, n), Fallbacks: make([]*uint32, n), Refused: make([]*uint32, n),
 	}
+	// The values live in two arrays, one allocation each: the document
+	// outlives the lock, and a pointer per value would cost an allocation each.
+	floats, counts := make([]float64, 6*n), make([]uint32, 4*n)
+	states := [3]string{transitionNames[0], transitionNames[1], transitionNames[2]}
+	opt := func(dst []*float64, k, i int, v float64) {
+		if !math.IsNaN(v) && !math.IsInf(v, 0) {
+			floats[k*n+i] = v
+			dst[i] = &floats[k*n+i]
+		}
+	}
+	count := func(dst []*uint32, k, i int, v uint32) {
+		counts[k*n+i] = v
+		dst[i] = &counts[k*n+i]
+	}
 	for i, idx := range order {
 		p := &vs.points[idx]
-		if p.state >= 0 && int(p.state) < len(transitionNames) {
-			name := transitionNames[p.state]
-			d.CircuitState[i] = &name
+		if p.state >= 0 && int(p.state) < len(states) {
+			d.CircuitState[i] = &states[p.state]
 		}
-		d.Weight[i] = f32(p.weight)
+		opt(d.Weight, 0, i, round(float64(p.weight), 6))
 		if !p.rated {
 			continue
 		}
-		d.Requests[i], d.Errors[i], d.Fallbacks[i], d.Refused[i] = u32(p.requests), u32(p.errors), u32(p.fallbacks), u32(p.refused)
+		count(d.Requests, 0, i, p.requests)
+		count(d.Errors, 1, i, p.errors)
+		count(d.Fallbacks, 2, i, p.fallbacks)
+		count(d.Refused, 3, i, p.refused)
 		d.Totals.Requests += uint64(p.requests)
 		d.Totals.Errors += uint64(p.errors)
 		d.Totals.Fallbacks += uint64(p.fallbacks)
 		d.Totals.Refused += uint64(p.refused)
 		if elapsed[idx] > 0 {
-			d.RequestsPS[i] = f64(round(float64(p.requests)*1000/float64(elapsed[idx]), 3))
+			opt(d.RequestsPS, 1, i, round(float64(p.requests)*1000/float64(elapsed[idx]), 3))
 		}
 		if p.requests > 0 {
-			d.ErrorRatio[i] = f64(round(float64(p.errors)/float64(p.requests), 4))
+			opt(d.ErrorRatio, 2, i, round(float64(p.errors)/float64(p.requests), 4))
 		}
-		d.P50[i], d.P95[i], d.P99[i] = f32(p.p50), f32(p.p95), f32(p.p99)
+		// float32 holds about 7 digits: latencies are kept to the microsecond.
+		opt(d.P50, 3, i, round(float64(p.p50), 6))
+		opt(d.P95, 4, i, round(float64(p.p95), 6))
+		opt(d.P99, 5, i, round(float64(p.p99), 6))
 	}
 	return d
 }

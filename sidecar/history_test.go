@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -401,12 +402,16 @@ func TestStatusPageDrawsHistory(t *testing.T) {
 	if !regexp.MustCompile(`<tr data-version="canary"><td>shop@file</td><td>canary</td><td>25.0 %</td>`).MatchString(page) {
 		t.Errorf("no server-side row for the canary:\n%s", page)
 	}
-	m := regexp.MustCompile(`<path class="line c0" data-version="canary" data-metric="errorRatio" data-t="([0-9,]+)" data-v="([^"]*)"`).FindStringSubmatch(page)
+	m := regexp.MustCompile(`<path class="line c0" data-version="canary" data-metric="errorRatio" data-v="([^"]*)"`).FindStringSubmatch(page)
 	if m == nil {
 		t.Fatalf("no canary error-ratio line:\n%s", page)
 	}
-	if m[2] != ",0,0,0.5,0.5,0.5" {
-		t.Errorf("canary error ratio drawn as %q", m[2])
+	if m[1] != ",0,0,0.5,0.5,0.5" {
+		t.Errorf("canary error ratio drawn as %q", m[1])
+	}
+	ts := regexp.MustCompile(`<section class="mw" data-middleware="shop@file" data-t="([0-9,]+)">`).FindStringSubmatch(page)
+	if ts == nil || len(strings.Split(ts[1], ",")) != 6 || !strings.HasPrefix(ts[1], strconv.FormatInt(t0.UnixMilli(), 10)+",") {
+		t.Errorf("the section's sample instants: %v", ts)
 	}
 	for _, want := range []string{
 		`data-chart="requestsPerSecond"`, `data-chart="latency"`, `data-metric="p95Seconds"`, `data-chart="weight"`, `data-chart="circuitState"`,
@@ -530,8 +535,63 @@ func TestHistoryTakesAnyTotals(t *testing.T) {
 		t.Fatalf("%d samples, %d middlewares", len(d.Times), len(d.Middlewares))
 	}
 	var b strings.Builder
-	renderHistory(&b, &d)
+	renderHistory(pageWriter{&b}, &d)
 	if _, err := json.Marshal(d); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// fullHistory is a history at its caps: maxHistoryMiddlewares middlewares of
+// maxHistoryVersions versions, every sample held.
+func fullHistory() (*history, view) {
+	h := newHistory(5 * time.Second)
+	v := view{mws: map[string]*mwTotals{}, gauges: map[string]map[string]versionGauge{}}
+	for i := 0; i < maxHistoryMiddlewares; i++ {
+		name := fmt.Sprintf("mw%02d", i)
+		t := newMWTotals()
+		g := map[string]versionGauge{}
+		for j := 0; j < maxHistoryVersions; j++ {
+			vn := fmt.Sprintf("v%d", j)
+			g[vn] = versionGauge{weight: 0.125, configured: true, primary: j == 0}
+			t.hist[vn] = &histTotals{bounds: testBuckets, counts: make([]uint64, len(testBuckets)+1)}
+		}
+		v.mws[name], v.gauges[name] = t, g
+	}
+	at := t0
+	for i := 0; i < historyPoints; i++ {
+		for _, t := range v.mws {
+			for j := 0; j < maxHistoryVersions; j++ {
+				vn := fmt.Sprintf("v%d", j)
+				t.requests[reqKey{vn, 200, "GET"}] += 100
+				t.requests[reqKey{vn, 500, "GET"}] += uint64(i % 3)
+				t.hist[vn].counts[i%len(t.hist[vn].counts)] += 100
+			}
+		}
+		at = at.Add(5 * time.Second)
+		h.record(v, at)
+	}
+	return h, v
+}
+
+// BenchmarkHistoryRecordAtTheCaps: one sample of 32 middlewares × 8 versions.
+func BenchmarkHistoryRecordAtTheCaps(b *testing.B) {
+	h, v := fullHistory()
+	at := t0.Add(time.Hour)
+	b.ReportAllocs()
+	for b.Loop() {
+		at = at.Add(5 * time.Second)
+		h.record(v, at)
+	}
+}
+
+// BenchmarkStatusPageAtTheCaps: the live part of the page at the caps.
+func BenchmarkStatusPageAtTheCaps(b *testing.B) {
+	h, _ := fullHistory()
+	sp := &statusPages{store: newStore(defaultMaxSeries), history: h, now: func() time.Time { return t0 }}
+	b.ReportAllocs()
+	for b.Loop() {
+		rec := httptest.NewRecorder()
+		sp.fragment(rec, httptest.NewRequest(http.MethodGet, "/status/live", nil))
+		b.SetBytes(int64(rec.Body.Len()))
 	}
 }

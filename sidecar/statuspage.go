@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"html"
+	"io"
 	"math"
 	"net/http"
 	"sort"
@@ -18,8 +20,9 @@ import (
 // script /status.js (same origin, the only script the Content-Security-Policy
 // allows) replaces the live part every 2 s with /status/live, the same
 // rendering: one renderer, in Go. Each drawn series carries its samples in
-// data attributes (data-t: Unix milliseconds, data-v: values, empty where
-// there is none), so tests and tools can read back what was drawn.
+// data-v (values, empty where there is none), and its middleware's section
+// their instants in data-t (Unix milliseconds), so tests and tools can read
+// back what was drawn.
 
 const statusCSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
@@ -49,20 +52,28 @@ func (p *statusPages) page(rw http.ResponseWriter, req *http.Request) {
 		return
 	}
 	setPageHeaders(rw, "text/html; charset=utf-8")
-	var b strings.Builder
-	b.WriteString(pageHead)
-	b.WriteString(`<div id="live">`)
-	renderLive(&b, p.doc())
-	b.WriteString("</div>\n</body>\n</html>\n")
-	_, _ = rw.Write([]byte(b.String()))
+	bw := bufio.NewWriterSize(rw, 32<<10)
+	b := pageWriter{bw}
+	b.str(pageHead)
+	b.str(`<div id="live">`)
+	renderLive(b, p.doc())
+	b.str("</div>\n</body>\n</html>\n")
+	_ = bw.Flush()
 }
 
 func (p *statusPages) fragment(rw http.ResponseWriter, _ *http.Request) {
 	setPageHeaders(rw, "text/html; charset=utf-8")
-	var b strings.Builder
-	renderLive(&b, p.doc())
-	_, _ = rw.Write([]byte(b.String()))
+	bw := bufio.NewWriterSize(rw, 32<<10)
+	renderLive(pageWriter{bw}, p.doc())
+	_ = bw.Flush()
 }
+
+// pageWriter is where the page is rendered: the response, through a buffer.
+// Its errors (a client gone) are not checked: the rest of the page is lost.
+type pageWriter struct{ w io.Writer }
+
+func (p pageWriter) str(s string)              { _, _ = io.WriteString(p.w, s) }
+func (p pageWriter) f(format string, a ...any) { _, _ = fmt.Fprintf(p.w, format, a...) }
 
 func setPageHeaders(rw http.ResponseWriter, contentType string) {
 	rw.Header().Set("Content-Type", contentType)
@@ -95,24 +106,24 @@ func fmtMs(v *float64) string {
 }
 
 // renderLive writes the part of the page that the script refreshes.
-func renderLive(b *strings.Builder, d statusDoc) {
-	fmt.Fprintf(b, `<p class="meta">Per-version figures over the last %.0f s. Raw metrics: <a href="/metrics">/metrics</a>, JSON: <a href="/api/status">/api/status</a>.</p>
+func renderLive(b pageWriter, d statusDoc) {
+	b.f(`<p class="meta">Per-version figures over the last %.0f s. Raw metrics: <a href="/metrics">/metrics</a>, JSON: <a href="/api/status">/api/status</a>.</p>
 <table class="now">
 <thead><tr><th>middleware</th><th>version</th><th>weight</th><th>breaker</th><th>req/s</th><th>error ratio</th><th>p50</th><th>p95</th><th>p99</th><th>total</th></tr></thead>
 <tbody id="rows">`, d.Window)
 	if len(d.Versions) == 0 {
-		b.WriteString(`<tr><td colspan="10">waiting for the first report…</td></tr>`)
+		b.str(`<tr><td colspan="10">waiting for the first report…</td></tr>`)
 	}
 	for _, v := range d.Versions {
 		primary := ""
 		if v.Primary {
 			primary = `<span class="primary"> (primary)</span>`
 		}
-		fmt.Fprintf(b, `<tr data-version="%s"><td>%s</td><td>%s%s</td><td>%s</td><td class="state-%s">%s</td><td>%.1f</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%d</td></tr>`,
+		b.f(`<tr data-version="%s"><td>%s</td><td>%s%s</td><td>%s</td><td class="state-%s">%s</td><td>%.1f</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%d</td></tr>`,
 			esc(v.Version), esc(v.Middleware), esc(v.Version), primary, fmtPct(v.Weight),
 			esc(v.State), esc(strings.ReplaceAll(v.State, "_", "-")), v.Rate, fmtPct(v.ErrorRatio), fmtMs(v.P50), fmtMs(v.P95), fmtMs(v.P99), v.Total)
 	}
-	b.WriteString("</tbody>\n</table>\n")
+	b.str("</tbody>\n</table>\n")
 	var srcs []string
 	for _, src := range sortedKeys(d.LastReports) {
 		srcs = append(srcs, fmt.Sprintf("%s %v s ago", src, d.LastReports[src]))
@@ -121,7 +132,7 @@ func renderLive(b *strings.Builder, d statusDoc) {
 	if len(srcs) > 0 {
 		last = "; last from " + strings.Join(srcs, ", ")
 	}
-	fmt.Fprintf(b, `<p class="meta" id="reports">%d reports accepted%s</p>`+"\n", d.Reports, esc(last))
+	b.f(`<p class="meta" id="reports">%d reports accepted%s</p>`+"\n", d.Reports, esc(last))
 	if d.History != nil {
 		renderHistory(b, d.History)
 	}
@@ -159,16 +170,16 @@ func (a timeAxis) x(ms int64) float64 {
 
 func (a timeAxis) contains(ms int64) bool { return ms >= a.start && ms <= a.end }
 
-func renderHistory(b *strings.Builder, h *historyDoc) {
-	fmt.Fprintf(b, `<h2>History</h2>
+func renderHistory(b pageWriter, h *historyDoc) {
+	b.f(`<h2>History</h2>
 <p class="meta">The last %s, one sample every %s, summed over every Traefik process reporting here.`,
 		esc(time.Duration(h.WindowSeconds*float64(time.Second)).String()), esc(time.Duration(h.StepSeconds*float64(time.Second)).String()))
 	if h.Untracked > 0 {
-		fmt.Fprintf(b, ` %d middlewares or versions are not drawn (at most %d middlewares of %d versions).`, h.Untracked, maxHistoryMiddlewares, maxHistoryVersions)
+		b.f(` %d middlewares or versions are not drawn (at most %d middlewares of %d versions).`, h.Untracked, maxHistoryMiddlewares, maxHistoryVersions)
 	}
-	b.WriteString("</p>\n")
+	b.str("</p>\n")
 	if len(h.Times) < 2 {
-		fmt.Fprintf(b, `<p class="meta" id="history-wait">Collecting: the charts start after two samples (%v s apart).</p>`+"\n", h.StepSeconds)
+		b.f(`<p class="meta" id="history-wait">Collecting: the charts start after two samples (%v s apart).</p>`+"\n", h.StepSeconds)
 		return
 	}
 	// The axis spans the window, or the samples held while they cover less.
@@ -195,19 +206,19 @@ func versionClasses(m *mwHistoryDoc) map[string]string {
 	return out
 }
 
-func renderMiddleware(b *strings.Builder, h *historyDoc, m *mwHistoryDoc, ax timeAxis) {
+func renderMiddleware(b pageWriter, h *historyDoc, m *mwHistoryDoc, ax timeAxis) {
 	cls := versionClasses(m)
-	fmt.Fprintf(b, `<section class="mw" data-middleware="%s">
+	b.f(`<section class="mw" data-middleware="%s" data-t="%s">
 <h3>%s</h3>
-<p class="legend">`, esc(m.Name), esc(m.Name))
+<p class="legend">`, esc(m.Name), joinTimes(h.Times), esc(m.Name))
 	for _, v := range m.Versions {
 		role := "canary"
 		if v.Primary {
 			role = "stable"
 		}
-		fmt.Fprintf(b, `<span class="key %s">%s</span> (%s) `, cls[v.Name], esc(v.Name), role)
+		b.f(`<span class="key %s">%s</span> (%s) `, cls[v.Name], esc(v.Name), role)
 	}
-	b.WriteString(`· latency: <span class="key q">p99 solid, p95 dashed, p50 dotted</span></p>` + "\n")
+	b.str(`· latency: <span class="key q">p99 solid, p95 dashed, p50 dotted</span></p>` + "\n")
 	if m.Rollout != nil {
 		renderRollout(b, m.Rollout)
 	}
@@ -232,7 +243,7 @@ func renderMiddleware(b *strings.Builder, h *historyDoc, m *mwHistoryDoc, ax tim
 	renderChart(b, h, m, ax, "share of new users (weight)", "weight", wts, 1, fmtPctAxis, m.Rollout)
 	renderBand(b, h, m, ax, cls)
 	renderEdge(b, m, cls)
-	b.WriteString("</section>\n")
+	b.str("</section>\n")
 }
 
 type chartLine struct {
@@ -278,14 +289,17 @@ func fmtSecondsAxis(v float64) string {
 }
 
 // joinValues writes the samples for data-v: empty where there is none.
-func joinValues(vals []*float64) string {
-	parts := make([]string, len(vals))
+func joinValues(vals []*float64) []byte {
+	out := make([]byte, 0, 8*len(vals))
 	for i, v := range vals {
+		if i > 0 {
+			out = append(out, ',')
+		}
 		if v != nil {
-			parts[i] = strconv.FormatFloat(*v, 'g', 6, 64)
+			out = strconv.AppendFloat(out, *v, 'g', 6, 64)
 		}
 	}
-	return strings.Join(parts, ",")
+	return out
 }
 
 func joinTimes(ts []int64) string {
@@ -296,21 +310,20 @@ func joinTimes(ts []int64) string {
 	return strings.Join(parts, ",")
 }
 
-func renderChart(b *strings.Builder, h *historyDoc, m *mwHistoryDoc, ax timeAxis, title, chart string, lines []chartLine, yMax float64, format func(float64) string, ro *rolloutDoc) {
-	fmt.Fprintf(b, `<svg class="chart" data-chart="%s" viewBox="0 0 %d %d" role="img" aria-label="%s, %s">`, chart, chartW, chartTotal, esc(title), esc(m.Name))
-	fmt.Fprintf(b, `<text class="title" x="%d" y="14">%s</text>`, plotLeft, esc(title))
+func renderChart(b pageWriter, h *historyDoc, m *mwHistoryDoc, ax timeAxis, title, chart string, lines []chartLine, yMax float64, format func(float64) string, ro *rolloutDoc) {
+	b.f(`<svg class="chart" data-chart="%s" viewBox="0 0 %d %d" role="img" aria-label="%s, %s">`, chart, chartW, chartTotal, esc(title), esc(m.Name))
+	b.f(`<text class="title" x="%d" y="14">%s</text>`, plotLeft, esc(title))
 	y := func(v float64) float64 { return plotTop + plotH - v/yMax*plotH }
 	for _, g := range []float64{0, 0.5, 1} {
-		fmt.Fprintf(b, `<line class="grid" x1="%d" x2="%d" y1="%.1f" y2="%.1f"/><text class="ylabel" x="%d" y="%.1f">%s</text>`,
+		b.f(`<line class="grid" x1="%d" x2="%d" y1="%.1f" y2="%.1f"/><text class="ylabel" x="%d" y="%.1f">%s</text>`,
 			plotLeft, chartW-plotRight, y(g*yMax), y(g*yMax), plotLeft-6, y(g*yMax)+4, esc(format(g*yMax)))
 	}
 	renderTimeTicks(b, ax, plotTop, plotTop+plotH)
 	if ro != nil {
 		renderSchedule(b, ro, ax, y)
 	}
-	times := joinTimes(h.Times)
 	for _, l := range lines {
-		var d strings.Builder
+		d := make([]byte, 0, 12*len(l.values))
 		var dots [][2]float64
 		drawn := func(i int) bool {
 			return i >= 0 && i < len(l.values) && i < len(h.Times) && l.values[i] != nil && ax.contains(h.Times[i])
@@ -322,36 +335,39 @@ func renderChart(b *strings.Builder, h *historyDoc, m *mwHistoryDoc, ax timeAxis
 			x, yv := ax.x(h.Times[i]), y(math.Min(*v, yMax))
 			switch {
 			case drawn(i - 1):
-				fmt.Fprintf(&d, "L%.1f %.1f", x, yv)
+				d = appendPoint(d, 'L', x, yv)
 			case drawn(i + 1):
-				fmt.Fprintf(&d, "M%.1f %.1f", x, yv)
+				d = appendPoint(d, 'M', x, yv)
 			default: // a lone sample between gaps: a dot, drawn below
 				dots = append(dots, [2]float64{x, yv})
 			}
 		}
-		fmt.Fprintf(b, `<path class="line %s" data-version="%s" data-metric="%s" data-t="%s" data-v="%s" d="%s"><title>%s %s</title></path>`,
-			l.class, esc(l.version), l.metric, times, joinValues(l.values), pathOrEmpty(d.String()), esc(l.version), l.metric)
+		if len(d) == 0 {
+			d = append(d, "M0 0"...) // draws nothing, and keeps d valid
+		}
+		b.f(`<path class="line %s" data-version="%s" data-metric="%s" data-v="%s" d="%s"><title>%s %s</title></path>`,
+			l.class, esc(l.version), l.metric, joinValues(l.values), d, esc(l.version), l.metric)
 		for _, dot := range dots {
-			fmt.Fprintf(b, `<circle class="dot %s" cx="%.1f" cy="%.1f" r="3"/>`, l.class, dot[0], dot[1])
+			b.f(`<circle class="dot %s" cx="%.1f" cy="%.1f" r="3"/>`, l.class, dot[0], dot[1])
 		}
 	}
 	if ro != nil {
 		renderChecks(b, ro, ax)
 	}
-	b.WriteString("</svg>\n")
+	b.str("</svg>\n")
 }
 
-// pathOrEmpty keeps d valid when a line has no point: "M0 0" draws nothing.
-func pathOrEmpty(d string) string {
-	if d == "" {
-		return "M0 0"
-	}
-	return d
+// appendPoint appends an SVG path command to a point, to a tenth of a unit.
+func appendPoint(d []byte, cmd byte, x, y float64) []byte {
+	d = append(d, cmd)
+	d = strconv.AppendFloat(d, x, 'f', 1, 64)
+	d = append(d, ' ')
+	return strconv.AppendFloat(d, y, 'f', 1, 64)
 }
 
 // renderTimeTicks draws the shared time axis: a tick every round interval,
 // labelled in UTC.
-func renderTimeTicks(b *strings.Builder, ax timeAxis, top, bottom float64) {
+func renderTimeTicks(b pageWriter, ax timeAxis, top, bottom float64) {
 	span := ax.end - ax.start
 	tick := int64(900000)
 	for _, t := range []int64{5000, 10000, 15000, 30000, 60000, 120000, 300000, 600000, 900000} {
@@ -362,15 +378,15 @@ func renderTimeTicks(b *strings.Builder, ax timeAxis, top, bottom float64) {
 	}
 	for t := (ax.start/tick + 1) * tick; t <= ax.end; t += tick {
 		x := ax.x(t)
-		fmt.Fprintf(b, `<line class="tick" x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f"/>`, x, x, top, bottom+4)
+		b.f(`<line class="tick" x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f"/>`, x, x, top, bottom+4)
 		if x <= chartW-28 { // a label that fits
-			fmt.Fprintf(b, `<text class="xlabel" x="%.1f" y="%.1f">%s</text>`, x, bottom+16, time.UnixMilli(t).UTC().Format("15:04:05"))
+			b.f(`<text class="xlabel" x="%.1f" y="%.1f">%s</text>`, x, bottom+16, time.UnixMilli(t).UTC().Format("15:04:05"))
 		}
 	}
 }
 
 // renderSchedule draws a rollout's planned weights as a step line.
-func renderSchedule(b *strings.Builder, ro *rolloutDoc, ax timeAxis, y func(float64) float64) {
+func renderSchedule(b pageWriter, ro *rolloutDoc, ax timeAxis, y func(float64) float64) {
 	if ro.IntervalMs <= 0 || len(ro.Schedule) == 0 {
 		return
 	}
@@ -387,41 +403,41 @@ func renderSchedule(b *strings.Builder, ro *rolloutDoc, ax timeAxis, y func(floa
 		}
 		fmt.Fprintf(&d, "%s%.1f %.1f L%.1f %.1f ", cmd, clampX(from), y(s.Weight/100), clampX(to), y(s.Weight/100))
 		if i+1 == ro.Step {
-			fmt.Fprintf(b, `<rect class="current-step" x="%.1f" y="%d" width="%.1f" height="%d"/>`, clampX(from), plotTop, clampX(to)-clampX(from), plotH)
+			b.f(`<rect class="current-step" x="%.1f" y="%d" width="%.1f" height="%d"/>`, clampX(from), plotTop, clampX(to)-clampX(from), plotH)
 		}
 	}
 	if d.Len() > 0 {
-		fmt.Fprintf(b, `<path class="schedule" data-metric="schedule" d="%s"><title>rollout schedule of %s</title></path>`, strings.TrimSpace(d.String()), esc(ro.Version))
+		b.f(`<path class="schedule" data-metric="schedule" d="%s"><title>rollout schedule of %s</title></path>`, strings.TrimSpace(d.String()), esc(ro.Version))
 	}
 }
 
 // renderChecks marks each recent check of a rollout on the time axis.
-func renderChecks(b *strings.Builder, ro *rolloutDoc, ax timeAxis) {
+func renderChecks(b pageWriter, ro *rolloutDoc, ax timeAxis) {
 	for _, c := range ro.Recent {
 		if !ax.contains(c.At) {
 			continue
 		}
-		fmt.Fprintf(b, `<circle class="check %s" data-result="%s" data-at="%d" data-step="%d" cx="%.1f" cy="%d" r="4"><title>step %d: %s %s</title></circle>`,
+		b.f(`<circle class="check %s" data-result="%s" data-at="%d" data-step="%d" cx="%.1f" cy="%d" r="4"><title>step %d: %s %s</title></circle>`,
 			esc(c.Result), esc(c.Result), c.At, c.Step, ax.x(c.At), plotTop+6, c.Step, esc(c.Result), esc(c.Reason))
 	}
 }
 
 // renderBand draws each version's breaker state as a band: closed, half-open,
 // open, or nothing where no report named the version.
-func renderBand(b *strings.Builder, h *historyDoc, m *mwHistoryDoc, ax timeAxis, cls map[string]string) {
+func renderBand(b pageWriter, h *historyDoc, m *mwHistoryDoc, ax timeAxis, cls map[string]string) {
 	height := plotTop + bandRowH*len(m.Versions) + axisH + 4
-	fmt.Fprintf(b, `<svg class="chart band" data-chart="circuitState" viewBox="0 0 %d %d" role="img" aria-label="breaker state, %s">`, chartW, height, esc(m.Name))
-	fmt.Fprintf(b, `<text class="title" x="%d" y="14">breaker state: <tspan class="closed">closed</tspan> · <tspan class="half_open">half-open</tspan> · <tspan class="open">open</tspan></text>`, plotLeft)
+	b.f(`<svg class="chart band" data-chart="circuitState" viewBox="0 0 %d %d" role="img" aria-label="breaker state, %s">`, chartW, height, esc(m.Name))
+	b.f(`<text class="title" x="%d" y="14">breaker state: <tspan class="closed">closed</tspan> · <tspan class="half_open">half-open</tspan> · <tspan class="open">open</tspan></text>`, plotLeft)
 	for row, v := range m.Versions {
 		top := plotTop + row*bandRowH
-		fmt.Fprintf(b, `<text class="ylabel %s" x="%d" y="%d">%s</text>`, cls[v.Name], plotLeft-6, top+bandRowH-3, esc(v.Name))
+		b.f(`<text class="ylabel %s" x="%d" y="%d">%s</text>`, cls[v.Name], plotLeft-6, top+bandRowH-3, esc(v.Name))
 		states := make([]string, len(v.CircuitState))
 		for i, s := range v.CircuitState {
 			if s != nil {
 				states[i] = *s
 			}
 		}
-		fmt.Fprintf(b, `<g data-version="%s" data-metric="circuitState" data-t="%s" data-v="%s">`, esc(v.Name), joinTimes(h.Times), strings.Join(states, ","))
+		b.f(`<g data-version="%s" data-metric="circuitState" data-v="%s">`, esc(v.Name), strings.Join(states, ","))
 		// One rectangle per run of equal states; a sample covers the step before it.
 		for i := 0; i < len(states); {
 			j := i
@@ -431,55 +447,55 @@ func renderBand(b *strings.Builder, h *historyDoc, m *mwHistoryDoc, ax timeAxis,
 			if states[i] != "" {
 				from := h.Times[i] - int64(h.StepSeconds*1000)
 				x0, x1 := math.Max(plotLeft, ax.x(from)), ax.x(h.Times[j])
-				fmt.Fprintf(b, `<rect class="state %s" x="%.1f" y="%d" width="%.1f" height="%d"/>`, esc(states[i]), x0, top+1, math.Max(x1-x0, 1), bandRowH-2)
+				b.f(`<rect class="state %s" x="%.1f" y="%d" width="%.1f" height="%d"/>`, esc(states[i]), x0, top+1, math.Max(x1-x0, 1), bandRowH-2)
 			}
 			i = j + 1
 		}
-		b.WriteString("</g>")
+		b.str("</g>")
 	}
 	renderTimeTicks(b, ax, plotTop, float64(plotTop+bandRowH*len(m.Versions)))
-	b.WriteString("</svg>\n")
+	b.str("</svg>\n")
 }
 
 // renderEdge is the table of what the edge did for users over the window.
-func renderEdge(b *strings.Builder, m *mwHistoryDoc, cls map[string]string) {
-	b.WriteString(`<table class="edge"><caption>What the edge did, over the window</caption>
+func renderEdge(b pageWriter, m *mwHistoryDoc, cls map[string]string) {
+	b.str(`<table class="edge"><caption>What the edge did, over the window</caption>
 <thead><tr><th>version</th><th>requests</th><th>5xx</th><th>served by another version (fallbacks)</th><th>refused by the breaker</th></tr></thead><tbody>`)
 	for _, v := range m.Versions {
-		fmt.Fprintf(b, `<tr data-version="%s"><td><span class="key %s">%s</span></td><td>%d</td><td>%d</td><td>%d</td><td>%d</td></tr>`,
+		b.f(`<tr data-version="%s"><td><span class="key %s">%s</span></td><td>%d</td><td>%d</td><td>%d</td><td>%d</td></tr>`,
 			esc(v.Name), cls[v.Name], esc(v.Name), v.Totals.Requests, v.Totals.Errors, v.Totals.Fallbacks, v.Totals.Refused)
 	}
-	fmt.Fprintf(b, `</tbody></table>
+	b.f(`</tbody></table>
 <p class="meta edge-limits">Rate limit, before a version is chosen: <strong data-metric="rateLimited">%d</strong> requests refused with 429, <strong data-metric="dryRunRateLimited">%d</strong> that dry-run mode would have refused.</p>
 `, m.Totals.RateLimited, m.Totals.DryRunRateLimited)
 }
 
 // renderRollout describes a rollout: its schedule, where it stands, its checks.
-func renderRollout(b *strings.Builder, ro *rolloutDoc) {
-	fmt.Fprintf(b, `<div class="rollout" data-state="%s" data-step="%d"><p><strong>Rollout</strong> of <strong>%s</strong>: <span class="rollout-state %s">%s</span>, step %d of %d`,
+func renderRollout(b pageWriter, ro *rolloutDoc) {
+	b.f(`<div class="rollout" data-state="%s" data-step="%d"><p><strong>Rollout</strong> of <strong>%s</strong>: <span class="rollout-state %s">%s</span>, step %d of %d`,
 		esc(ro.State), ro.Step, esc(ro.Version), esc(ro.State), esc(strings.ReplaceAll(ro.State, "_", " ")), ro.Step, ro.Steps)
 	if ro.IntervalMs > 0 {
-		fmt.Fprintf(b, `, every %s from %s UTC`, esc(time.Duration(ro.IntervalMs*int64(time.Millisecond)).String()), time.UnixMilli(ro.Start).UTC().Format("2006-01-02 15:04:05"))
+		b.f(`, every %s from %s UTC`, esc(time.Duration(ro.IntervalMs*int64(time.Millisecond)).String()), time.UnixMilli(ro.Start).UTC().Format("2006-01-02 15:04:05"))
 	}
 	if ro.Shared {
-		b.WriteString(", rollback shared through Redis")
+		b.str(", rollback shared through Redis")
 	}
-	fmt.Fprintf(b, `. Checks since Traefik started: %d passed, %d failed, %d inconclusive; %d failed in a row now.</p>
+	b.f(`. Checks since Traefik started: %d passed, %d failed, %d inconclusive; %d failed in a row now.</p>
 <ol class="steps">`, ro.Checks["pass"], ro.Checks["fail"], ro.Checks["inconclusive"], ro.Failed)
 	for _, s := range ro.Schedule {
 		cur := ""
 		if s.Step == ro.Step {
 			cur = ` class="current"`
 		}
-		fmt.Fprintf(b, `<li%s>%s %%</li>`, cur, strconv.FormatFloat(s.Weight, 'g', 4, 64))
+		b.f(`<li%s>%s %%</li>`, cur, strconv.FormatFloat(s.Weight, 'g', 4, 64))
 	}
-	b.WriteString("</ol>\n")
+	b.str("</ol>\n")
 	if n := len(ro.Recent); n > 0 {
 		last := ro.Recent[n-1]
-		fmt.Fprintf(b, `<p class="meta">Last check: step %d, <span class="check-%s">%s</span> %s at %s UTC (every check is a dot on the weight chart).</p>`,
+		b.f(`<p class="meta">Last check: step %d, <span class="check-%s">%s</span> %s at %s UTC (every check is a dot on the weight chart).</p>`,
 			last.Step, esc(last.Result), esc(last.Result), esc(last.Reason), time.UnixMilli(last.At).UTC().Format("15:04:05"))
 	}
-	b.WriteString("</div>\n")
+	b.str("</div>\n")
 }
 
 const pageHead = `<!doctype html>

@@ -154,7 +154,11 @@ func run() int {
 func serve(ctx context.Context, cfg *Configuration, logw io.Writer, ready chan<- [2]string) error {
 	logger := log.New(logw, "edgecanary-sidecar ", log.LstdFlags)
 	st := newStore(cfg.Ingest.MaxSeries)
-	hist := newHistory(time.Duration(cfg.Status.Step))
+	step := defaultHistoryStep
+	if cfg.Status != nil && time.Duration(cfg.Status.Step) >= minHistoryStep {
+		step = time.Duration(cfg.Status.Step)
+	}
+	hist := newHistory(step)
 	now := time.Now
 
 	reg := prometheus.NewRegistry()

@@ -32,6 +32,9 @@ type Config struct {
 	CircuitBreaker CircuitBreakerConfig `json:"circuitBreaker,omitempty"`
 	// Sidecar is where the per-version figures are reported.
 	Sidecar SidecarConfig `json:"sidecar,omitempty"`
+	// Rollout ramps one version on a schedule and rolls it back when its
+	// checks fail. Off while Start is empty.
+	Rollout RolloutConfig `json:"rollout,omitempty"`
 }
 
 // VersionConfig is one version of the service.
@@ -112,6 +115,7 @@ func CreateConfig() *Config {
 		RateLimit:      defaultRateLimitConfig(),
 		CircuitBreaker: defaultCircuitBreakerConfig(),
 		Sidecar:        defaultSidecarConfig(),
+		Rollout:        defaultRolloutConfig(),
 	}
 }
 

@@ -5,27 +5,33 @@ package plugin
 
 import (
 	"net/http"
+	"sync/atomic"
 	"time"
 )
 
 // generatedPaths are the request paths rendered by internal/gen, by their
-// features' initials: L limiter, P cookie pick, B breaker, S stats (see serve.go).
+// features' initials: L limiter, P cookie pick, B breaker, S stats,
+// R rollout (see serve.go).
 var generatedPaths = map[string]func(c *canary) http.HandlerFunc{
-	"B":    pathB,
-	"S":    pathS,
-	"BS":   pathBS,
-	"P":    pathP,
-	"PB":   pathPB,
-	"PS":   pathPS,
-	"PBS":  pathPBS,
-	"L":    pathL,
-	"LB":   pathLB,
-	"LS":   pathLS,
-	"LBS":  pathLBS,
-	"LP":   pathLP,
-	"LPB":  pathLPB,
-	"LPS":  pathLPS,
-	"LPBS": pathLPBS,
+	"B":     pathB,
+	"S":     pathS,
+	"BS":    pathBS,
+	"P":     pathP,
+	"PB":    pathPB,
+	"PS":    pathPS,
+	"PSR":   pathPSR,
+	"PBS":   pathPBS,
+	"PBSR":  pathPBSR,
+	"L":     pathL,
+	"LB":    pathLB,
+	"LS":    pathLS,
+	"LBS":   pathLBS,
+	"LP":    pathLP,
+	"LPB":   pathLPB,
+	"LPS":   pathLPS,
+	"LPSR":  pathLPSR,
+	"LPBS":  pathLPBS,
+	"LPBSR": pathLPBSR,
 }
 
 // pathB is the request path with the breaker.
@@ -337,6 +343,56 @@ func pathPS(c *canary) http.HandlerFunc {
 	}
 }
 
+// pathPSR is the request path with the cookie pick, reporting.
+func pathPSR(c *canary) http.HandlerFunc {
+	oh := c.overrideHeader
+	since := time.Since
+	lookup, cookieName := c.signed.lookup, c.cookieName
+	bucketOf := c.bucketOf
+	ramp, cut := c.ramp, c.cut
+	bounds := c.boundsNs
+	return func(rw http.ResponseWriter, req *http.Request) {
+		start := int64(since(epoch))
+		var r *route
+		if req.Header[oh] == nil {
+			if ck, err := req.Cookie(cookieName); err == nil {
+				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
+					r = bucketOf[b]
+					if int32(b) < atomic.LoadInt32(cut) {
+						r = ramp
+					}
+				}
+			}
+		}
+		if r == nil {
+			r = choose(c, rw, req)
+		}
+		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
+		defer abandoned(w)
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			r.handler.ServeHTTP(rw, req)
+			w.code = 0
+		} else {
+			r.handler.ServeHTTP(w, req)
+		}
+		w.done = true
+		code := w.code
+		end := int64(since(epoch))
+		d, vs := end-start, r.vs
+		i := 0
+		for i < len(bounds) && d > bounds[i] {
+			i++
+		}
+		vs.sem <- struct{}{}
+		vs.counts[code<<4|methodIndex[req.Method]]++
+		if i < len(vs.hist) {
+			vs.hist[i]++
+			vs.sumNs += d
+		}
+		<-vs.sem
+	}
+}
+
 // pathPBS is the request path with the cookie pick, the breaker, reporting.
 func pathPBS(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
@@ -354,6 +410,90 @@ func pathPBS(c *canary) http.HandlerFunc {
 			if ck, err := req.Cookie(cookieName); err == nil {
 				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
 					r = bucketOf[b]
+				}
+			}
+		}
+		if r == nil {
+			r = choose(c, rw, req)
+		}
+		br := r.br
+		var gen uint64
+		br.sem <- struct{}{}
+		if br.closedUntil >= sent {
+			br.requests++
+			gen = br.generation
+			<-br.sem
+		} else {
+			<-br.sem
+			if r, gen = admit(c, r, rw, req, sent); r == nil {
+				return
+			}
+			br = r.br
+		}
+		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
+		defer abandoned(w)
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			r.handler.ServeHTTP(rw, req)
+			w.code = 0
+		} else {
+			r.handler.ServeHTTP(w, req)
+		}
+		w.done = true
+		code := w.code
+		end := int64(since(epoch))
+		done := false
+		if code == 200 && ok200 {
+			br.sem <- struct{}{}
+			if br.closedUntil >= sent && gen == br.generation {
+				br.consecFailures = 0
+				done = true
+			}
+			<-br.sem
+		}
+		if !done {
+			if slow {
+				if w.headers != 0 {
+					sent = end - (w.headers - sent)
+				}
+			}
+			leaveSlow(c, br, gen, code, sent, end)
+		}
+		d, vs := end-start, r.vs
+		i := 0
+		for i < len(bounds) && d > bounds[i] {
+			i++
+		}
+		vs.sem <- struct{}{}
+		vs.counts[code<<4|methodIndex[req.Method]]++
+		if i < len(vs.hist) {
+			vs.hist[i]++
+			vs.sumNs += d
+		}
+		<-vs.sem
+	}
+}
+
+// pathPBSR is the request path with the cookie pick, the breaker, reporting.
+func pathPBSR(c *canary) http.HandlerFunc {
+	oh := c.overrideHeader
+	since := time.Since
+	lookup, cookieName := c.signed.lookup, c.cookieName
+	bucketOf := c.bucketOf
+	ramp, cut := c.ramp, c.cut
+	ok200 := c.ok200
+	slow := c.bs.slow > 0
+	bounds := c.boundsNs
+	return func(rw http.ResponseWriter, req *http.Request) {
+		start := int64(since(epoch))
+		sent := start
+		var r *route
+		if req.Header[oh] == nil {
+			if ck, err := req.Cookie(cookieName); err == nil {
+				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
+					r = bucketOf[b]
+					if int32(b) < atomic.LoadInt32(cut) {
+						r = ramp
+					}
 				}
 			}
 		}
@@ -935,6 +1075,83 @@ func pathLPS(c *canary) http.HandlerFunc {
 	}
 }
 
+// pathLPSR is the request path with the limiter, the cookie pick, reporting.
+func pathLPSR(c *canary) http.HandlerFunc {
+	oh := c.overrideHeader
+	since := time.Since
+	rl := c.rl
+	peers, byQ := inlineLimiter(rl)
+	sem, interval, span0 := rl.sem, rl.interval, rl.window+rl.interval
+	headers, policy := rl.headers, rl.policy
+	lookup, cookieName := c.signed.lookup, c.cookieName
+	bucketOf := c.bucketOf
+	ramp, cut := c.ramp, c.cut
+	bounds := c.boundsNs
+	return func(rw http.ResponseWriter, req *http.Request) {
+		start := int64(since(epoch))
+		q := int64(0)
+		sem <- struct{}{}
+		if b := peers[req.RemoteAddr]; b != nil {
+			var tat int64
+			tat = b.tat
+			if tat < start {
+				tat = start
+			}
+			tat += interval
+			if q = (start + span0 - tat) / interval; q > 0 {
+				b.tat = tat
+			}
+		}
+		<-sem
+		if q <= 0 {
+			if allowSlow(rl, rw, req, start) < 0 {
+				return
+			}
+		} else if headers {
+			h := rw.Header()
+			h["Ratelimit-Policy"] = policy
+			h["Ratelimit"] = byQ[q]
+		}
+		var r *route
+		if req.Header[oh] == nil {
+			if ck, err := req.Cookie(cookieName); err == nil {
+				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
+					r = bucketOf[b]
+					if int32(b) < atomic.LoadInt32(cut) {
+						r = ramp
+					}
+				}
+			}
+		}
+		if r == nil {
+			r = choose(c, rw, req)
+		}
+		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
+		defer abandoned(w)
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			r.handler.ServeHTTP(rw, req)
+			w.code = 0
+		} else {
+			r.handler.ServeHTTP(w, req)
+		}
+		w.done = true
+		code := w.code
+		end := int64(since(epoch))
+		d, vs := end-start, r.vs
+		i := 0
+		for i < len(bounds) && d > bounds[i] {
+			i++
+		}
+		vs.sem <- struct{}{}
+		vs.counts[code<<4|methodIndex[req.Method]]++
+		if i < len(vs.hist) {
+			vs.hist[i]++
+			vs.sumNs += d
+		}
+		<-vs.sem
+	}
+}
+
 // pathLPBS is the request path with the limiter, the cookie pick, the breaker, reporting.
 func pathLPBS(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
@@ -979,6 +1196,117 @@ func pathLPBS(c *canary) http.HandlerFunc {
 			if ck, err := req.Cookie(cookieName); err == nil {
 				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
 					r = bucketOf[b]
+				}
+			}
+		}
+		if r == nil {
+			r = choose(c, rw, req)
+		}
+		br := r.br
+		var gen uint64
+		br.sem <- struct{}{}
+		if br.closedUntil >= sent {
+			br.requests++
+			gen = br.generation
+			<-br.sem
+		} else {
+			<-br.sem
+			if r, gen = admit(c, r, rw, req, sent); r == nil {
+				return
+			}
+			br = r.br
+		}
+		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
+		defer abandoned(w)
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			r.handler.ServeHTTP(rw, req)
+			w.code = 0
+		} else {
+			r.handler.ServeHTTP(w, req)
+		}
+		w.done = true
+		code := w.code
+		end := int64(since(epoch))
+		done := false
+		if code == 200 && ok200 {
+			br.sem <- struct{}{}
+			if br.closedUntil >= sent && gen == br.generation {
+				br.consecFailures = 0
+				done = true
+			}
+			<-br.sem
+		}
+		if !done {
+			if slow {
+				if w.headers != 0 {
+					sent = end - (w.headers - sent)
+				}
+			}
+			leaveSlow(c, br, gen, code, sent, end)
+		}
+		d, vs := end-start, r.vs
+		i := 0
+		for i < len(bounds) && d > bounds[i] {
+			i++
+		}
+		vs.sem <- struct{}{}
+		vs.counts[code<<4|methodIndex[req.Method]]++
+		if i < len(vs.hist) {
+			vs.hist[i]++
+			vs.sumNs += d
+		}
+		<-vs.sem
+	}
+}
+
+// pathLPBSR is the request path with the limiter, the cookie pick, the breaker, reporting.
+func pathLPBSR(c *canary) http.HandlerFunc {
+	oh := c.overrideHeader
+	since := time.Since
+	rl := c.rl
+	peers, byQ := inlineLimiter(rl)
+	sem, interval, span0 := rl.sem, rl.interval, rl.window+rl.interval
+	headers, policy := rl.headers, rl.policy
+	lookup, cookieName := c.signed.lookup, c.cookieName
+	bucketOf := c.bucketOf
+	ramp, cut := c.ramp, c.cut
+	ok200 := c.ok200
+	slow := c.bs.slow > 0
+	bounds := c.boundsNs
+	return func(rw http.ResponseWriter, req *http.Request) {
+		start := int64(since(epoch))
+		sent := start
+		q := int64(0)
+		sem <- struct{}{}
+		if b := peers[req.RemoteAddr]; b != nil {
+			var tat int64
+			tat = b.tat
+			if tat < start {
+				tat = start
+			}
+			tat += interval
+			if q = (start + span0 - tat) / interval; q > 0 {
+				b.tat = tat
+			}
+		}
+		<-sem
+		if q <= 0 {
+			if sent = allowSlow(rl, rw, req, start); sent < 0 {
+				return
+			}
+		} else if headers {
+			h := rw.Header()
+			h["Ratelimit-Policy"] = policy
+			h["Ratelimit"] = byQ[q]
+		}
+		var r *route
+		if req.Header[oh] == nil {
+			if ck, err := req.Cookie(cookieName); err == nil {
+				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
+					r = bucketOf[b]
+					if int32(b) < atomic.LoadInt32(cut) {
+						r = ramp
+					}
 				}
 			}
 		}

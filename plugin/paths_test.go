@@ -100,6 +100,13 @@ func pathConfig(key, canaryURL string, slow bool) *Config {
 		cfg.Sidecar.Address = "http://127.0.0.1:1" // nothing listens: reporting fails quietly
 		cfg.Sidecar.Interval = "1h"
 	}
+	if strings.Contains(key, "R") {
+		// Mid-ramp for the whole test: step 2 (30%) of hour-long steps, so
+		// buckets below the cut go to the canary and the rest to stable.
+		cfg.Rollout.Start = time.Now().Add(-90 * time.Minute).UTC().Format(time.RFC3339)
+		cfg.Rollout.StepWeights = []int{10, 30, 60}
+		cfg.Rollout.Interval = "1h"
+	}
 	return cfg
 }
 

@@ -57,6 +57,9 @@ type canary struct {
 	serve http.HandlerFunc // the request path for this configuration (see serveFunc)
 
 	boundsNs []int64 // the histogram bounds this handler records with
+
+	ramp *route // the version of a rollout, or nil
+	cut  *int32 // its rollout's cut (see owner), or nil
 }
 
 var _ http.Handler = (*canary)(nil)
@@ -124,8 +127,17 @@ func newCanary(ctx context.Context, next http.Handler, cfg *Config, name string)
 			r.br = getBreaker(bs, name, r.name)
 		}
 	}
-	if target.url != "" {
+	ro, err := parseRollout(cfg.Rollout, c)
+	if err != nil {
+		return nil, fmt.Errorf("edgecanary %s: %w", name, err)
+	}
+	if target.url != "" || ro != nil { // a rollout's checks read the reporting counters
 		c.setupStats(ctx, target, interval, bounds, cfg.Versions)
+	}
+	if ro != nil {
+		if err := c.setupRollout(ctx, ro, cfg.Rollout.Redis, cfg.Versions); err != nil {
+			return nil, fmt.Errorf("edgecanary %s: %w", name, err)
+		}
 	}
 	shareCookieTable(ctx, c.cookieName, name, c.signed)
 	c.observe = c.bs != nil || c.st != nil
@@ -200,23 +212,50 @@ func (c *canary) setupVersions(versions map[string]VersionConfig) error {
 		c.byName["always"] = primary
 	}
 
-	// Non-primary versions take the low buckets in name order, the primary the
-	// rest. Cut points come from cumulative weights, so raising one weight
-	// only moves buckets into that version.
+	c.layout(weights, "")
+	return nil
+}
+
+// layout maps every bucket to a version (c.bucketOf). Non-primary versions
+// take the low buckets in name order, the primary the rest. Cut points come
+// from cumulative weights, so raising one weight only moves buckets into
+// that version. With a rollout (ramp, the version that ramps), ramp is left
+// out and the primary comes first: ramp takes buckets [0, cut) at run time
+// (see owner), so its growing share is taken from the primary's users, and
+// when every other weight is 0 the primary has every bucket.
+func (c *canary) layout(weights map[string]int, ramp string) {
+	order := c.routes
+	var total int64
+	for _, r := range c.routes {
+		if r.name != ramp {
+			total += int64(weights[r.name])
+		}
+	}
+	if ramp != "" {
+		order = []*route{c.primary}
+		for _, r := range c.routes {
+			if !r.primary && r.name != ramp {
+				order = append(order, r)
+			}
+		}
+		if total == 0 {
+			order, total = []*route{c.primary}, 1
+			weights = map[string]int{c.primary.name: 1}
+		}
+	}
 	c.bucketOf = make([]*route, numBuckets)
 	var cum int64
 	b := 0
-	for _, r := range c.routes {
-		end := numBuckets
-		if !r.primary {
-			cum += int64(weights[r.name])
-			end = int(cum * numBuckets / total)
+	for i, r := range order {
+		cum += int64(weights[r.name])
+		end := int(cum * numBuckets / total)
+		if i == len(order)-1 || r.primary && ramp == "" {
+			end = numBuckets
 		}
 		for ; b < end; b++ {
 			c.bucketOf[b] = r
 		}
 	}
-	return nil
 }
 
 // versionHandler returns the proxy of a version, or nil for the primary.
@@ -413,7 +452,7 @@ func pick(c *canary, rw http.ResponseWriter, req *http.Request) *route {
 		return choose(c, rw, req)
 	}
 	var r *route
-	cookieLookup(req, c.overrideHeader, c.cookieName, c.signed.lookup, func(b int) { r = c.bucketOf[b] })
+	cookieLookup(req, c.overrideHeader, c.cookieName, c.signed.lookup, func(b int) { r = owner(c, b) })
 	if r == nil {
 		r = choose(c, rw, req)
 	}
@@ -432,17 +471,17 @@ func choose(c *canary, rw http.ResponseWriter, req *http.Request) *route {
 	}
 	if c.stickyHeader != "" {
 		if v := req.Header.Get(c.stickyHeader); v != "" {
-			return c.bucketOf[headerBucket(c.key, v)]
+			return owner(c, headerBucket(c.key, v))
 		}
 	}
 	if req.Header["Cookie"] != nil { // a new client has none: no parsing
 		if b, ok := cookieBucket(c, rw, req); ok {
-			return c.bucketOf[b]
+			return owner(c, b)
 		}
 	}
 	b := randIntn(numBuckets)
 	c.setCookie(rw, b)
-	return c.bucketOf[b]
+	return owner(c, b)
 }
 
 // randIntn draws a new client's bucket. A variable so that the tests can

@@ -660,39 +660,39 @@ func redisBucketKey(name string, intervalUs, toleranceUs int64, source string) s
 // ca replaces the system roots; cert and key, a client certificate, go
 // together; insecureSkipVerify skips the server's verification. Errors name
 // the field.
-func redisTLSConfig(ca, cert, key string, insecureSkipVerify bool) (*tls.Config, error) {
+func redisTLSConfig(field, ca, cert, key string, insecureSkipVerify bool) (*tls.Config, error) {
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: insecureSkipVerify}
 	if ca != "" {
 		pemCA, err := pemOrFile(ca)
 		if err != nil {
-			return nil, fmt.Errorf("rateLimit.redis.tls.ca: %w", err)
+			return nil, fmt.Errorf("%s.tls.ca: %w", field, err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pemCA) {
-			return nil, errors.New("rateLimit.redis.tls.ca: no PEM certificate found")
+			return nil, fmt.Errorf("%s.tls.ca: no PEM certificate found", field)
 		}
 		cfg.RootCAs = pool
 	}
 	if (cert == "") != (key == "") {
 		if cert == "" {
-			return nil, errors.New("rateLimit.redis.tls.cert: must be set with tls.key")
+			return nil, fmt.Errorf("%s.tls.cert: must be set with tls.key", field)
 		}
-		return nil, errors.New("rateLimit.redis.tls.key: must be set with tls.cert")
+		return nil, fmt.Errorf("%s.tls.key: must be set with tls.cert", field)
 	}
 	if cert == "" {
 		return cfg, nil
 	}
 	pemCert, err := pemOrFile(cert)
 	if err != nil {
-		return nil, fmt.Errorf("rateLimit.redis.tls.cert: %w", err)
+		return nil, fmt.Errorf("%s.tls.cert: %w", field, err)
 	}
 	pemKey, err := pemOrFile(key)
 	if err != nil {
-		return nil, fmt.Errorf("rateLimit.redis.tls.key: %w", err)
+		return nil, fmt.Errorf("%s.tls.key: %w", field, err)
 	}
 	pair, err := tls.X509KeyPair(pemCert, pemKey)
 	if err != nil {
-		return nil, fmt.Errorf("rateLimit.redis.tls.cert, key: %w", err)
+		return nil, fmt.Errorf("%s.tls.cert, key: %w", field, err)
 	}
 	cfg.Certificates = []tls.Certificate{pair}
 	return cfg, nil

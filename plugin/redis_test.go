@@ -505,7 +505,7 @@ func TestRedisTLS(t *testing.T) {
 		{desc: "client certificate of another CA", ca: pki.caPEM, cert: otherPKI.clientCert, key: otherPKI.clientKey, wantErr: "AUTH: "},
 	}
 	for _, test := range tests {
-		cfg, err := redisTLSConfig(test.ca, test.cert, test.key, test.insecureSkipVerify)
+		cfg, err := redisTLSConfig("rateLimit.redis", test.ca, test.cert, test.key, test.insecureSkipVerify)
 		if err != nil {
 			t.Fatalf("%s: %v", test.desc, err)
 		}
@@ -539,12 +539,12 @@ func TestRedisTLSConfigErrors(t *testing.T) {
 		{desc: "key of another certificate", cert: pki.clientCert, key: pki.serverKey, wantErr: "rateLimit.redis.tls.cert, key:"},
 	}
 	for _, test := range tests {
-		_, err := redisTLSConfig(test.ca, test.cert, test.key, false)
+		_, err := redisTLSConfig("rateLimit.redis", test.ca, test.cert, test.key, false)
 		if err == nil || !strings.HasPrefix(err.Error(), test.wantErr) {
 			t.Errorf("%s: got %v, want %q", test.desc, err, test.wantErr)
 		}
 	}
-	cfg, err := redisTLSConfig("", "", "", false)
+	cfg, err := redisTLSConfig("rateLimit.redis", "", "", "", false)
 	if err != nil || cfg.RootCAs != nil || len(cfg.Certificates) != 0 || cfg.InsecureSkipVerify {
 		t.Errorf("empty settings: system roots, no client certificate; got %+v %v", cfg, err)
 	}

@@ -13,13 +13,15 @@ import "net/http"
 //	limiter, one version / with the cookie  pathL / pathLP        gcraStep (+ cookieLookup)         TestGeneratedPathsMatchReference, TestLimitedPathsMatchReserve
 //	breaker and/or reporting, one version   pathB, pathS, pathBS  enter, leave, headersStart,       TestGeneratedPathsMatchReference
 //	  with the cookie, with the limiter     pathP*, pathL*        passThrough, record (+ the above)   (random sequences, every path)
+//	a rollout (stats on), with the cookie   pathPSR, pathPBSR,    the above, and owner's cut test   TestGeneratedPathsMatchReference
+//	                                        pathLPSR, pathLPBSR
 //	sticky.header or override.cookie set    reference             none: each request is chosen      the reference itself
 //	limiter the inline step cannot answer   pathL/pathLP return   none: allowSlow decides           TestGeneratedPathsMatchReference
 //	  (not by peer, fields without table,   the reference path    (rateLimit.redis: the lease)      TestSharedLimit*, TestTraefikReplicasShareOneLimit
 //	  rateLimit.redis), nothing observed
 //
 // Path names are the features' initials: L limiter, P cookie pick, B breaker,
-// S stats (reporting). To add a step: write it once as a function of the
+// S stats (reporting), R rollout. To add a step: write it once as a function of the
 // plugin (named results and one final bare return, or one return
 // expression; a func parameter marks where the caller's code goes), call it
 // from the reference path, use INLINE.step(...) in
@@ -64,6 +66,9 @@ func pathKey(c *canary) string {
 	}
 	if c.st != nil {
 		k += "S"
+	}
+	if c.cut != nil {
+		k += "R"
 	}
 	return k
 }

@@ -122,43 +122,46 @@ func releaseShared(s *shared) {
 	if s == nil {
 		return
 	}
+	releaseRedis(s.clientKey, s.client)
+}
+
+// releaseRedis gives back a client that acquireRedis returned: the last
+// user closes it.
+func releaseRedis(clientKey string, client *redisClient) {
 	sharedClients.Lock()
 	defer sharedClients.Unlock()
-	e := sharedClients.m[s.clientKey]
-	if e == nil || e.c != s.client {
+	e := sharedClients.m[clientKey]
+	if e == nil || e.c != client {
 		return
 	}
 	e.users--
 	if e.users <= 0 {
-		delete(sharedClients.m, s.clientKey)
+		delete(sharedClients.m, clientKey)
 		e.c.close()
 	}
 }
 
-// newShared validates cfg and returns the Redis side of a limiter with the
-// given interval (ns) and burst, or nil when Redis is off. It never dials.
-func newShared(name string, cfg RedisConfig, interval, burst int64, source string) (*shared, string, error) {
-	if len(cfg.Endpoints) == 0 {
-		if cfg.TLS != nil || cfg.Username != "" || cfg.Password != "" {
-			return nil, "", errors.New("rateLimit.redis.endpoints: required when other rateLimit.redis settings are set")
-		}
-		return nil, "", nil
-	}
+// acquireRedis validates the connection settings of cfg (every key but
+// onError; errors name field+"."+key) and returns the client for them,
+// shared with every other user of the same settings, and its key in
+// sharedClients. It never dials. Each call is one use: give it back with
+// releaseRedis.
+func acquireRedis(field string, cfg RedisConfig) (*redisClient, string, error) {
 	opts := redisOptions{Username: cfg.Username, Password: cfg.Password, DB: cfg.DB, PoolSize: cfg.PoolSize}
 	for i, e := range cfg.Endpoints {
 		host, port, err := net.SplitHostPort(e)
 		if err != nil || host == "" {
-			return nil, "", fmt.Errorf("rateLimit.redis.endpoints[%d]: %q is not host:port", i, e)
+			return nil, "", fmt.Errorf("%s.endpoints[%d]: %q is not host:port", field, i, e)
 		}
 		if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
-			return nil, "", fmt.Errorf("rateLimit.redis.endpoints[%d]: %q has no valid port", i, e)
+			return nil, "", fmt.Errorf("%s.endpoints[%d]: %q has no valid port", field, i, e)
 		}
 		opts.Endpoints = append(opts.Endpoints, e)
 	}
 	if cfg.DB < 0 || cfg.DB > 1<<20 {
-		return nil, "", fmt.Errorf("rateLimit.redis.db: must be between 0 and %d, got %d", 1<<20, cfg.DB)
+		return nil, "", fmt.Errorf("%s.db: must be between 0 and %d, got %d", field, 1<<20, cfg.DB)
 	}
-	if err := checkCount("rateLimit.redis.poolSize", cfg.PoolSize, 1<<12); err != nil {
+	if err := checkCount(field+".poolSize", cfg.PoolSize, 1<<12); err != nil {
 		return nil, "", err
 	}
 	for _, d := range []struct {
@@ -166,9 +169,9 @@ func newShared(name string, cfg RedisConfig, interval, burst int64, source strin
 		def          time.Duration
 		to           *time.Duration
 	}{
-		{"rateLimit.redis.dialTimeout", cfg.DialTimeout, 5 * time.Second, &opts.DialTimeout},
-		{"rateLimit.redis.readTimeout", cfg.ReadTimeout, 3 * time.Second, &opts.ReadTimeout},
-		{"rateLimit.redis.writeTimeout", cfg.WriteTimeout, 3 * time.Second, &opts.WriteTimeout},
+		{field + ".dialTimeout", cfg.DialTimeout, 5 * time.Second, &opts.DialTimeout},
+		{field + ".readTimeout", cfg.ReadTimeout, 3 * time.Second, &opts.ReadTimeout},
+		{field + ".writeTimeout", cfg.WriteTimeout, 3 * time.Second, &opts.WriteTimeout},
 	} {
 		*d.to = d.def
 		if d.value != "" {
@@ -182,6 +185,37 @@ func newShared(name string, cfg RedisConfig, interval, burst int64, source strin
 			*d.to = v
 		}
 	}
+	tlsKey := ""
+	if t := cfg.TLS; t != nil {
+		tc, err := redisTLSConfig(field, t.CA, t.Cert, t.Key, t.InsecureSkipVerify)
+		if err != nil {
+			return nil, "", err
+		}
+		opts.TLS = tc
+		tlsKey = fmt.Sprintf("%s|%s|%s|%v", t.CA, t.Cert, t.Key, t.InsecureSkipVerify)
+	}
+	clientKey := fmt.Sprintf("%q|%q|%q|%d|%v|%v|%v|%d|%s", opts.Endpoints, opts.Username, opts.Password, opts.DB,
+		opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout, opts.PoolSize, tlsKey)
+	sharedClients.Lock()
+	e := sharedClients.m[clientKey]
+	if e == nil {
+		e = &sharedClient{c: newRedisClient(opts)}
+		sharedClients.m[clientKey] = e
+	}
+	e.users++
+	sharedClients.Unlock()
+	return e.c, clientKey, nil
+}
+
+// newShared validates cfg and returns the Redis side of a limiter with the
+// given interval (ns) and burst, or nil when Redis is off. It never dials.
+func newShared(name string, cfg RedisConfig, interval, burst int64, source string) (*shared, string, error) {
+	if len(cfg.Endpoints) == 0 {
+		if cfg.TLS != nil || cfg.Username != "" || cfg.Password != "" {
+			return nil, "", errors.New("rateLimit.redis.endpoints: required when other rateLimit.redis settings are set")
+		}
+		return nil, "", nil
+	}
 	s := &shared{}
 	switch cfg.OnError {
 	case "", "local":
@@ -192,15 +226,6 @@ func newShared(name string, cfg RedisConfig, interval, burst int64, source strin
 		s.onError = onErrorDeny
 	default:
 		return nil, "", fmt.Errorf("rateLimit.redis.onError: %q: want local, allow or deny", cfg.OnError)
-	}
-	tlsKey := ""
-	if t := cfg.TLS; t != nil {
-		tc, err := redisTLSConfig(t.CA, t.Cert, t.Key, t.InsecureSkipVerify)
-		if err != nil {
-			return nil, "", err
-		}
-		opts.TLS = tc
-		tlsKey = fmt.Sprintf("%s|%s|%s|%v", t.CA, t.Cert, t.Key, t.InsecureSkipVerify)
 	}
 	// Redis counts in microseconds.
 	// Rounded up, so the shared rate is never above the configured one.
@@ -220,17 +245,11 @@ func newShared(name string, cfg RedisConfig, interval, burst int64, source strin
 		s.lease = 1 // one token per call, the one the request uses
 	}
 	s.prefix = redisBucketKey(name, s.intervalUs, s.toleranceUs, source) + ":"
-	clientKey := fmt.Sprintf("%q|%q|%q|%d|%v|%v|%v|%d|%s", opts.Endpoints, opts.Username, opts.Password, opts.DB,
-		opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout, opts.PoolSize, tlsKey)
-	sharedClients.Lock()
-	e := sharedClients.m[clientKey]
-	if e == nil {
-		e = &sharedClient{c: newRedisClient(opts)}
-		sharedClients.m[clientKey] = e
+	client, clientKey, err := acquireRedis("rateLimit.redis", cfg)
+	if err != nil {
+		return nil, "", err
 	}
-	e.users++
-	sharedClients.Unlock()
-	s.client, s.clientKey = e.c, clientKey
+	s.client, s.clientKey = client, clientKey
 	s.up = 1
 	settings := fmt.Sprintf("redis|%s|%s|%d", clientKey, cfg.OnError, s.lease)
 	return s, settings, nil

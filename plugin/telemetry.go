@@ -90,6 +90,7 @@ type mwStats struct {
 	cfg      reportTarget
 	live     []context.Context // contexts of the New calls still in use
 	interval time.Duration
+	rollout  *rollout // nil when no rollout is configured
 }
 
 type verStats struct {
@@ -438,6 +439,9 @@ func snapshot(st *mwStats) wire.Middleware {
 	sort.Slice(m.Fallbacks, func(i, j int) bool {
 		return m.Fallbacks[i].From+m.Fallbacks[i].To < m.Fallbacks[j].From+m.Fallbacks[j].To
 	})
+	if st.rollout != nil {
+		m.Rollout = st.rollout.report()
+	}
 	return m
 }
 
@@ -526,6 +530,7 @@ func (c *canary) setupStats(ctx context.Context, target reportTarget, interval t
 	st.breakers = breakersByName
 	st.cfg = target
 	st.interval = interval
+	st.rollout = nil // setupRollout sets it again
 	st.mu.Unlock()
 	c.st = st
 	register(ctx, st)

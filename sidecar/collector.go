@@ -34,7 +34,13 @@ var (
 	descFallback = prometheus.NewDesc(namespace+"_fallback_total",
 		"Requests of a version whose breaker was open, served by another version.", []string{"middleware", "from", "to"}, nil)
 	descWeight = prometheus.NewDesc(namespace+"_version_weight",
-		"Share of new users assigned to a version, from 0 to 1, as configured.", []string{"middleware", "version"}, nil)
+		"Share of new users assigned to a version, from 0 to 1: as configured, or the rollout's current weight.", []string{"middleware", "version"}, nil)
+	descRolloutStep = prometheus.NewDesc(namespace+"_rollout_step",
+		"Current step of a progressive rollout (1-based; 0 before its start).", []string{"middleware", "version"}, nil)
+	descRolloutState = prometheus.NewDesc(namespace+"_rollout_state",
+		"State of a progressive rollout: 0 waiting, 1 progressing, 2 complete, 3 rolled back.", []string{"middleware", "version"}, nil)
+	descRolloutChecks = prometheus.NewDesc(namespace+"_rollout_checks_total",
+		"Checks of a progressive rollout's windows, by result: pass, fail or inconclusive (fewer than minRequests requests).", []string{"middleware", "version", "result"}, nil)
 	descVersionInfo = prometheus.NewDesc(namespace+"_version_info",
 		"1 for each configured version; primary=\"true\" marks the version served by the router's own service (stable).", []string{"middleware", "version", "primary"}, nil)
 	descReports = prometheus.NewDesc(namespace+"_sidecar_reports_total",
@@ -47,6 +53,9 @@ var (
 
 var transitionNames = []string{"closed", "half_open", "open"}
 
+// rolloutResults name wire.Rollout.Checks, in its order.
+var rolloutResults = []string{"pass", "fail", "inconclusive"}
+
 // collector publishes the store as const metrics at scrape time.
 type collector struct {
 	store *store
@@ -55,7 +64,8 @@ type collector struct {
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRequests, descDuration, descRLRejected, descRLDryRun, descRLEvictions, descStoreErrors, descStoreUp,
-		descCircuitState, descTransitions, descFallback, descWeight, descVersionInfo, descReports, descRejected, descLastReport} {
+		descCircuitState, descTransitions, descFallback, descWeight, descVersionInfo, descReports, descRejected, descLastReport,
+		descRolloutStep, descRolloutState, descRolloutChecks} {
 		ch <- d
 	}
 }
@@ -95,6 +105,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		for k, n := range t.fallbacks {
 			ch <- prometheus.MustNewConstMetric(descFallback, prometheus.CounterValue, float64(n), mw, k.from, k.to)
+		}
+		if ro, ok := v.rollout[mw]; ok {
+			ch <- prometheus.MustNewConstMetric(descRolloutStep, prometheus.GaugeValue, float64(ro.Step), mw, ro.Version)
+			ch <- prometheus.MustNewConstMetric(descRolloutState, prometheus.GaugeValue, float64(ro.State), mw, ro.Version)
+			for i, result := range rolloutResults {
+				ch <- prometheus.MustNewConstMetric(descRolloutChecks, prometheus.CounterValue, float64(t.rolloutChecks[i]), mw, ro.Version, result)
+			}
 		}
 		for version, tr := range t.transitions {
 			for i, n := range tr {

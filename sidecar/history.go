@@ -220,7 +220,11 @@ func (m *mwSeries) record(idx int, seq uint64, v view, name string) {
 		t = newMWTotals()
 	}
 	gauges := v.gauges[name]
-	m.rollout = v.rollouts[name]
+	m.rollout = nil
+	if ro, ok := v.rollout[name]; ok {
+		m.rollout = cleanRollout(&ro)
+		m.rollout.Checks = t.rolloutChecks // summed over every process, as edgecanary_rollout_checks_total
+	}
 	active := len(gauges) > 0
 	if m.hasPrev {
 		rej, dry := increase(m.prevRejected, t.rlRejected), increase(m.prevDryRun, t.rlDryRun)

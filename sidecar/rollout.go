@@ -6,8 +6,9 @@ import (
 	"github.com/edgecanary/edgecanary/wire"
 )
 
-// Bounds on a reported rollout (wire.Rollout), applied by cleanRollout when a
-// report is merged: the status page draws what is left.
+// Bounds on a reported rollout (wire.Rollout), applied by cleanRollout to the
+// store's rollout (see boundRollout) when a sample is taken: the status page
+// draws what is left.
 const (
 	maxRolloutSteps   = 100
 	maxRolloutChecks  = 32
@@ -23,8 +24,7 @@ var checkResults = map[string]bool{"pass": true, "fail": true, "inconclusive": t
 // cleanRollout returns a copy of r that the page can draw without further
 // checks: at most maxRolloutSteps weights, each a number from 0 to 100; the
 // last maxRolloutChecks checks with known results and short reasons; times
-// and the interval within bounds; a valid version name or none. A report is
-// never rejected for its rollout, so that its counters still count.
+// and the interval within bounds; a valid version name or none.
 func cleanRollout(r *wire.Rollout) *wire.Rollout {
 	c := &wire.Rollout{
 		Start:      clampI64(r.Start, 0, maxRolloutMs),
@@ -87,7 +87,7 @@ type rolloutDoc struct {
 	Schedule    []scheduledStep  `json:"schedule"`
 	Shared      bool             `json:"shared"`
 	Failed      int              `json:"failedChecks"`
-	Checks      map[string]int64 `json:"checks"` // since the Traefik process started: pass, fail, inconclusive
+	Checks      map[string]int64 `json:"checks"` // pass, fail, inconclusive: summed over the Traefik processes, as edgecanary_rollout_checks_total
 	Recent      []wire.Check     `json:"recentChecks"`
 }
 

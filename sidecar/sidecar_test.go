@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgecanary/edgecanary/wire"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/traefik/paerser/cli"
@@ -730,5 +731,49 @@ func TestRateLimitStoreSeries(t *testing.T) {
 	s.merge(withStore("traefik-b", 3, true, 3), t0)
 	if up, _ := metricOf(t, s, "edgecanary_ratelimit_store_up"); up != 1 {
 		t.Errorf("store_up %v with every replica up, want 1", up)
+	}
+}
+
+// TestRolloutSeries: a middleware with a rollout publishes its step and
+// state (the furthest fresh replica's: a rollback on one shows) and its
+// checks summed over replicas; one without a rollout publishes none.
+func TestRolloutSeries(t *testing.T) {
+	s := newStore(defaultMaxSeries)
+	s.merge(mkReport("traefik-a", "i1", 1, 1, 1), t0)
+	if _, ok := metricOf(t, s, "edgecanary_rollout_state"); ok {
+		t.Fatal("rollout_state published without a rollout")
+	}
+	withRollout := func(source string, sentAt int64, step, state int, checks [3]uint64) *report {
+		r := mkReport(source, "i-"+source, sentAt, 1, 1)
+		r.Middlewares[0].Rollout = &wire.Rollout{Version: "canary", Step: step, State: state, Checks: checks, StepWeights: []float64{10, 50, 100},
+			Recent: []wire.Check{{At: 1, Step: 1, Result: "bogus", Reason: strings.Repeat("x", 500)}}}
+		return r
+	}
+	s.merge(withRollout("traefik-a", 2, 2, wire.RolloutProgressing, [3]uint64{1, 0, 1}), t0)
+	s.merge(withRollout("traefik-b", 2, 2, wire.RolloutRolledBack, [3]uint64{0, 2, 0}), t0)
+	if v, _ := metricOf(t, s, "edgecanary_rollout_state"); v != wire.RolloutRolledBack {
+		t.Errorf("state %v with one replica rolled back, want 3", v)
+	}
+	if v, _ := metricOf(t, s, "edgecanary_rollout_step"); v != 2 {
+		t.Errorf("step %v, want 2", v)
+	}
+	got := map[string]float64{}
+	for _, mf := range gather(t, s) {
+		if mf.GetName() == "edgecanary_rollout_checks_total" {
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "result" {
+						got[l.GetValue()] = m.GetCounter().GetValue()
+					}
+				}
+			}
+		}
+	}
+	if got["pass"] != 1 || got["fail"] != 2 || got["inconclusive"] != 1 {
+		t.Errorf("checks %v, want pass 1, fail 2, inconclusive 1", got)
+	}
+	ro := s.snapshot(t0).rollout["shop@file"]
+	if len(ro.Recent) != 1 || ro.Recent[0].Result != "inconclusive" || len(ro.Recent[0].Reason) != 200 {
+		t.Errorf("a report's checks are not bounded: %+v", ro.Recent)
 	}
 }

@@ -480,7 +480,7 @@ func renderRollout(b pageWriter, ro *rolloutDoc) {
 	if ro.Shared {
 		b.str(", rollback shared through Redis")
 	}
-	b.f(`. Checks since Traefik started: %d passed, %d failed, %d inconclusive; %d failed in a row now.</p>
+	b.f(`. Checks (every replica): %d passed, %d failed, %d inconclusive; %d failed in a row now.</p>
 <ol class="steps">`, ro.Checks["pass"], ro.Checks["fail"], ro.Checks["inconclusive"], ro.Failed)
 	for _, s := range ro.Schedule {
 		cur := ""

@@ -2,11 +2,10 @@ package main
 
 import (
 	"fmt"
+	"github.com/edgecanary/edgecanary/wire"
 	"sort"
 	"sync"
 	"time"
-
-	"github.com/edgecanary/edgecanary/wire"
 )
 
 // The store merges cumulative reports. Each Traefik process (source and
@@ -83,6 +82,8 @@ type mwTotals struct {
 	storeErrors uint64
 	fallbacks   map[fbKey]uint64
 	transitions map[string][3]uint64
+	// rolloutChecks are the rollout's checks by result: pass, fail, inconclusive.
+	rolloutChecks [3]uint64
 }
 
 func newMWTotals() *mwTotals {
@@ -110,8 +111,8 @@ type instance struct {
 	mws      map[string]*mwTotals
 	gauges   map[string]map[string]versionGauge // middleware -> version
 	storeUp  map[string]bool                    // middleware -> its rate-limit store answered, for those with one
+	rollout  map[string]wire.Rollout            // middleware -> its rollout, for those with one
 	keys     map[string]bool                    // the series keys it holds (see seriesKeys)
-	rollouts map[string]*wire.Rollout           // middleware -> its rollout, cleaned (see cleanRollout)
 }
 
 type instKey struct{ source, id string }
@@ -282,7 +283,7 @@ func (s *store) merge(r *report, now time.Time) bool {
 			s.rejected[reasonCardinality]++
 			return false
 		}
-		inst = &instance{source: r.Source, id: r.Instance, mws: map[string]*mwTotals{}, gauges: map[string]map[string]versionGauge{}, storeUp: map[string]bool{}, keys: map[string]bool{}, rollouts: map[string]*wire.Rollout{}}
+		inst = &instance{source: r.Source, id: r.Instance, mws: map[string]*mwTotals{}, gauges: map[string]map[string]versionGauge{}, storeUp: map[string]bool{}, rollout: map[string]wire.Rollout{}, keys: map[string]bool{}}
 		s.instances[key] = inst
 	}
 	dropped := s.admitSeries(r)
@@ -319,15 +320,20 @@ func (s *store) merge(r *report, now time.Time) bool {
 		t.rlEvictions = maxU(t.rlEvictions, m.RateLimitEvicted)
 		t.storeErrors = maxU(t.storeErrors, m.RateLimitStoreErrors)
 		if newer {
-			if m.Rollout != nil {
-				inst.rollouts[m.Name] = cleanRollout(m.Rollout)
-			} else {
-				delete(inst.rollouts, m.Name)
-			}
 			if m.RateLimitStore != "" {
 				inst.storeUp[m.Name] = m.RateLimitStoreUp
 			} else {
 				delete(inst.storeUp, m.Name)
+			}
+			if ro := m.Rollout; ro != nil && wire.ValidVersionName(ro.Version) {
+				inst.rollout[m.Name] = boundRollout(*ro)
+			} else {
+				delete(inst.rollout, m.Name)
+			}
+		}
+		if ro := m.Rollout; ro != nil {
+			for i := range t.rolloutChecks {
+				t.rolloutChecks[i] = maxU(t.rolloutChecks[i], ro.Checks[i])
 			}
 		}
 		for _, f := range m.Fallbacks {
@@ -462,6 +468,9 @@ func addTotals(dst, src *mwTotals) {
 	dst.rlDryRun += src.rlDryRun
 	dst.rlEvictions += src.rlEvictions
 	dst.storeErrors += src.storeErrors
+	for i, n := range src.rolloutChecks {
+		dst.rolloutChecks[i] += n
+	}
 	for k, v := range src.fallbacks {
 		dst.fallbacks[k] += v
 	}
@@ -498,8 +507,8 @@ func sameBounds(a, b []float64) bool {
 type view struct {
 	mws        map[string]*mwTotals
 	gauges     map[string]map[string]versionGauge
-	storeUp    map[string]bool          // middleware -> every fresh instance with a store reached it
-	rollouts   map[string]*wire.Rollout // middleware -> the freshest report's rollout; never written
+	storeUp    map[string]bool         // middleware -> every fresh instance with a store reached it
+	rollout    map[string]wire.Rollout // middleware -> the furthest rollout of the fresh instances (see furtherRollout)
 	lastReport map[string]time.Time
 	reports    uint64
 	rejected   map[string]uint64
@@ -509,7 +518,7 @@ type view struct {
 func (s *store) snapshot(now time.Time) view {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	v := view{mws: map[string]*mwTotals{}, gauges: map[string]map[string]versionGauge{}, storeUp: map[string]bool{}, rollouts: map[string]*wire.Rollout{}, lastReport: map[string]time.Time{}, rejected: map[string]uint64{}, reports: s.reports}
+	v := view{mws: map[string]*mwTotals{}, gauges: map[string]map[string]versionGauge{}, storeUp: map[string]bool{}, rollout: map[string]wire.Rollout{}, lastReport: map[string]time.Time{}, rejected: map[string]uint64{}, reports: s.reports}
 	for name, t := range s.retired {
 		d := newMWTotals()
 		addTotals(d, t)
@@ -543,15 +552,15 @@ func (s *store) snapshot(now time.Time) view {
 				v.storeUp[name] = up
 			}
 		}
+		for name, ro := range inst.rollout {
+			if was, seen := v.rollout[name]; !seen || furtherRollout(ro, was) {
+				v.rollout[name] = ro
+			}
+		}
 		for name, g := range inst.gauges {
 			if inst.sentAt >= freshest[name] {
 				freshest[name] = inst.sentAt
 				v.gauges[name] = g
-				if r := inst.rollouts[name]; r != nil {
-					v.rollouts[name] = r
-				} else {
-					delete(v.rollouts, name)
-				}
 			}
 		}
 	}
@@ -562,4 +571,40 @@ func (s *store) snapshot(now time.Time) view {
 		v.rejected[r] = n
 	}
 	return v
+}
+
+// furtherRollout reports whether a is further than b: a higher state
+// (rolled back above complete above progressing above waiting), then a
+// higher step. Replicas agree on the step; one that rolled back first shows.
+func furtherRollout(a, b wire.Rollout) bool {
+	return a.State > b.State || a.State == b.State && a.Step > b.Step
+}
+
+// boundRollout keeps what a report says of a rollout within the plugin's
+// own bounds (100 steps, 32 checks, short reasons), whatever it sent.
+func boundRollout(ro wire.Rollout) wire.Rollout {
+	if len(ro.StepWeights) > 100 {
+		ro.StepWeights = ro.StepWeights[:100]
+	}
+	ro.StepWeights = append([]float64(nil), ro.StepWeights...)
+	if len(ro.Recent) > 32 {
+		ro.Recent = ro.Recent[len(ro.Recent)-32:]
+	}
+	recent := make([]wire.Check, len(ro.Recent))
+	for i, c := range ro.Recent {
+		if len(c.Reason) > 200 {
+			c.Reason = c.Reason[:200]
+		}
+		switch c.Result {
+		case "pass", "fail", "inconclusive":
+		default:
+			c.Result = "inconclusive"
+		}
+		recent[i] = c
+	}
+	ro.Recent = recent
+	if ro.State < wire.RolloutWaiting || ro.State > wire.RolloutRolledBack {
+		ro.State = wire.RolloutWaiting
+	}
+	return ro
 }

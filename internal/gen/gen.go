@@ -37,8 +37,8 @@ import (
 
 // Path is one generated request path: the features it serves.
 type Path struct {
-	Name                        string
-	Limit, Pick, Breaker, Stats bool
+	Name                                 string
+	Limit, Pick, Breaker, Stats, Rollout bool
 }
 
 // Key is the path's key in the plugin's generatedPaths: its features' initials.
@@ -47,7 +47,7 @@ func (p Path) Key() string {
 	for _, f := range []struct {
 		on bool
 		c  string
-	}{{p.Limit, "L"}, {p.Pick, "P"}, {p.Breaker, "B"}, {p.Stats, "S"}} {
+	}{{p.Limit, "L"}, {p.Pick, "P"}, {p.Breaker, "B"}, {p.Stats, "S"}, {p.Rollout, "R"}} {
 		if f.on {
 			k += f.c
 		}
@@ -56,12 +56,13 @@ func (p Path) Key() string {
 }
 
 func (p Path) flags() map[string]bool {
-	return map[string]bool{"limit": p.Limit, "pick": p.Pick, "breaker": p.Breaker, "stats": p.Stats, "observe": p.Breaker || p.Stats}
+	return map[string]bool{"limit": p.Limit, "pick": p.Pick, "breaker": p.Breaker, "stats": p.Stats, "observe": p.Breaker || p.Stats, "rollout": p.Rollout}
 }
 
 // Paths are the generated paths: every combination the plugin serves with
 // inlined steps. Observed paths (breaker or stats) with and without the
-// limiter and the cookie pick, and the unobserved ones that have a step.
+// limiter and the cookie pick, and the unobserved ones that have a step;
+// the paths with the cookie pick and stats, also with a rollout.
 func Paths() []Path {
 	var ps []Path
 	for _, limit := range []bool{false, true} {
@@ -73,6 +74,14 @@ func Paths() []Path {
 				}
 				p.Name = "path" + p.Key()
 				ps = append(ps, p)
+				if pick && obs[1] {
+					// A rollout: the picked version may be its version below the
+					// cut. Only with stats, which its checks read.
+					r := p
+					r.Rollout = true
+					r.Name = "path" + r.Key()
+					ps = append(ps, r)
+				}
 			}
 		}
 	}
@@ -92,8 +101,8 @@ func Generate(root string) (map[string][]byte, error) {
 	}
 	var out bytes.Buffer
 	out.WriteString(header("internal/gen/template/paths.go and the steps in plugin/"))
-	out.WriteString("package plugin\n\nimport (\n\t\"net/http\"\n\t\"time\"\n)\n\n")
-	out.WriteString("// generatedPaths are the request paths rendered by internal/gen, by their\n// features' initials: L limiter, P cookie pick, B breaker, S stats (see serve.go).\n")
+	out.WriteString("package plugin\n\nimport (\n\t\"net/http\"\n\t\"sync/atomic\"\n\t\"time\"\n)\n\n")
+	out.WriteString("// generatedPaths are the request paths rendered by internal/gen, by their\n// features' initials: L limiter, P cookie pick, B breaker, S stats,\n// R rollout (see serve.go).\n")
 	out.WriteString("var generatedPaths = map[string]func(c *canary) http.HandlerFunc{\n")
 	for _, p := range Paths() {
 		fmt.Fprintf(&out, "\t%q: %s,\n", p.Key(), p.Name)

@@ -2,8 +2,8 @@
 
 // The template of the generated request paths (plugin/paths_gen.go). It is
 // Go, read by internal/gen and never compiled itself:
-//   - HAS.limit, HAS.pick, HAS.breaker, HAS.stats and HAS.observe (breaker or
-//     stats) are the features of one path. An if on them alone is decided
+//   - HAS.limit, HAS.pick, HAS.breaker, HAS.stats, HAS.observe (breaker or
+//     stats) and HAS.rollout are the features of one path. An if on them alone is decided
 //     when generating: its branch stays, the other goes.
 //   - INLINE.f(args) is replaced by the body of the plugin's function f, with
 //     its parameters renamed to the arguments, its named results to what the
@@ -39,6 +39,9 @@ func pathTemplate(c *canary) http.HandlerFunc {
 		lookup, cookieName := c.signed.lookup, c.cookieName
 		if HAS.observe {
 			bucketOf := c.bucketOf
+			if HAS.rollout {
+				ramp, cut := c.ramp, c.cut
+			}
 		} else {
 			handlerOf := make([]http.Handler, numBuckets) // bucket -> its version's handler: one index, no selection
 			for b, r := range c.bucketOf {
@@ -149,7 +152,14 @@ func pathTemplate(c *canary) http.HandlerFunc {
 		if HAS.observe {
 			if HAS.pick {
 				var r *route
-				INLINE.cookieLookup(req, oh, cookieName, lookup, func(b int) { r = bucketOf[b] })
+				INLINE.cookieLookup(req, oh, cookieName, lookup, func(b int) {
+					r = bucketOf[b]
+					if HAS.rollout {
+						if int32(b) < atomic.LoadInt32(cut) { // owner, inline
+							r = ramp
+						}
+					}
+				})
 				if r == nil {
 					r = choose(c, rw, req)
 				}

@@ -403,7 +403,7 @@ func renderSchedule(b pageWriter, ro *rolloutDoc, ax timeAxis, y func(float64) f
 		}
 		fmt.Fprintf(&d, "%s%.1f %.1f L%.1f %.1f ", cmd, clampX(from), y(s.Weight/100), clampX(to), y(s.Weight/100))
 		if i+1 == ro.Step {
-			b.f(`<rect class="current-step" x="%.1f" y="%d" width="%.1f" height="%d"/>`, clampX(from), plotTop, clampX(to)-clampX(from), plotH)
+			b.f(`<rect class="current-step %s" x="%.1f" y="%d" width="%.1f" height="%d"/>`, esc(ro.State), clampX(from), plotTop, clampX(to)-clampX(from), plotH)
 		}
 	}
 	if d.Len() > 0 {
@@ -536,7 +536,7 @@ path.line { fill: none; stroke-width: 2; stroke-linejoin: round; }
 path.q95 { stroke-dasharray: 6 3; stroke-width: 1.5; }
 path.q50 { stroke-dasharray: 2 3; stroke-width: 1.5; }
 path.schedule { fill: none; stroke: #8c959f; stroke-width: 1.5; stroke-dasharray: 4 4; }
-rect.current-step { fill: #ddf4ff; opacity: .6; }
+rect.current-step { fill: #ddf4ff; opacity: .6; } rect.current-step.rolled_back { fill: #ffebe9; }
 path.primary { stroke: #0969da; } path.c0 { stroke: #e16f24; } path.c1 { stroke: #8250df; }
 path.c2 { stroke: #0e8a8a; } path.c3 { stroke: #bf3989; } path.c4 { stroke: #953800; } path.c5 { stroke: #6a7a00; }
 circle.dot.primary { fill: #0969da; } circle.dot.c0 { fill: #e16f24; } circle.dot.c1 { fill: #8250df; }

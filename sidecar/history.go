@@ -211,6 +211,7 @@ func (m *mwSeries) clear(idx int) {
 	}
 }
 
+// nan32 marks a figure with no value.
 var nan32 = float32(math.NaN())
 
 // record fills slot idx of m from the view.

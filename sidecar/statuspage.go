@@ -190,7 +190,7 @@ func renderHistory(b pageWriter, h *historyDoc) {
 	}
 }
 
-// versionClass is the colour class of a version: "primary" for stable, and
+// versionClasses are the colour classes of the versions: "primary" for stable, and
 // c0, c1, ... for the others in name order.
 func versionClasses(m *mwHistoryDoc) map[string]string {
 	out := map[string]string{}

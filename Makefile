@@ -14,7 +14,7 @@ GOPATH_TREE := $(CACHE)/yaegi-gopath
 MODULE  := github.com/edgecanary/edgecanary
 export EDGECANARY_TRAEFIK := $(TRAEFIK)
 
-.PHONY: generate check test unit yaegi_test rules lint vendor traefik e2e e2e-short demo demo-weight demo-break demo-slow demo-fix demo-rollback demo-promote demo-status bench fuzz fuzz-short soak clean
+.PHONY: generate check test unit yaegi_test rules lint vendor traefik e2e e2e-short demo demo-weight demo-break demo-slow demo-fix demo-rollback demo-promote demo-rollout demo-rollout-bad demo-status bench fuzz fuzz-short soak clean
 
 ## check: everything CI runs (lint, unit and Yaegi tests, the real-Traefik e2e suite)
 check: lint test e2e
@@ -109,6 +109,12 @@ demo-rollback:
 	go run ./demo/cmd/demo rollback
 demo-promote:
 	go run ./demo/cmd/demo promote
+## demo-rollout: a progressive rollout of the healthy canary (10, 25, 50, 100% in steps of 20 s) that completes
+demo-rollout:
+	go run ./demo/cmd/demo rollout
+## demo-rollout-bad: the same rollout with a canary that fails one request in ten: rolled back automatically
+demo-rollout-bad:
+	go run ./demo/cmd/demo rollout-bad
 demo-status:
 	go run ./demo/cmd/demo status
 

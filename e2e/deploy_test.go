@@ -525,7 +525,11 @@ func TestPromQLExpressions(t *testing.T) {
           sidecar:
             address: %q
             interval: 200ms
-`, sc.ingest)), traefikOptions{})
+          rollout:
+            start: %q
+            stepWeights: [40, 100]
+            interval: 1h
+`, sc.ingest, time.Now().Add(-time.Minute).UTC().Format(time.RFC3339))), traefikOptions{}) // a rollout at step 1 (40%), for the rollout row
 	tr.waitRouter("shop")
 	rules := demoPath(t, "prometheus", "rules.yml")
 	prom := startPrometheusWithRules(t, rules, sc.metrics)

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"testing"
+	"time"
 )
 
 // Micro-benchmarks of the per-request path, run through the Yaegi
@@ -213,6 +214,42 @@ func BenchmarkYaegiEverything(b *testing.B) {
 	})
 	req := httptest.NewRequest(http.MethodGet, "http://bench.test/", nil)
 	req.RemoteAddr = "192.0.2.1:1234"
+	req.AddCookie(stableCookie(b, h))
+	runServe(b, h, req)
+}
+
+// benchCookieReporting is the configuration of BenchmarkYaegiCookieReporting,
+// and, with a rollout, of BenchmarkYaegiRollout.
+func benchCookieReporting(rollout map[string]any) map[string]any {
+	cfg := map[string]any{
+		"versions": benchVersions,
+		"sticky":   map[string]any{"cookie": map[string]any{"secret": "s"}},
+		"sidecar":  map[string]any{"address": "http://127.0.0.1:1", "interval": "1h"},
+	}
+	if rollout != nil {
+		cfg["rollout"] = rollout
+	}
+	return cfg
+}
+
+// BenchmarkYaegiCookieReporting: a returning stable client, with reporting
+// (path PS): what a rollout needs, without one.
+func BenchmarkYaegiCookieReporting(b *testing.B) {
+	h := benchHandler(b, benchCookieReporting(nil))
+	req := httptest.NewRequest(http.MethodGet, "http://bench.test/", nil)
+	req.AddCookie(stableCookie(b, h))
+	runServe(b, h, req)
+}
+
+// BenchmarkYaegiRollout: the same with a running rollout (path PSR): its
+// only work per request is comparing the bucket with the cut.
+func BenchmarkYaegiRollout(b *testing.B) {
+	h := benchHandler(b, benchCookieReporting(map[string]any{
+		"start":       time.Now().Add(-time.Minute).UTC().Format(time.RFC3339),
+		"stepWeights": []any{20, 40},
+		"interval":    "24h",
+	}))
+	req := httptest.NewRequest(http.MethodGet, "http://bench.test/", nil)
 	req.AddCookie(stableCookie(b, h))
 	runServe(b, h, req)
 }

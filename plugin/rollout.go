@@ -283,9 +283,9 @@ func judge(rules checkRules, bounds []float64, prev, cur windowTotals, open bool
 			}
 		}
 		if v < m.min {
-			fails = append(fails, fmt.Sprintf("%s %s%s < %s%s", m.name, fmtFigure(v), unit, fmtFigure(m.min), unit))
+			fails = append(fails, fmt.Sprintf("%s %s%s < %s%s", m.name, fmtFigure(math.Round(v*10)/10), unit, fmtFigure(m.min), unit))
 		} else if v > m.max {
-			fails = append(fails, fmt.Sprintf("%s %s%s > %s%s", m.name, fmtFigure(v), unit, fmtFigure(m.max), unit))
+			fails = append(fails, fmt.Sprintf("%s %s%s > %s%s", m.name, fmtFigure(math.Round(v*10)/10), unit, fmtFigure(m.max), unit))
 		}
 	}
 	if len(fails) > 0 {
@@ -294,6 +294,7 @@ func judge(rules checkRules, bounds []float64, prev, cur windowTotals, open bool
 	return checkResult{"pass", fmt.Sprintf("%d requests", n)}
 }
 
+// fmtFigure writes a figure of a check's reason: "98.7", "500".
 func fmtFigure(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
 
 // histQuantile is Prometheus's histogram_quantile over the difference of two
@@ -541,7 +542,10 @@ func (r *rollout) tick(now time.Time) (time.Duration, bool) {
 		return 0, true
 	}
 	client := r.client
-	poll := client != nil && !now.Before(r.nextPoll)
+	// Poll when due, and at a step boundary (a step is confirmed with Redis
+	// before it applies) unless Redis is failing, which polls only when due.
+	step, _, _ := r.s.sched.at(now.UnixNano())
+	poll := client != nil && (!now.Before(r.nextPoll) || step > r.allowed && !r.storeError && !r.rolledBack)
 	if poll {
 		r.nextPoll = now.Add(pollEvery(r.s.sched.interval))
 	}

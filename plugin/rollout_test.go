@@ -440,12 +440,18 @@ func TestRolloutSharedThroughRedis(t *testing.T) {
 	if r4.rolledBack || atomic.LoadInt32(&r4.cut) != 1000 {
 		t.Fatalf("a new rollout: rolled back %v cut %d", r4.rolledBack, r4.cut)
 	}
-	// Redis gone: r4 holds step 1 while the schedule moves on; a replica
+	// The next step applies at its boundary, confirmed with Redis then,
+	// though the next poll is not due yet.
+	r4.tick(at(time.Hour + time.Minute))
+	if r4.step != 2 || atomic.LoadInt32(&r4.cut) != 2500 {
+		t.Fatalf("step 2: step %d cut %d", r4.step, r4.cut)
+	}
+	// Redis gone: r4 holds step 2 while the schedule moves on; a replica
 	// that never read Redis gives the version no users.
 	rd.kill()
 	r4.tick(at(time.Hour + 2*time.Minute))
-	if r4.step != 1 || atomic.LoadInt32(&r4.cut) != 1000 {
-		t.Fatalf("outage: step %d cut %d, want the weight held at step 1", r4.step, r4.cut)
+	if r4.step != 2 || atomic.LoadInt32(&r4.cut) != 2500 {
+		t.Fatalf("outage: step %d cut %d, want the weight held at step 2", r4.step, r4.cut)
 	}
 	r5 := replica("shop")
 	r5.tick(at(time.Hour + 2*time.Minute))
@@ -458,5 +464,39 @@ func TestRolloutSharedThroughRedis(t *testing.T) {
 	r4.tick(at(time.Hour + 2*time.Minute + time.Second))
 	if r4.step != 3 || atomic.LoadInt32(&r4.cut) != 5000 {
 		t.Fatalf("Redis back: step %d cut %d", r4.step, r4.cut)
+	}
+}
+
+// TestRolloutSharesTheRateLimitPool: rollout.redis with the settings of
+// rateLimit.redis uses the same client (one pool); other settings another.
+func TestRolloutSharesTheRateLimitPool(t *testing.T) {
+	cfg := rolloutConfig(time.Now().Add(time.Hour), []int{10, 50}, "1m")
+	cfg.RateLimit = rlConfig(10, "1s", 40)
+	cfg.RateLimit.Redis.Endpoints = []string{"127.0.0.1:1"}
+	cfg.Rollout.Redis.Endpoints = []string{"127.0.0.1:1"}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c, err := newCanary(ctx, stableNext, cfg, "rollout-pool")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rollouts.Lock()
+	r := rollouts.m["rollout-pool"]
+	rollouts.Unlock()
+	r.mu.Lock()
+	client := r.client
+	r.mu.Unlock()
+	if client == nil || client != c.rl.shared.client {
+		t.Fatal("rollout.redis and rateLimit.redis with the same settings use two clients")
+	}
+	cfg.Rollout.Redis.DB = 1
+	if _, err := newCanary(ctx, stableNext, cfg, "rollout-pool"); err != nil {
+		t.Fatal(err)
+	}
+	r.mu.Lock()
+	other := r.client
+	r.mu.Unlock()
+	if other == nil || other == c.rl.shared.client {
+		t.Fatal("another db shares the rate limit's client")
 	}
 }

@@ -1,6 +1,7 @@
 // Command demo-app is the demo's web service: it answers with its own
 // version, and can be told to fail so that the breaker has something to trip
-// on. POST /-/mode with ok, error (500s), slow (800 ms) or hang.
+// on. POST /-/mode with ok, error (500s), flaky (one 500 in ten), slow (800 ms) or
+// hang.
 package main
 
 import (
@@ -21,16 +22,17 @@ func main() {
 	flag.Parse()
 	var mode atomic.Value
 	mode.Store("ok")
+	var served atomic.Int64
 	mux := http.NewServeMux()
 	mux.HandleFunc("/-/mode", func(rw http.ResponseWriter, req *http.Request) {
 		if req.Method == http.MethodPost {
 			b, _ := io.ReadAll(io.LimitReader(req.Body, 64))
 			m := strings.TrimSpace(string(b))
 			switch m {
-			case "ok", "error", "slow", "hang":
+			case "ok", "error", "flaky", "slow", "hang":
 				mode.Store(m)
 			default:
-				http.Error(rw, "mode: ok, error, slow or hang", http.StatusBadRequest)
+				http.Error(rw, "mode: ok, error, flaky, slow or hang", http.StatusBadRequest)
 				return
 			}
 		}
@@ -42,6 +44,11 @@ func main() {
 		case "error":
 			http.Error(rw, *version+" is broken", http.StatusInternalServerError)
 			return
+		case "flaky":
+			if served.Add(1)%10 == 0 {
+				http.Error(rw, *version+" is flaky", http.StatusInternalServerError)
+				return
+			}
 		case "slow":
 			time.Sleep(800 * time.Millisecond)
 		case "hang":

@@ -50,6 +50,8 @@ func usage() int {
   fix        make the canary healthy again
   rollback   canary weight 0: everyone on stable
   promote    canary weight 100: everyone on the canary
+  rollout    a progressive rollout of the healthy canary: 10, 25, 50, 100% in steps of 20 s
+  rollout-bad  the same rollout with a canary that fails one request in ten: rolled back after 2 checks
   status     print the sidecar's per-version figures
 `)
 	return 2
@@ -73,6 +75,10 @@ func run(args []string) int {
 			return 2
 		}
 		err = setWeight(w)
+	case "rollout":
+		err = startRollout(false)
+	case "rollout-bad":
+		err = startRollout(true)
 	case "rollback":
 		err = setWeight(0)
 	case "promote":
@@ -115,7 +121,28 @@ func repoRoot() (string, error) {
 }
 
 // dynamicConfig is the demo's watched file-provider configuration.
-func dynamicConfig(canaryWeight int) string {
+func dynamicConfig(canaryWeight int) string { return dynamicConfigWith(canaryWeight, "") }
+
+// rolloutBlock is the demo's rollout, starting at start: four steps of 20 s.
+func rolloutBlock(start time.Time) string {
+	return fmt.Sprintf(`          rollout:
+            start: %q
+            stepWeights: [10, 25, 50, 100]
+            interval: 20s
+            threshold: 2
+            minRequests: 20
+            metrics:
+              - name: request-success-rate
+                thresholdRange: {min: 99}
+              - name: request-duration
+                thresholdRange: {max: 500}
+              - name: error-rate-increase
+                thresholdRange: {max: 1}
+`, start.UTC().Format(time.RFC3339))
+}
+
+// dynamicConfigWith is the demo's configuration with extra plugin settings.
+func dynamicConfigWith(canaryWeight int, extra string) string {
 	return fmt.Sprintf(`# Written by the demo; `+"`make demo-weight W=N`"+` rewrites it.
 http:
   routers:
@@ -160,22 +187,51 @@ http:
           sidecar:
             address: http://%s
             interval: 1s
-`, stableAddr, 100-canaryWeight, canaryWeight, canaryAddr, ingestAddr)
+%s`, stableAddr, 100-canaryWeight, canaryWeight, canaryAddr, ingestAddr, extra)
 }
 
 func setWeight(w int) error {
+	if err := writeDynamic(dynamicConfig(w)); err != nil {
+		return err
+	}
+	fmt.Printf("canary weight %d%%: Traefik reloads the file within a second; canary users stay on the canary\n", w)
+	return nil
+}
+
+// writeDynamic replaces the running demo's dynamic configuration.
+func writeDynamic(content string) error {
 	path := filepath.Join(stateDir(), "dynamic.yml")
 	if _, err := os.Stat(path); err != nil {
 		return errors.New("the demo is not running: start it with `make demo`")
 	}
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(dynamicConfig(w)), 0o644); err != nil {
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	return os.Rename(tmp, path)
+}
+
+// startRollout starts a rollout of the canary 5 s from now, healthy or
+// flaky (one 500 in ten: the checks' success rate, 90%, is below 99%).
+func startRollout(flaky bool) error {
+	mode := "ok"
+	if flaky {
+		mode = "flaky"
+	}
+	if err := setMode(mode); err != nil {
 		return err
 	}
-	fmt.Printf("canary weight %d%%: Traefik reloads the file within a second; canary users stay on the canary\n", w)
+	start := time.Now().Add(6 * time.Second).Truncate(time.Second)
+	if err := writeDynamic(dynamicConfigWith(0, rolloutBlock(start))); err != nil {
+		return err
+	}
+	fmt.Printf("rollout of the canary from %s: 10, 25, 50, 100%% in steps of 20 s.\n", start.Format(time.TimeOnly))
+	if flaky {
+		fmt.Println("The canary fails one request in ten: each 20 s check fails, and the second rolls it back (about 45 s).")
+	} else {
+		fmt.Println("The canary is healthy: the rollout completes in 80 s.")
+	}
+	fmt.Printf("Watch Traefik's log (rollout: ...), http://%s/ and edgecanary_rollout_state in Prometheus.\n", metricsAddr)
 	return nil
 }
 

@@ -69,6 +69,9 @@ var routers = []router{
 	{name: "floor-limit", label: "5c. reference Yaegi plugin that reads the clock, takes a lock, stores the instant by peer and writes the two RateLimit fields (the floor of 3b)"},
 	{name: "native-redis", label: "6a. Traefik native RateLimit shared through Redis (compiled: one Redis script per request)"},
 	{name: "redis", label: "6b. edgecanary: rate limit shared through Redis (leases of up to burst/4 tokens, refreshed in the background)"},
+	{name: "all-redis", label: "6c. edgecanary: everything on, with the rate limit shared through Redis", cookie: "edgecanary"},
+	{name: "canary-reporting", label: "7a. edgecanary: canary routing and reporting (what a rollout needs, without one)", cookie: "edgecanary"},
+	{name: "rollout", label: "7b. edgecanary: 7a with a running rollout (step 1 of 2, 20%)", cookie: "edgecanary"},
 }
 
 // benchAccept is the Accept header of every benchmark request, as curl sends
@@ -176,7 +179,7 @@ func bench(o options) error {
 	defer os.RemoveAll(dir)
 
 	sidecarIngest := ""
-	if contains(selected, "reporting") || contains(selected, "all") {
+	if contains(selected, "reporting") || contains(selected, "all") || contains(selected, "all-redis") || contains(selected, "canary-reporting") || contains(selected, "rollout") {
 		ingest, stopSidecar, err := startSidecar(o, root, dir)
 		if err != nil {
 			return err
@@ -186,7 +189,7 @@ func bench(o options) error {
 	}
 
 	redisAddr := ""
-	if contains(selected, "redis") || contains(selected, "native-redis") {
+	if contains(selected, "redis") || contains(selected, "native-redis") || contains(selected, "all-redis") {
 		addr, stopRedis, err := startRedis(dir)
 		if err != nil {
 			return err

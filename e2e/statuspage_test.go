@@ -40,12 +40,33 @@ func TestStatusPageInChromium(t *testing.T) {
 	defer func() { cancel(); <-done }()
 	time.Sleep(4 * time.Second) // a few sampled seconds of history for the rates
 
+	dom, console := runChromium(t, chromium, "--virtual-time-budget=6000", "--dump-dom", sc.metrics+"/")
+	for _, version := range []string{"stable", "canary"} {
+		row := regexp.MustCompile(`<tr data-version="` + version + `">(.*?)</tr>`).FindStringSubmatch(dom)
+		if row == nil {
+			t.Fatalf("the page shows no row for %s:\n%s", version, dom)
+		}
+		// A rate with one decimal above zero, and a latency in ms.
+		if !regexp.MustCompile(`<td>[1-9][0-9]*\.[0-9]</td>|<td>0\.[1-9]</td>`).MatchString(row[1]) || !strings.Contains(row[1], " ms</td>") {
+			t.Errorf("%s row lacks its numbers: %s", version, row[1])
+		}
+	}
+	if e := regexp.MustCompile(`<p id="error">([^<]*)</p>`).FindStringSubmatch(dom); e == nil || e[1] != "" {
+		t.Errorf("the page shows an error: %v", e)
+	}
+	noConsoleMessages(t, console)
+}
+
+// runChromium runs Debian's headless Chromium with args (a URL last) and
+// returns its standard output and its log.
+func runChromium(t *testing.T, chromium string, args ...string) (string, string) {
+	t.Helper()
 	var stdout, stderr bytes.Buffer
-	cmd := exec.CommandContext(context.Background(), chromium,
+	cmd := exec.CommandContext(context.Background(), chromium, append([]string{
 		"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync",
-		"--user-data-dir="+t.TempDir(), "--enable-logging=stderr", "--v=0",
-		"--virtual-time-budget=6000", "--dump-dom", sc.metrics+"/")
+		"--user-data-dir=" + t.TempDir(), "--enable-logging=stderr", "--v=0",
+	}, args...)...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	runErr := make(chan error, 1)
 	if err := cmd.Start(); err != nil {
@@ -61,24 +82,16 @@ func TestStatusPageInChromium(t *testing.T) {
 		_ = cmd.Process.Kill()
 		t.Fatalf("chromium did not finish\n%s", stderr.String())
 	}
-	dom := stdout.String()
-	for _, version := range []string{"stable", "canary"} {
-		row := regexp.MustCompile(`<tr data-version="` + version + `">(.*?)</tr>`).FindStringSubmatch(dom)
-		if row == nil {
-			t.Fatalf("the page shows no row for %s:\n%s", version, dom)
-		}
-		// A rate with one decimal above zero, and a latency in ms.
-		if !regexp.MustCompile(`<td>[1-9][0-9]*\.[0-9]</td>|<td>0\.[1-9]</td>`).MatchString(row[1]) || !strings.Contains(row[1], " ms</td>") {
-			t.Errorf("%s row lacks its numbers: %s", version, row[1])
-		}
-	}
-	if e := regexp.MustCompile(`<p id="error">([^<]*)</p>`).FindStringSubmatch(dom); e == nil || e[1] != "" {
-		t.Errorf("the page shows an error: %v", e)
-	}
-	// The page logs nothing when all is well; Chromium prints every console
-	// message (console.error, uncaught exceptions) as a CONSOLE line.
-	for _, line := range strings.Split(stderr.String(), "\n") {
-		if strings.Contains(line, ":CONSOLE") {
+	return stdout.String(), stderr.String()
+}
+
+// noConsoleMessages fails on any console message: the page logs nothing when
+// all is well, and Chromium prints every console message (console.error,
+// uncaught exceptions, CSP violations) as a CONSOLE line.
+func noConsoleMessages(t *testing.T, log string) {
+	t.Helper()
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, ":CONSOLE") || strings.Contains(line, "Content Security Policy") {
 			t.Errorf("console message: %s", line)
 		}
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/traefik/paerser/cli"
+	ptypes "github.com/traefik/paerser/types"
 )
 
 // Configuration is the sidecar's configuration.
@@ -30,6 +31,17 @@ type Configuration struct {
 	ConfigFile string         `description:"Configuration file (YAML or TOML). When set, flags and environment variables are ignored, as in Traefik." json:"configFile,omitempty" toml:"configFile,omitempty" yaml:"configFile,omitempty"`
 	Ingest     *IngestConfig  `description:"Where the plugin reports." json:"ingest,omitempty" toml:"ingest,omitempty" yaml:"ingest,omitempty" export:"true"`
 	Metrics    *MetricsConfig `description:"Where Prometheus scrapes, with the status page." json:"metrics,omitempty" toml:"metrics,omitempty" yaml:"metrics,omitempty" export:"true"`
+	Status     *StatusConfig  `description:"The status page's history." json:"status,omitempty" toml:"status,omitempty" yaml:"status,omitempty" export:"true"`
+}
+
+// StatusConfig is the status page's history.
+type StatusConfig struct {
+	Step ptypes.Duration `description:"How often the history is sampled, from 1s to 1m; it holds 180 samples (5s: the last 15 minutes)." json:"step,omitempty" toml:"step,omitempty" yaml:"step,omitempty"`
+}
+
+// SetDefaults sets the status defaults.
+func (c *StatusConfig) SetDefaults() {
+	c.Step = ptypes.Duration(defaultHistoryStep)
 }
 
 // IngestConfig is the listener the plugin reports to.
@@ -59,9 +71,10 @@ func (c *MetricsConfig) SetDefaults() {
 
 // NewConfiguration returns the defaults.
 func NewConfiguration() *Configuration {
-	c := &Configuration{Ingest: &IngestConfig{}, Metrics: &MetricsConfig{}}
+	c := &Configuration{Ingest: &IngestConfig{}, Metrics: &MetricsConfig{}, Status: &StatusConfig{}}
 	c.Ingest.SetDefaults()
 	c.Metrics.SetDefaults()
+	c.Status.SetDefaults()
 	return c
 }
 
@@ -73,6 +86,13 @@ func (c *Configuration) validate() error {
 	if c.Metrics == nil {
 		c.Metrics = &MetricsConfig{}
 		c.Metrics.SetDefaults()
+	}
+	if c.Status == nil {
+		c.Status = &StatusConfig{}
+		c.Status.SetDefaults()
+	}
+	if step := time.Duration(c.Status.Step); step < minHistoryStep || step > maxHistoryStep {
+		return fmt.Errorf("status.step: must be from %v to %v, got %v", minHistoryStep, maxHistoryStep, step)
 	}
 	if _, _, err := net.SplitHostPort(c.Ingest.Address); err != nil {
 		return fmt.Errorf("ingest.address: invalid listen address %q: %w", c.Ingest.Address, err)
@@ -134,6 +154,11 @@ func run() int {
 func serve(ctx context.Context, cfg *Configuration, logw io.Writer, ready chan<- [2]string) error {
 	logger := log.New(logw, "edgecanary-sidecar ", log.LstdFlags)
 	st := newStore(cfg.Ingest.MaxSeries)
+	step := defaultHistoryStep
+	if cfg.Status != nil && time.Duration(cfg.Status.Step) >= minHistoryStep {
+		step = time.Duration(cfg.Status.Step)
+	}
+	hist := newHistory(step)
 	now := time.Now
 
 	reg := prometheus.NewRegistry()
@@ -165,8 +190,12 @@ func serve(ctx context.Context, cfg *Configuration, logw io.Writer, ready chan<-
 			http.Error(rw, "starting", http.StatusServiceUnavailable)
 		}
 	})
-	mux.HandleFunc("/api/status", statusJSON(st, now))
-	mux.HandleFunc("/", statusPage)
+	sp := &statusPages{store: st, history: hist, now: now}
+	mux.HandleFunc("/api/status", sp.json)
+	mux.HandleFunc("/status/live", sp.fragment)
+	mux.HandleFunc("/status.js", staticAsset("text/javascript; charset=utf-8", statusJS))
+	mux.HandleFunc("/status.css", staticAsset("text/css; charset=utf-8", statusCSS))
+	mux.HandleFunc("/", sp.page)
 
 	ingestMux := http.NewServeMux()
 	ingestMux.Handle("/v1/reports", &ingestHandler{store: st, token: cfg.Ingest.Token, maxBody: cfg.Ingest.MaxBodyBytes, now: now})
@@ -192,6 +221,8 @@ func serve(ctx context.Context, cfg *Configuration, logw io.Writer, ready chan<-
 
 	ticker := time.NewTicker(historyResolution)
 	defer ticker.Stop()
+	histTicker := time.NewTicker(hist.step)
+	defer histTicker.Stop()
 	var runErr error
 loop:
 	for {
@@ -204,6 +235,8 @@ loop:
 		case t := <-ticker.C:
 			st.sample(t)
 			st.retire(t)
+		case t := <-histTicker.C:
+			hist.record(st.snapshot(t), t)
 		}
 	}
 	logger.Printf("shutting down")

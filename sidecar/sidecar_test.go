@@ -557,7 +557,7 @@ func TestServeAndShutdown(t *testing.T) {
 	if err != nil || res.StatusCode != 204 {
 		t.Fatalf("ingest: %v %v", err, res)
 	}
-	for _, path := range []string{"/-/healthy", "/-/ready", "/metrics", "/", "/api/status"} {
+	for _, path := range []string{"/-/healthy", "/-/ready", "/metrics", "/", "/api/status", "/status/live", "/status.js", "/status.css"} {
 		res, err := http.Get("http://" + addrs[1] + path)
 		if err != nil || res.StatusCode != 200 {
 			t.Fatalf("GET %s: %v %v", path, err, res)

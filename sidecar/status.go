@@ -1,9 +1,7 @@
 package main
 
 import (
-	"encoding/json"
 	"math"
-	"net/http"
 	"sort"
 	"time"
 )
@@ -75,6 +73,7 @@ type statusDoc struct {
 	Reports     uint64             `json:"reports"`
 	Rejected    map[string]uint64  `json:"rejected"`
 	LastReports map[string]float64 `json:"lastReportAgeSeconds"`
+	History     *historyDoc        `json:"history,omitempty"` // see history.go
 }
 
 // status computes the status document from the sampled history.
@@ -186,97 +185,3 @@ func quantile(q float64, h *histTotals) *float64 {
 	}
 	return nil
 }
-
-func statusJSON(s *store, now func() time.Time) http.HandlerFunc {
-	return func(rw http.ResponseWriter, _ *http.Request) {
-		rw.Header().Set("Content-Type", "application/json")
-		rw.Header().Set("Cache-Control", "no-store")
-		_ = json.NewEncoder(rw).Encode(s.status(now()))
-	}
-}
-
-func statusPage(rw http.ResponseWriter, req *http.Request) {
-	if req.URL.Path != "/" {
-		http.NotFound(rw, req)
-		return
-	}
-	rw.Header().Set("Content-Type", "text/html; charset=utf-8")
-	rw.Header().Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; script-src 'unsafe-inline'; style-src 'unsafe-inline'")
-	_, _ = rw.Write([]byte(statusHTML))
-}
-
-const statusHTML = `<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>edgecanary status</title>
-<link rel="icon" href="data:,">
-<style>
-body { font: 14px/1.4 system-ui, sans-serif; margin: 2rem; color: #1b1f24; }
-h1 { font-size: 1.4rem; margin: 0 0 .25rem; }
-p.meta { color: #57606a; margin: 0 0 1rem; }
-table { border-collapse: collapse; min-width: 60rem; }
-th, td { padding: .35rem .7rem; border-bottom: 1px solid #d0d7de; text-align: right; }
-th:first-child, td:first-child, th:nth-child(2), td:nth-child(2) { text-align: left; }
-th { background: #f6f8fa; }
-.state-closed { color: #1a7f37; } .state-half_open { color: #9a6700; } .state-open { color: #cf222e; font-weight: bold; }
-.primary { font-size: .75rem; color: #57606a; }
-#error { color: #cf222e; }
-</style>
-</head>
-<body>
-<h1>edgecanary</h1>
-<p class="meta">Per-version figures over the last <span id="window">…</span> s, refreshed every 2 s. Raw metrics: <a href="/metrics">/metrics</a>.</p>
-<p id="error"></p>
-<table>
-<thead><tr><th>middleware</th><th>version</th><th>weight</th><th>breaker</th><th>req/s</th><th>error ratio</th><th>p50</th><th>p95</th><th>p99</th><th>total</th></tr></thead>
-<tbody id="rows"><tr><td colspan="10">waiting for the first report…</td></tr></tbody>
-</table>
-<p class="meta" id="reports"></p>
-<script>
-"use strict";
-function fmtPct(v) { return v === null || v === undefined ? "–" : (100 * v).toFixed(1) + " %"; }
-function fmtMs(v) { return v === null || v === undefined ? "–" : (1000 * v).toFixed(1) + " ms"; }
-function cell(text, cls) { const td = document.createElement("td"); td.textContent = text; if (cls) td.className = cls; return td; }
-async function refresh() {
-  try {
-    const res = await fetch("/api/status", {cache: "no-store"});
-    if (!res.ok) throw new Error("status " + res.status);
-    const doc = await res.json();
-    document.getElementById("window").textContent = doc.windowSeconds.toFixed(0);
-    const rows = document.getElementById("rows");
-    rows.replaceChildren();
-    if (doc.versions.length === 0) {
-      const tr = document.createElement("tr"); tr.appendChild(cell("waiting for the first report…")); tr.firstChild.colSpan = 10; rows.appendChild(tr);
-    }
-    for (const v of doc.versions) {
-      const tr = document.createElement("tr");
-      tr.dataset.version = v.version;
-      tr.appendChild(cell(v.middleware));
-      const name = cell(v.version);
-      if (v.primary) { const s = document.createElement("span"); s.className = "primary"; s.textContent = " (primary)"; name.appendChild(s); }
-      tr.appendChild(name);
-      tr.appendChild(cell(fmtPct(v.weight)));
-      tr.appendChild(cell(v.circuitState.replace("_", "-"), "state-" + v.circuitState));
-      tr.appendChild(cell(v.requestsPerSecond.toFixed(1)));
-      tr.appendChild(cell(fmtPct(v.errorRatio)));
-      tr.appendChild(cell(fmtMs(v.p50Seconds)));
-      tr.appendChild(cell(fmtMs(v.p95Seconds)));
-      tr.appendChild(cell(fmtMs(v.p99Seconds)));
-      tr.appendChild(cell(String(v.requestsTotal)));
-      rows.appendChild(tr);
-    }
-    const srcs = Object.entries(doc.lastReportAgeSeconds).map(([s, a]) => s + " " + a + " s ago").join(", ");
-    document.getElementById("reports").textContent = doc.reports + " reports accepted" + (srcs ? "; last from " + srcs : "");
-    document.getElementById("error").textContent = "";
-  } catch (e) {
-    document.getElementById("error").textContent = "Cannot reach the sidecar: " + e.message;
-  }
-}
-refresh();
-setInterval(refresh, 2000);
-</script>
-</body>
-</html>
-`

@@ -1,0 +1,585 @@
+package main
+
+import (
+	"math"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/edgecanary/edgecanary/wire"
+)
+
+// The history keeps, for each middleware, the last historyPoints samples of
+// every version's figures, taken every step (--status.step, default 5 s:
+// 15 minutes). A sample reads the store's totals, summed over every Traefik
+// process (the store keeps a restarted process's last totals and adds the new
+// process's, so the sums only go down when a histogram's layout changes), and
+// keeps the increase since the previous sample as rate() computes it: a
+// counter that went down restarted from zero, and its increase is its new
+// value. A series' first sample has no increase (rate() needs two samples).
+//
+// Memory is fixed: each series is an array of historyPoints points, every
+// series shares one ring of sample instants, and at most
+// maxHistoryMiddlewares middlewares with maxHistoryVersions versions each are
+// tracked. A middleware (a version) is tracked from its first sample in a
+// fresh report; at the cap, it takes the place of the one idle longest, if
+// one was idle at this sample, else it is left out and counted as untracked.
+// One idle (no fresh report and no counter moved) for a whole window is
+// dropped. TestHistoryMemory measures the bytes per series.
+
+const (
+	historyPoints         = 180
+	defaultHistoryStep    = 5 * time.Second
+	minHistoryStep        = time.Second
+	maxHistoryStep        = time.Minute
+	maxHistoryMiddlewares = 32
+	maxHistoryVersions    = 8
+)
+
+// Circuit states of a point; stateNone: no report named the version.
+const stateNone = -1
+
+// histPoint is one version's figures over one step.
+type histPoint struct {
+	// Increases over the step (when rated): requests, 5xx among them,
+	// requests the breaker refused (counted in the requests but not in the
+	// latency histogram), and requests that fell back from this version.
+	requests, errors, refused, fallbacks uint32
+	p50, p95, p99                        float32 // seconds; NaN: no request observed
+	weight                               float32 // 0 to 1; NaN: not configured
+	state                                int8    // the worst breaker state during the step, or stateNone
+	rated                                bool    // the counts are an increase since the previous sample
+}
+
+// versionTotals are a version's cumulative totals at one sample.
+type versionTotals struct {
+	requests, errors, fallbacks uint64
+	transitions                 [3]uint64
+	bounds                      []float64 // shared with the snapshot, never written
+	cum                         []uint64  // cumulative bucket counts, +Inf last
+}
+
+// versionSeries is one version's history.
+type versionSeries struct {
+	points     [historyPoints]histPoint
+	primary    bool
+	prev       versionTotals
+	hasPrev    bool
+	lastActive uint64
+}
+
+// mwSeries is one middleware's history.
+type mwSeries struct {
+	versions          map[string]*versionSeries // at most maxHistoryVersions
+	rejected, dryRun  [historyPoints]uint32     // 429s and dry-run 429s per step
+	rated             [historyPoints]bool
+	prevRejected      uint64
+	prevDryRun        uint64
+	hasPrev           bool
+	rollout           *wire.Rollout // the freshest report's, cleaned; never written
+	lastActive        uint64
+	versionsUntracked int
+}
+
+// history is the sampled history of every tracked middleware.
+type history struct {
+	mu        sync.Mutex
+	step      time.Duration
+	times     [historyPoints]int64  // Unix milliseconds of each sample
+	elapsed   [historyPoints]uint32 // milliseconds since the sample before; 0 for the first
+	head      int                   // where the next sample goes
+	n         int                   // samples held
+	seq       uint64                // samples taken
+	mws       map[string]*mwSeries  // at most maxHistoryMiddlewares
+	untracked int                   // middlewares and versions left out at the last sample
+}
+
+func newHistory(step time.Duration) *history {
+	return &history{step: step, mws: map[string]*mwSeries{}}
+}
+
+// increase is the increase of a counter from prev to cur, as rate() sees it:
+// a counter that went down was reset to zero in between.
+func increase(prev, cur uint64) uint64 {
+	if cur >= prev {
+		return cur - prev
+	}
+	return cur
+}
+
+func clampU32(n uint64) uint32 {
+	if n > math.MaxUint32 {
+		return math.MaxUint32
+	}
+	return uint32(n)
+}
+
+// record takes a sample of v at now. A sample at or before the last one is
+// ignored.
+func (h *history) record(v view, now time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ms := now.UnixMilli()
+	var elapsed uint32
+	if h.n > 0 {
+		last := h.times[(h.head+historyPoints-1)%historyPoints]
+		if ms <= last {
+			return
+		}
+		elapsed = clampU32(uint64(ms - last))
+	}
+	idx := h.head
+	h.times[idx], h.elapsed[idx] = ms, elapsed
+	h.head = (h.head + 1) % historyPoints
+	if h.n < historyPoints {
+		h.n++
+	}
+	h.seq++
+	for _, m := range h.mws {
+		m.clear(idx)
+	}
+	names := make([]string, 0, len(v.mws)+len(v.gauges))
+	for name := range v.mws {
+		names = append(names, name)
+	}
+	for name := range v.gauges {
+		if v.mws[name] == nil {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	h.untracked = 0
+	for _, name := range names {
+		m := h.mws[name]
+		if m == nil {
+			if _, live := v.gauges[name]; !live {
+				continue // only a fresh report starts a history
+			}
+			if m = h.track(name); m == nil {
+				h.untracked++
+				continue
+			}
+		}
+		m.record(idx, h.seq, v, name)
+		h.untracked += m.versionsUntracked
+	}
+	for name, m := range h.mws {
+		if h.seq-m.lastActive >= historyPoints {
+			delete(h.mws, name)
+		}
+	}
+}
+
+// track starts the history of a middleware, in place of the one idle longest
+// when maxHistoryMiddlewares are tracked. It returns nil when none is idle.
+func (h *history) track(name string) *mwSeries {
+	if len(h.mws) >= maxHistoryMiddlewares {
+		victim, ok := idlest(h.mws, h.seq, func(m *mwSeries) uint64 { return m.lastActive })
+		if !ok {
+			return nil
+		}
+		delete(h.mws, victim)
+	}
+	m := &mwSeries{versions: map[string]*versionSeries{}, lastActive: h.seq}
+	h.mws[name] = m
+	return m
+}
+
+// idlest returns the key whose last activity is oldest, among those not
+// active at seq (ties: the first name).
+func idlest[T any](m map[string]T, seq uint64, last func(T) uint64) (string, bool) {
+	var best string
+	var bestAt uint64
+	found := false
+	for k, v := range m {
+		at := last(v)
+		if at >= seq {
+			continue
+		}
+		if !found || at < bestAt || at == bestAt && k < best {
+			best, bestAt, found = k, at, true
+		}
+	}
+	return best, found
+}
+
+// clear marks the slot idx empty in every series of m.
+func (m *mwSeries) clear(idx int) {
+	m.rejected[idx], m.dryRun[idx], m.rated[idx] = 0, 0, false
+	for _, vs := range m.versions {
+		vs.points[idx] = histPoint{state: stateNone, p50: nan32, p95: nan32, p99: nan32, weight: nan32}
+	}
+}
+
+// nan32 marks a figure with no value.
+var nan32 = float32(math.NaN())
+
+// record fills slot idx of m from the view.
+func (m *mwSeries) record(idx int, seq uint64, v view, name string) {
+	t := v.mws[name]
+	if t == nil {
+		t = newMWTotals()
+	}
+	gauges := v.gauges[name]
+	m.rollout = nil
+	if ro, ok := v.rollout[name]; ok {
+		m.rollout = cleanRollout(&ro)
+		m.rollout.Checks = t.rolloutChecks // summed over every process, as edgecanary_rollout_checks_total
+	}
+	active := len(gauges) > 0
+	if m.hasPrev {
+		rej, dry := increase(m.prevRejected, t.rlRejected), increase(m.prevDryRun, t.rlDryRun)
+		m.rejected[idx], m.dryRun[idx], m.rated[idx] = clampU32(rej), clampU32(dry), true
+		active = active || rej > 0 || dry > 0
+	}
+	m.prevRejected, m.prevDryRun, m.hasPrev = t.rlRejected, t.rlDryRun, true
+
+	totals := versionTotalsOf(t)
+	names := make([]string, 0, len(totals)+len(gauges))
+	for vn := range totals {
+		names = append(names, vn)
+	}
+	for vn := range gauges {
+		if _, ok := totals[vn]; !ok {
+			names = append(names, vn)
+			totals[vn] = &versionTotals{}
+		}
+	}
+	sort.Strings(names)
+	m.versionsUntracked = 0
+	for _, vn := range names {
+		vs := m.versions[vn]
+		g, live := gauges[vn]
+		if vs == nil {
+			if !live {
+				continue
+			}
+			if len(m.versions) >= maxHistoryVersions {
+				victim, ok := idlest(m.versions, seq, func(s *versionSeries) uint64 { return s.lastActive })
+				if !ok {
+					m.versionsUntracked++
+					continue
+				}
+				delete(m.versions, victim)
+			}
+			vs = &versionSeries{}
+			for i := range vs.points {
+				vs.points[i] = histPoint{state: stateNone, p50: nan32, p95: nan32, p99: nan32, weight: nan32}
+			}
+			m.versions[vn] = vs
+		}
+		var gp *versionGauge
+		if live {
+			gp = &g
+		}
+		if vs.record(idx, totals[vn], gp) {
+			vs.lastActive = seq
+			active = true
+		}
+	}
+	for vn, vs := range m.versions {
+		if seq-vs.lastActive >= historyPoints {
+			delete(m.versions, vn)
+		}
+	}
+	if active {
+		m.lastActive = seq
+	}
+}
+
+// versionTotalsOf sums a middleware's totals by version.
+func versionTotalsOf(t *mwTotals) map[string]*versionTotals {
+	out := map[string]*versionTotals{}
+	get := func(name string) *versionTotals {
+		vt := out[name]
+		if vt == nil {
+			vt = &versionTotals{}
+			out[name] = vt
+		}
+		return vt
+	}
+	for k, n := range t.requests {
+		vt := get(k.version)
+		vt.requests += n
+		if k.code >= 500 && k.code <= 599 {
+			vt.errors += n
+		}
+	}
+	for k, n := range t.fallbacks {
+		get(k.from).fallbacks += n
+	}
+	for name, tr := range t.transitions {
+		get(name).transitions = tr
+	}
+	for name, ht := range t.hist {
+		vt := get(name)
+		vt.bounds = ht.bounds
+		vt.cum = make([]uint64, len(ht.counts))
+		var c uint64
+		for i, n := range ht.counts {
+			c += n
+			vt.cum[i] = c
+		}
+	}
+	return out
+}
+
+// record fills slot idx from the version's totals now and its gauge (nil:
+// no fresh report names it). It reports whether the version was active: named
+// by a fresh report, or any request counted since the previous sample.
+func (vs *versionSeries) record(idx int, cur *versionTotals, g *versionGauge) bool {
+	p := histPoint{state: stateNone, p50: nan32, p95: nan32, p99: nan32, weight: nan32}
+	active := g != nil
+	if g != nil {
+		vs.primary = g.primary
+		p.state = int8(g.state)
+		if g.configured {
+			p.weight = float32(g.weight)
+		}
+	}
+	if vs.hasPrev {
+		prev := &vs.prev
+		reqs := increase(prev.requests, cur.requests)
+		p.requests = clampU32(reqs)
+		p.errors = clampU32(min(increase(prev.errors, cur.errors), reqs))
+		p.fallbacks = clampU32(increase(prev.fallbacks, cur.fallbacks))
+		delta := histIncrease(prev.bounds, prev.cum, cur.bounds, cur.cum)
+		var observed uint64
+		if len(delta) > 0 {
+			observed = uint64(delta[len(delta)-1])
+			p.p50 = float32(bucketQuantile(0.5, cur.bounds, delta))
+			p.p95 = float32(bucketQuantile(0.95, cur.bounds, delta))
+			p.p99 = float32(bucketQuantile(0.99, cur.bounds, delta))
+		}
+		// Without a histogram (left out at ingest.maxSeries) refusals are unknown: 0.
+		if len(delta) > 0 && reqs > observed {
+			p.refused = clampU32(reqs - observed)
+		}
+		// A trip shorter than the step still shows: the worst state entered.
+		if increase(prev.transitions[2], cur.transitions[2]) > 0 {
+			p.state = 2
+		} else if increase(prev.transitions[1], cur.transitions[1]) > 0 && p.state < 1 {
+			p.state = 1
+		}
+		p.rated = true
+		active = active || reqs > 0
+	}
+	vs.points[idx] = p
+	vs.prev, vs.hasPrev = *cur, true
+	return active
+}
+
+// histIncrease is the increase of each cumulative bucket, as rate() computes
+// it per bucket series (a bucket that went down restarted from zero), made
+// monotonic as histogram_quantile does. A changed layout is a reset: the
+// increase is the new histogram. Nil when the layout is empty.
+func histIncrease(prevBounds []float64, prevCum []uint64, bounds []float64, cum []uint64) []float64 {
+	if len(cum) == 0 || len(cum) != len(bounds)+1 {
+		return nil
+	}
+	same := sameBounds(prevBounds, bounds) && len(prevCum) == len(cum)
+	out := make([]float64, len(cum))
+	for i, c := range cum {
+		if same {
+			c = increase(prevCum[i], c)
+		}
+		out[i] = float64(c)
+		if i > 0 && out[i] < out[i-1] {
+			out[i] = out[i-1]
+		}
+	}
+	return out
+}
+
+// bucketQuantile is Prometheus' histogram_quantile over classic buckets
+// (promql.BucketQuantile): cum holds the cumulative counts for bounds, then
+// +Inf, already monotonic. The quantile falls in the first bucket whose
+// count reaches q × total and is interpolated linearly within it (from 0 for
+// the first bucket); in the +Inf bucket it is the highest finite bound. NaN
+// without observations.
+func bucketQuantile(q float64, bounds []float64, cum []float64) float64 {
+	if len(bounds) == 0 || len(cum) != len(bounds)+1 {
+		return math.NaN()
+	}
+	total := cum[len(cum)-1]
+	if total == 0 || math.IsNaN(q) {
+		return math.NaN()
+	}
+	rank := q * total
+	b := sort.Search(len(cum)-1, func(i int) bool { return cum[i] >= rank })
+	if b == len(cum)-1 {
+		return bounds[len(bounds)-1]
+	}
+	if b == 0 && bounds[0] <= 0 {
+		return bounds[0]
+	}
+	start, end, count := 0.0, bounds[b], cum[b]
+	if b > 0 {
+		start = bounds[b-1]
+		count -= cum[b-1]
+		rank -= cum[b-1]
+	}
+	return start + (end-start)*(rank/count)
+}
+
+// historyDoc is the history in /api/status: every array has one entry per
+// sample of Times, oldest first; null where there is no value.
+type historyDoc struct {
+	StepSeconds   float64        `json:"stepSeconds"`
+	Points        int            `json:"points"` // the most samples held
+	WindowSeconds float64        `json:"windowSeconds"`
+	Times         []int64        `json:"times"` // Unix milliseconds
+	Untracked     int            `json:"untracked"`
+	Middlewares   []mwHistoryDoc `json:"middlewares"`
+}
+
+type mwHistoryDoc struct {
+	Name string `json:"name"`
+	// 429s and dry-run 429s in each step: the rate limit runs before a
+	// version is chosen, so these are the middleware's.
+	RateLimited       []*uint32           `json:"rateLimited"`
+	DryRunRateLimited []*uint32           `json:"dryRunRateLimited"`
+	Totals            mwWindowTotals      `json:"totals"`
+	Versions          []versionHistoryDoc `json:"versions"`
+	Rollout           *rolloutDoc         `json:"rollout"`
+}
+
+type mwWindowTotals struct {
+	RateLimited       uint64 `json:"rateLimited"`
+	DryRunRateLimited uint64 `json:"dryRunRateLimited"`
+}
+
+type versionHistoryDoc struct {
+	Name         string              `json:"name"`
+	Primary      bool                `json:"primary"`
+	RequestsPS   []*float64          `json:"requestsPerSecond"`
+	ErrorRatio   []*float64          `json:"errorRatio"`
+	P50          []*float64          `json:"p50Seconds"`
+	P95          []*float64          `json:"p95Seconds"`
+	P99          []*float64          `json:"p99Seconds"`
+	Weight       []*float64          `json:"weight"`
+	CircuitState []*string           `json:"circuitState"`
+	Requests     []*uint32           `json:"requests"`
+	Errors       []*uint32           `json:"errors"`
+	Fallbacks    []*uint32           `json:"fallbacks"`
+	Refused      []*uint32           `json:"refused"`
+	Totals       versionWindowTotals `json:"totals"`
+}
+
+// versionWindowTotals are a version's sums over the window.
+type versionWindowTotals struct {
+	Requests  uint64 `json:"requests"`
+	Errors    uint64 `json:"errors"`
+	Fallbacks uint64 `json:"fallbacks"`
+	Refused   uint64 `json:"refused"`
+}
+
+// round rounds v to digits decimals: the page and the API need no more.
+func round(v float64, digits float64) float64 {
+	p := math.Pow(10, digits)
+	return math.Round(v*p) / p
+}
+
+// doc returns the history, oldest sample first.
+func (h *history) doc() historyDoc {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	d := historyDoc{
+		StepSeconds: h.step.Seconds(), Points: historyPoints, WindowSeconds: h.step.Seconds() * historyPoints,
+		Times: make([]int64, h.n), Untracked: h.untracked, Middlewares: []mwHistoryDoc{},
+	}
+	order := make([]int, h.n)
+	for i := range order {
+		order[i] = (h.head - h.n + i + historyPoints) % historyPoints
+		d.Times[i] = h.times[order[i]]
+	}
+	names := make([]string, 0, len(h.mws))
+	for name := range h.mws {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		d.Middlewares = append(d.Middlewares, h.mws[name].doc(name, order, h.elapsed[:]))
+	}
+	return d
+}
+
+func (m *mwSeries) doc(name string, order []int, elapsed []uint32) mwHistoryDoc {
+	n := len(order)
+	d := mwHistoryDoc{
+		Name: name, RateLimited: make([]*uint32, n), DryRunRateLimited: make([]*uint32, n),
+		Versions: []versionHistoryDoc{}, Rollout: newRolloutDoc(m.rollout),
+	}
+	counts := make([]uint32, 2*n) // one allocation for every value: the document outlives the lock
+	for i, idx := range order {
+		if m.rated[idx] {
+			counts[i], counts[n+i] = m.rejected[idx], m.dryRun[idx]
+			d.RateLimited[i], d.DryRunRateLimited[i] = &counts[i], &counts[n+i]
+			d.Totals.RateLimited += uint64(m.rejected[idx])
+			d.Totals.DryRunRateLimited += uint64(m.dryRun[idx])
+		}
+	}
+	names := make([]string, 0, len(m.versions))
+	for vn := range m.versions {
+		names = append(names, vn)
+	}
+	sort.Strings(names)
+	for _, vn := range names {
+		d.Versions = append(d.Versions, m.versions[vn].doc(vn, order, elapsed))
+	}
+	return d
+}
+
+func (vs *versionSeries) doc(name string, order []int, elapsed []uint32) versionHistoryDoc {
+	n := len(order)
+	d := versionHistoryDoc{
+		Name: name, Primary: vs.primary,
+		RequestsPS: make([]*float64, n), ErrorRatio: make([]*float64, n),
+		P50: make([]*float64, n), P95: make([]*float64, n), P99: make([]*float64, n),
+		Weight: make([]*float64, n), CircuitState: make([]*string, n),
+		Requests: make([]*uint32, n), Errors: make([]*uint32, n), Fallbacks: make([]*uint32, n), Refused: make([]*uint32, n),
+	}
+	// The values live in two arrays, one allocation each: the document
+	// outlives the lock, and a pointer per value would cost an allocation each.
+	floats, counts := make([]float64, 6*n), make([]uint32, 4*n)
+	states := [3]string{transitionNames[0], transitionNames[1], transitionNames[2]}
+	opt := func(dst []*float64, k, i int, v float64) {
+		if !math.IsNaN(v) && !math.IsInf(v, 0) {
+			floats[k*n+i] = v
+			dst[i] = &floats[k*n+i]
+		}
+	}
+	count := func(dst []*uint32, k, i int, v uint32) {
+		counts[k*n+i] = v
+		dst[i] = &counts[k*n+i]
+	}
+	for i, idx := range order {
+		p := &vs.points[idx]
+		if p.state >= 0 && int(p.state) < len(states) {
+			d.CircuitState[i] = &states[p.state]
+		}
+		opt(d.Weight, 0, i, round(float64(p.weight), 6))
+		if !p.rated {
+			continue
+		}
+		count(d.Requests, 0, i, p.requests)
+		count(d.Errors, 1, i, p.errors)
+		count(d.Fallbacks, 2, i, p.fallbacks)
+		count(d.Refused, 3, i, p.refused)
+		d.Totals.Requests += uint64(p.requests)
+		d.Totals.Errors += uint64(p.errors)
+		d.Totals.Fallbacks += uint64(p.fallbacks)
+		d.Totals.Refused += uint64(p.refused)
+		if elapsed[idx] > 0 {
+			opt(d.RequestsPS, 1, i, round(float64(p.requests)*1000/float64(elapsed[idx]), 3))
+		}
+		if p.requests > 0 {
+			opt(d.ErrorRatio, 2, i, round(float64(p.errors)/float64(p.requests), 4))
+		}
+		// float32 holds about 7 digits: latencies are kept to the microsecond.
+		opt(d.P50, 3, i, round(float64(p.p50), 6))
+		opt(d.P95, 4, i, round(float64(p.p95), 6))
+		opt(d.P99, 5, i, round(float64(p.p99), 6))
+	}
+	return d
+}

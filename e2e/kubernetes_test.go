@@ -94,8 +94,15 @@ func TestKubernetes(t *testing.T) {
 	}
 	sort.Strings(demoFiles)
 	demo := readManifests(t, demoFiles...)
+	// Each step builds on the one before: the first failure ends the test.
+	run := func(name string, f func(t *testing.T)) {
+		t.Helper()
+		if !t.Run(name, f) {
+			t.FailNow()
+		}
+	}
 
-	t.Run("every demo object is accepted with dryRun=All", func(t *testing.T) {
+	run("every demo object is accepted with dryRun=All", func(t *testing.T) {
 		// Namespaces first, for real: a namespaced object is only admitted in an
 		// existing namespace. Every other object is then dry-run as on a fresh cluster.
 		var rest []kubeObject
@@ -118,9 +125,6 @@ func TestKubernetes(t *testing.T) {
 		}
 		t.Logf("%d objects accepted with dryRun=All and strict field validation: %v", len(demo), kinds)
 	})
-	if t.Failed() {
-		t.FailNow()
-	}
 
 	stable := newBackendAt(t, "stable", stableAddr+":80")
 	canary := newBackendAt(t, "canary", canaryAddr+":80")
@@ -155,7 +159,7 @@ func TestKubernetes(t *testing.T) {
 	t.Logf("two Traefik replicas serve the IngressRoute %v after the start", time.Since(begin).Round(time.Millisecond))
 	var users []*kubeUser
 
-	t.Run("routing and stickiness through the IngressRoute", func(t *testing.T) {
+	run("routing and stickiness through the IngressRoute", func(t *testing.T) {
 		users = s.fresh(t, 2000, 0)
 		s.checkShare(t, users, 0.20)
 		s.returning(t, users)
@@ -194,7 +198,7 @@ func TestKubernetes(t *testing.T) {
 		t.Logf("one client IP, %d requests in %v: %d OK, %d answered 429 (burst 200, 100/s)", len(codes), elapsed.Round(time.Millisecond), ok, limited)
 	})
 
-	t.Run("urn:k8s:secret values are resolved from the Secrets", func(t *testing.T) {
+	run("urn:k8s:secret values are resolved from the Secrets", func(t *testing.T) {
 		secret := k.secretValue("shop", "edgecanary", "cookieSecret")
 		if n := acceptedCookies(t, secret, nil, s.canaryURL, 80, 20, users); n != len(users) {
 			t.Fatalf("only %d of %d cookies are signed with the Secret's cookieSecret %q", n, len(users), secret)
@@ -213,7 +217,7 @@ func TestKubernetes(t *testing.T) {
 		s.waitSidecar(t)
 	})
 
-	t.Run("raising the weight through the API moves users into the canary and none back", func(t *testing.T) {
+	run("raising the weight through the API moves users into the canary and none back", func(t *testing.T) {
 		k.mergePatch("traefik.io/v1alpha1", "Middleware", "shop", "shop", map[string]any{"spec": map[string]any{"plugin": map[string]any{
 			"edgecanary": map[string]any{"versions": map[string]any{"stable": map[string]any{"weight": 50}, "canary": map[string]any{"weight": 50}}}}}})
 		s.waitRaw(t, fmt.Sprintf(`"url":%q,"weight":50`, s.canaryURL))
@@ -242,7 +246,7 @@ func TestKubernetes(t *testing.T) {
 		s.checkShare(t, s.fresh(t, 1000, len(users)), 0.50)
 	})
 
-	t.Run("moving the cookie secret to previousSecrets keeps users sticky", func(t *testing.T) {
+	run("moving the cookie secret to previousSecrets keeps users sticky", func(t *testing.T) {
 		old := k.secretValue("shop", "edgecanary", "cookieSecret")
 		rotated := "rotated-" + randomToken(t)
 		// Each step is consistent on its own, whichever replica reloads first:
@@ -279,7 +283,7 @@ func TestKubernetes(t *testing.T) {
 		}
 	})
 
-	t.Run("a bad Middleware disables only its routes", func(t *testing.T) {
+	run("a bad Middleware disables only its routes", func(t *testing.T) {
 		// Two bad values, each in its own Middleware and IngressRoute. The plugin
 		// has no rule that names a version yet (issue 16's rollout.version is not
 		// built), so the second is a version set with two primaries.

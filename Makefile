@@ -12,9 +12,13 @@ GOLANGCI_VERSION := v2.15.0
 GOLANGCI := $(CACHE)/bin/golangci-lint-$(GOLANGCI_VERSION)
 GOPATH_TREE := $(CACHE)/yaegi-gopath
 MODULE  := github.com/edgecanary/edgecanary
+# kube-apiserver for the Kubernetes e2e test, also written once in internal/stage.
+KUBE_VERSION   := $(shell sed -n 's/^const KubeVersion = "\(.*\)"$$/\1/p' internal/stage/stage.go)
+KUBE_APISERVER := $(CACHE)/kube-apiserver-$(KUBE_VERSION)
 export EDGECANARY_TRAEFIK := $(TRAEFIK)
+export EDGECANARY_KUBE_APISERVER := $(KUBE_APISERVER)
 
-.PHONY: generate check test unit yaegi_test rules lint vendor traefik e2e e2e-short demo demo-weight demo-break demo-slow demo-fix demo-rollback demo-promote demo-rollout demo-rollout-bad demo-status bench fuzz fuzz-short soak clean
+.PHONY: generate check test unit yaegi_test rules lint vendor traefik kube-apiserver e2e e2e-short demo demo-weight demo-break demo-slow demo-fix demo-rollback demo-promote demo-rollout demo-rollout-bad demo-status bench fuzz fuzz-short soak clean
 
 ## check: everything CI runs (lint, unit and Yaegi tests, the real-Traefik e2e suite)
 check: lint test e2e
@@ -84,8 +88,25 @@ $(TRAEFIK):
 	  GOFLAGS=-mod=mod go build -trimpath -o $(TRAEFIK).tmp ./cmd/traefik
 	mv $(TRAEFIK).tmp $(TRAEFIK)
 
-## e2e: the Yaegi loader and the tests against the real Traefik
-e2e: $(TRAEFIK)
+## kube-apiserver: build the real kube-apiserver once from the Go module proxy and cache it.
+# `go install` refuses k8s.io/kubernetes (its go.mod replaces the staging modules with local
+# directories), so a throwaway module requires it and points each staging module at its release.
+KUBE_BUILD := $(CACHE)/kube-apiserver-build
+kube-apiserver: $(KUBE_APISERVER)
+$(KUBE_APISERVER):
+	rm -rf $(KUBE_BUILD) && mkdir -p $(KUBE_BUILD)
+	go mod download k8s.io/kubernetes@$(KUBE_VERSION)
+	cd $(KUBE_BUILD) && { \
+	  printf 'module kubeapiserverbuild\n\ngo 1.24.0\n\nrequire k8s.io/kubernetes $(KUBE_VERSION)\n\n'; \
+	  sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#replace \1 => \1 $(patsubst v1.%,v0.%,$(KUBE_VERSION))#p' \
+	    "$$(go env GOMODCACHE)/k8s.io/kubernetes@$(KUBE_VERSION)/go.mod"; } > go.mod && \
+	  printf '//go:build tools\n\npackage tools\n\nimport _ "k8s.io/kubernetes/cmd/kube-apiserver"\n' > tools.go && \
+	  GOWORK=off GOFLAGS=-mod=mod go build -trimpath -o $(KUBE_APISERVER).tmp k8s.io/kubernetes/cmd/kube-apiserver
+	mv $(KUBE_APISERVER).tmp $(KUBE_APISERVER)
+	rm -rf $(KUBE_BUILD)
+
+## e2e: the Yaegi loader and the tests against the real Traefik (and a real kube-apiserver)
+e2e: $(TRAEFIK) $(KUBE_APISERVER)
 	cd e2e && go test -count=1 -timeout 30m -v ./... 2>&1 | tee $(CACHE)/e2e.log | grep -E '^(\s*--- |PASS|FAIL|ok|\s+\w+_test.go)'; \
 	  test $${PIPESTATUS[0]} -eq 0
 

@@ -99,6 +99,8 @@ func (s *syncBuffer) String() string {
 type traefikOptions struct {
 	// forwardedTrustedIPs are the entry point's forwardedHeaders.trustedIPs.
 	forwardedTrustedIPs []string
+	// kubernetesCRD adds Traefik's Kubernetes CRD provider (nil: none).
+	kubernetesCRD *stage.KubernetesCRD
 }
 
 // startTraefik starts Traefik with the given dynamic configuration, written
@@ -126,6 +128,7 @@ func startTraefik(t testing.TB, dynamic string, opts traefikOptions) *traefikPro
 		ProvidersThrottle: 100 * time.Millisecond,
 		File:              p.dynamic,
 		Watch:             true,
+		KubernetesCRD:     opts.kubernetesCRD,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -255,6 +258,12 @@ var upgrader = websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return
 
 func newBackend(t testing.TB, version string) *backend {
 	t.Helper()
+	return newBackendAt(t, version, "127.0.0.1:0")
+}
+
+// newBackendAt is newBackend listening on a given address.
+func newBackendAt(t testing.TB, version, addr string) *backend {
+	t.Helper()
 	b := &backend{version: version}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/ws", func(rw http.ResponseWriter, req *http.Request) {
@@ -304,7 +313,7 @@ func newBackend(t testing.TB, version string) *backend {
 		rw.Header().Set("X-Seen-Host", req.Host)
 		_, _ = io.WriteString(rw, version)
 	})
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -56,6 +56,7 @@ type sidecarProc struct {
 	ingestPort      int
 	metricsPort     int
 	args            []string
+	env             []string // added to the test's environment
 	cmd             *exec.Cmd
 	logs            *syncBuffer
 	ingest, metrics string
@@ -83,6 +84,7 @@ func startSidecar(t testing.TB, extra ...string) *sidecarProc {
 func (s *sidecarProc) start() {
 	s.t.Helper()
 	s.cmd = exec.Command(sidecarBinary(s.t), s.args...)
+	s.cmd.Env = append(os.Environ(), s.env...)
 	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := s.cmd.Start(); err != nil {

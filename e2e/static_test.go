@@ -40,6 +40,12 @@ type staticConfig struct {
 			Filename string `yaml:"filename"`
 			Watch    *bool  `yaml:"watch"`
 		} `yaml:"file"`
+		KubernetesCRD *struct {
+			Endpoint                  string `yaml:"endpoint"`
+			Token                     string `yaml:"token"`
+			CertAuthFilePath          string `yaml:"certAuthFilePath"`
+			AllowExternalNameServices bool   `yaml:"allowExternalNameServices"`
+		} `yaml:"kubernetesCRD"`
 	} `yaml:"providers"`
 	Experimental struct {
 		LocalPlugins map[string]struct {
@@ -61,6 +67,9 @@ func TestStaticConfig(t *testing.T) {
 			LocalPlugins: map[string]string{"floor": "github.com/edgecanary/benchfloor"}},
 		"demo": {LogLevel: "INFO", Web: "127.0.0.1:8000", Traefik: "127.0.0.1:8080", Dashboard: true,
 			ProvidersThrottle: 500 * time.Millisecond, File: "dynamic.yml", Watch: true},
+		"kubernetes": {LogLevel: "INFO", Web: "127.0.0.1:40001", Traefik: "127.0.0.1:40002", File: "/tmp/dynamic.yml",
+			KubernetesCRD: &stage.KubernetesCRD{Endpoint: "https://127.0.0.1:40003", Token: "a token",
+				CertAuthFilePath: "/tmp/a dir/apiserver.crt", AllowExternalNameServices: true}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			text, err := stage.StaticConfig(o)
@@ -108,6 +117,12 @@ func TestStaticConfig(t *testing.T) {
 			f := c.Providers.File
 			if c.Providers.ProvidersThrottleDuration != throttle || f.Filename != o.File || (f.Watch != nil) != o.Watch || (f.Watch != nil && !*f.Watch) {
 				t.Errorf("providers %+v", c.Providers)
+			}
+			k := c.Providers.KubernetesCRD
+			if (k != nil) != (o.KubernetesCRD != nil) || (k != nil && (k.Endpoint != o.KubernetesCRD.Endpoint ||
+				k.Token != o.KubernetesCRD.Token || k.CertAuthFilePath != o.KubernetesCRD.CertAuthFilePath ||
+				k.AllowExternalNameServices != o.KubernetesCRD.AllowExternalNameServices)) {
+				t.Errorf("kubernetesCRD %+v, want %+v", k, o.KubernetesCRD)
 			}
 		})
 	}

@@ -16,6 +16,10 @@ const ModuleName = "github.com/edgecanary/edgecanary"
 // TraefikVersion is the Traefik that the tests, the benchmark and the demo run.
 const TraefikVersion = "v3.6.12"
 
+// KubeVersion is the kube-apiserver that the Kubernetes e2e test runs
+// (make kube-apiserver builds it).
+const KubeVersion = "v1.34.3"
+
 // pluginDirs are the module's top-level directories that Traefik needs: the
 // plugin, the report format it shares with the sidecar, and the vendored
 // dependencies.
@@ -83,6 +87,19 @@ func TraefikBinary() (string, error) {
 	}
 	if _, err := os.Stat(p); err != nil {
 		return "", fmt.Errorf("no Traefik %s at %s: run `make traefik` first (or set EDGECANARY_TRAEFIK)", TraefikVersion, p)
+	}
+	return p, nil
+}
+
+// KubeAPIServerBinary is the cached kube-apiserver build (make
+// kube-apiserver), or $EDGECANARY_KUBE_APISERVER.
+func KubeAPIServerBinary() (string, error) {
+	p := os.Getenv("EDGECANARY_KUBE_APISERVER")
+	if p == "" {
+		p = filepath.Join(CacheDir(), "kube-apiserver-"+KubeVersion)
+	}
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("no kube-apiserver %s at %s: run `make kube-apiserver` first (or set EDGECANARY_KUBE_APISERVER)", KubeVersion, p)
 	}
 	return p, nil
 }

@@ -4,6 +4,7 @@ import (
 	_ "embed"
 	"fmt"
 	"net"
+	"net/url"
 	"regexp"
 	"strconv"
 	"strings"
@@ -48,6 +49,21 @@ type StaticOptions struct {
 	// LocalPlugins are further local plugins, by name: their module. The
 	// plugin itself (PluginName: ModuleName) is always there.
 	LocalPlugins map[string]string
+	// KubernetesCRD, when set, adds providers.kubernetesCRD (nil: left out).
+	KubernetesCRD *KubernetesCRD
+}
+
+// KubernetesCRD is Traefik's Kubernetes CRD provider, for an API server on
+// loopback.
+type KubernetesCRD struct {
+	// Endpoint is the API server's URL, https://127.0.0.1:<port>.
+	Endpoint string
+	// Token is the bearer token Traefik authenticates with.
+	Token string
+	// CertAuthFilePath is the PEM file of the API server's CA.
+	CertAuthFilePath string
+	// AllowExternalNameServices lets IngressRoutes use ExternalName Services.
+	AllowExternalNameServices bool
 }
 
 // pluginName is what a local plugin may be called here: a plain YAML key.
@@ -78,6 +94,12 @@ func StaticConfig(o StaticOptions) (string, error) {
 	}
 	if o.File == "" {
 		return "", fmt.Errorf("no file provider filename")
+	}
+	if k := o.KubernetesCRD; k != nil {
+		u, err := url.Parse(k.Endpoint)
+		if err != nil || u.Scheme != "https" || u.Hostname() != Loopback || u.Port() == "" {
+			return "", fmt.Errorf("kubernetesCRD: endpoint %q is not https://%s:<port>", k.Endpoint, Loopback)
+		}
 	}
 	for name := range o.LocalPlugins {
 		if name == PluginName || !pluginName.MatchString(name) {

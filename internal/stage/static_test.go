@@ -15,6 +15,8 @@ func TestStaticConfigFixed(t *testing.T) {
 		{LogLevel: "INFO", Web: "127.0.0.1:1", WebTrustedIPs: []string{"127.0.0.1/32"}, Traefik: "127.0.0.1:2",
 			APIDebug: true, Dashboard: true, ProvidersThrottle: 100 * time.Millisecond, File: "d.yml", Watch: true,
 			LocalPlugins: map[string]string{"floor": "example.com/floor"}},
+		{Web: "127.0.0.1:1", Traefik: "127.0.0.1:2", File: "d.yml", KubernetesCRD: &KubernetesCRD{
+			Endpoint: "https://127.0.0.1:3", Token: "t", CertAuthFilePath: "ca.crt", AllowExternalNameServices: true}},
 	} {
 		s, err := StaticConfig(o)
 		if err != nil {
@@ -35,12 +37,18 @@ func TestStaticConfigFixed(t *testing.T) {
 func TestStaticConfigRefuses(t *testing.T) {
 	ok := StaticOptions{Web: "127.0.0.1:1", Traefik: "127.0.0.1:2", File: "d.yml"}
 	for name, change := range map[string]func(*StaticOptions){
-		"web on every address":  func(o *StaticOptions) { o.Web = ":1" },
-		"web on 0.0.0.0":        func(o *StaticOptions) { o.Web = "0.0.0.0:1" },
-		"traefik on localhost":  func(o *StaticOptions) { o.Traefik = "localhost:2" },
-		"traefik without port":  func(o *StaticOptions) { o.Traefik = "127.0.0.1" },
-		"no file":               func(o *StaticOptions) { o.File = "" },
-		"the plugin again":      func(o *StaticOptions) { o.LocalPlugins = map[string]string{PluginName: "x"} },
+		"web on every address": func(o *StaticOptions) { o.Web = ":1" },
+		"web on 0.0.0.0":       func(o *StaticOptions) { o.Web = "0.0.0.0:1" },
+		"traefik on localhost": func(o *StaticOptions) { o.Traefik = "localhost:2" },
+		"traefik without port": func(o *StaticOptions) { o.Traefik = "127.0.0.1" },
+		"no file":              func(o *StaticOptions) { o.File = "" },
+		"the plugin again":     func(o *StaticOptions) { o.LocalPlugins = map[string]string{PluginName: "x"} },
+		"an API server elsewhere": func(o *StaticOptions) {
+			o.KubernetesCRD = &KubernetesCRD{Endpoint: "https://10.0.0.1:6443"}
+		},
+		"an API server in clear": func(o *StaticOptions) {
+			o.KubernetesCRD = &KubernetesCRD{Endpoint: "http://127.0.0.1:8080"}
+		},
 		"a name YAML would mix": func(o *StaticOptions) { o.LocalPlugins = map[string]string{"a: b": "x"} },
 	} {
 		o := ok

@@ -284,20 +284,27 @@ func TestKubernetes(t *testing.T) {
 	})
 
 	run("a bad Middleware disables only its routes", func(t *testing.T) {
-		// Two bad values, each in its own Middleware and IngressRoute. The plugin
-		// has no rule that names a version yet (issue 16's rollout.version is not
-		// built), so the second is a version set with two primaries.
+		// Three bad values, each in its own Middleware and IngressRoute: a
+		// negative weight, a version set with two primaries, and a rule that
+		// names an unknown version (rollout.version).
 		bad := []struct{ name, field string }{
 			{"bad-weight", "versions.canary.weight: must not be negative, got -5"},
 			{"bad-primary", "exactly one version must have no url"},
+			{"bad-rollout", `rollout.version: \"nope\" is not one of versions`}, // as Traefik quotes it in the log
 		}
 		var objs []kubeObject
 		for _, b := range bad {
 			versions := map[string]any{"stable": map[string]any{"weight": 80}, "canary": map[string]any{"weight": -5, "url": s.canaryURL}}
-			if b.name == "bad-primary" {
+			mw := middleware(b.name, versions)
+			switch b.name {
+			case "bad-primary":
 				versions["canary"] = map[string]any{"weight": 20}
+			case "bad-rollout":
+				versions["canary"] = map[string]any{"weight": 20, "url": s.canaryURL}
+				mw["spec"].(map[string]any)["plugin"].(map[string]any)["edgecanary"].(map[string]any)["rollout"] = map[string]any{
+					"version": "nope", "start": "2026-12-01T09:00:00Z", "stepWeights": []any{10, 50, 100}, "interval": "10m"}
 			}
-			objs = append(objs, middleware(b.name, versions), ingressRoute(b.name, b.name+".example.com", b.name))
+			objs = append(objs, mw, ingressRoute(b.name, b.name+".example.com", b.name))
 		}
 		// A good IngressRoute applied with them: Traefik keeps applying new configuration.
 		objs = append(objs, ingressRoute("plain", "plain.example.com", ""))

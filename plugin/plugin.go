@@ -212,44 +212,67 @@ func (c *canary) setupVersions(versions map[string]VersionConfig) error {
 		c.byName["always"] = primary
 	}
 
-	c.layout(weights, "")
+	c.layout(weights, "", 0)
 	return nil
 }
 
 // layout maps every bucket to a version (c.bucketOf). Non-primary versions
 // take the low buckets in name order, the primary the rest. Cut points come
 // from cumulative weights, so raising one weight only moves buckets into
-// that version. With a rollout (ramp, the version that ramps), ramp is left
-// out and the primary comes first: ramp takes buckets [0, cut) at run time
-// (see owner), so its growing share is taken from the primary's users, and
-// when every other weight is 0 the primary has every bucket.
-func (c *canary) layout(weights map[string]int, ramp string) {
-	order := c.routes
-	var total int64
+// that version.
+//
+// With a rollout, ramp (the version that ramps) is left out: it takes
+// buckets [0, cut) at run time (see owner). The primary comes first, with
+// at least reserve buckets (the ramp's last step), and the other versions
+// share the rest by weight: the ramp only ever takes the primary's users,
+// and a rollback gives every one of them back to the primary.
+func (c *canary) layout(weights map[string]int, ramp string, reserve int) {
+	c.bucketOf = make([]*route, numBuckets)
+	if ramp == "" {
+		var total, cum int64
+		for _, r := range c.routes {
+			total += int64(weights[r.name])
+		}
+		b := 0
+		for _, r := range c.routes {
+			end := numBuckets
+			if !r.primary {
+				cum += int64(weights[r.name])
+				end = int(cum * numBuckets / total)
+			}
+			for ; b < end; b++ {
+				c.bucketOf[b] = r
+			}
+		}
+		return
+	}
+	var others []*route
+	var total, othersTotal int64
 	for _, r := range c.routes {
 		if r.name != ramp {
 			total += int64(weights[r.name])
-		}
-	}
-	if ramp != "" {
-		order = []*route{c.primary}
-		for _, r := range c.routes {
-			if !r.primary && r.name != ramp {
-				order = append(order, r)
+			if !r.primary {
+				others = append(others, r)
+				othersTotal += int64(weights[r.name])
 			}
 		}
-		if total == 0 {
-			order, total = []*route{c.primary}, 1
-			weights = map[string]int{c.primary.name: 1}
+	}
+	primaryEnd := numBuckets
+	if othersTotal > 0 {
+		primaryEnd = int(int64(weights[c.primary.name]) * numBuckets / total)
+		if primaryEnd < reserve {
+			primaryEnd = reserve
 		}
 	}
-	c.bucketOf = make([]*route, numBuckets)
-	var cum int64
 	b := 0
-	for i, r := range order {
+	for ; b < primaryEnd; b++ {
+		c.bucketOf[b] = c.primary
+	}
+	var cum int64
+	for i, r := range others {
 		cum += int64(weights[r.name])
-		end := int(cum * numBuckets / total)
-		if i == len(order)-1 || r.primary && ramp == "" {
+		end := primaryEnd + int(cum*int64(numBuckets-primaryEnd)/othersTotal)
+		if i == len(others)-1 {
 			end = numBuckets
 		}
 		for ; b < end; b++ {

@@ -77,9 +77,6 @@ const (
 	maxRolloutInterval = 30 * 24 * time.Hour // so start + steps * interval stays inside the clock
 	maxRecentChecks    = 32                  // wire.Rollout.Recent
 	maxRollouts        = 1024
-	// rolloutKeyTTL keeps a rollback in Redis long after any schedule a
-	// person watches; a replica that starts later still finds it.
-	rolloutKeyTTL = 30 * 24 * time.Hour
 )
 
 // schedule is a rollout's weight as a pure function of time: every replica
@@ -282,10 +279,14 @@ func judge(rules checkRules, bounds []float64, prev, cur windowTotals, open bool
 				v -= 100 * float64(cur.primary.errors-prev.primary.errors) / float64(pn)
 			}
 		}
+		figure := fmtFigure(math.Round(v*10)/10) + unit
+		if math.IsInf(v, 1) && len(bounds) > 0 {
+			figure = "above " + fmtFigure(1000*bounds[len(bounds)-1]) + unit + " (the highest bucket)"
+		}
 		if v < m.min {
-			fails = append(fails, fmt.Sprintf("%s %s%s < %s%s", m.name, fmtFigure(math.Round(v*10)/10), unit, fmtFigure(m.min), unit))
+			fails = append(fails, fmt.Sprintf("%s %s < %s%s", m.name, figure, fmtFigure(m.min), unit))
 		} else if v > m.max {
-			fails = append(fails, fmt.Sprintf("%s %s%s > %s%s", m.name, fmtFigure(math.Round(v*10)/10), unit, fmtFigure(m.max), unit))
+			fails = append(fails, fmt.Sprintf("%s %s > %s%s", m.name, figure, fmtFigure(m.max), unit))
 		}
 	}
 	if len(fails) > 0 {
@@ -299,17 +300,28 @@ func fmtFigure(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
 
 // histQuantile is Prometheus's histogram_quantile over the difference of two
 // cumulative histograms (per bucket, not cumulative; the last is +Inf): the
-// bucket holding rank q·n, interpolated linearly inside it; the highest
-// finite bound when the rank falls in +Inf. In seconds; 0 without counts.
+// bucket holding rank q·n, interpolated linearly inside it. Where Prometheus
+// answers the highest finite bound when the rank falls in +Inf, this answers
+// +Inf: a check must not pass a version slower than any bound. In seconds;
+// 0 without counts.
 func histQuantile(q float64, bounds []float64, prev, cur []uint64) float64 {
 	if len(cur) != len(bounds)+1 {
 		return 0
+	}
+	if len(prev) != len(cur) {
+		prev = nil
+	}
+	for i := range prev {
+		if cur[i] < prev[i] { // the histogram was reset (sidecar.buckets changed): the window since then
+			prev = nil
+			break
+		}
 	}
 	d := make([]float64, len(cur))
 	var n float64
 	for i := range cur {
 		c := cur[i]
-		if i < len(prev) && len(prev) == len(cur) {
+		if prev != nil {
 			c -= prev[i]
 		}
 		d[i] = float64(c)
@@ -323,7 +335,7 @@ func histQuantile(q float64, bounds []float64, prev, cur []uint64) float64 {
 	for i, c := range d {
 		if cum+c >= rank && c > 0 {
 			if i == len(bounds) {
-				return bounds[len(bounds)-1]
+				return math.Inf(1)
 			}
 			lower := 0.0
 			if i > 0 {
@@ -339,8 +351,9 @@ func histQuantile(q float64, bounds []float64, prev, cur []uint64) float64 {
 // rollout is the running state of one middleware's rollout, shared by every
 // handler New builds for it (one per router, and again on each reload) and
 // kept across reloads while its settings' key stays the same. One
-// background goroutine (run) moves the step at each boundary, judges each
-// window and talks to Redis; the request path only reads cut.
+// background goroutine (run) moves the step at each boundary and judges each
+// window; another (poll) talks to Redis, so a slow Redis never delays a
+// step or a check. The request path only reads cut.
 type rollout struct {
 	name string // the middleware
 	s    *rolloutSettings
@@ -358,6 +371,8 @@ type rollout struct {
 	live      []context.Context
 	idleSince time.Time
 	running   bool
+	gen       int           // counts the starts of the goroutines: a stopped pair never outlives a restart
+	wake      chan struct{} // wakes the poll goroutine: a rollback to write
 	replaced  bool
 
 	state, step, failed int
@@ -406,7 +421,16 @@ func startRollout(ctx context.Context, c *canary, s *rolloutSettings, client *re
 				}
 			}
 		}
-		r = &rollout{name: c.name, s: s, redisKey: rolloutRedisKey(c.name, s.key)}
+		old := r
+		r = &rollout{name: c.name, s: s, redisKey: rolloutRedisKey(c.name, s.key), wake: make(chan struct{}, 1)}
+		if old != nil && old.s.version == s.version {
+			// The checks count since the process started, per version: a new
+			// rollout of the version adds to them (edgecanary_rollout_checks_total
+			// is a counter).
+			old.mu.Lock()
+			r.counts = old.counts
+			old.mu.Unlock()
+		}
 		rollouts.m[c.name] = r
 		log.Printf("edgecanary %s: rollout of %s: weights %v, steps of %v from %s", c.name, s.version, s.sched.weights,
 			time.Duration(s.sched.interval), time.Unix(0, s.sched.start).UTC().Format(time.RFC3339))
@@ -425,7 +449,8 @@ func startRollout(ctx context.Context, c *canary, s *rolloutSettings, client *re
 	switch {
 	case client == nil && r.client != nil:
 		drop, dropKey = r.client, r.clientKey
-		r.client, r.clientKey = nil, ""
+		r.client = nil // two statements: Yaegi panics on a parallel assignment of an untyped nil
+		r.clientKey = ""
 	case client != nil && r.client == nil:
 		r.client, r.clientKey = client, clientKey
 	case client != nil && r.clientKey == clientKey:
@@ -443,6 +468,10 @@ func startRollout(ctx context.Context, c *canary, s *rolloutSettings, client *re
 	r.live = append(kept, ctx) //nolint:gocritic // kept shares r.live's array: the live contexts, filtered in place
 	start := !r.running
 	r.running = true
+	if start {
+		r.gen++
+	}
+	gen := r.gen
 	r.mu.Unlock()
 	if drop != nil {
 		releaseRedis(dropKey, drop)
@@ -452,9 +481,22 @@ func startRollout(ctx context.Context, c *canary, s *rolloutSettings, client *re
 	}
 	r.settle(time.Now()) // the weight is right before the first request; Redis is read in the background
 	if start {
-		go r.run()
+		go r.run(gen)
+		go r.poll(gen)
 	}
 	return r
+}
+
+// rolloutKeyTTL is how long a rollback stays in Redis, in seconds: 30 days
+// past the schedule's end (and at least 30 days), so a replica that starts
+// while the schedule still runs, or long after, finds it.
+func rolloutKeyTTL(s schedule, now time.Time) int64 {
+	end := time.Unix(0, s.stepStart(len(s.weights)+1))
+	ttl := 30 * 24 * time.Hour
+	if d := end.Sub(now) + ttl; d > ttl {
+		ttl = d
+	}
+	return int64(ttl / time.Second)
 }
 
 // rolloutRedisKey is where a rollout's rollback lives in Redis: by the
@@ -487,17 +529,91 @@ func (r *rollout) warned() bool {
 	return false
 }
 
-// run is the rollout's goroutine: a tick at every step boundary and Redis
-// poll, until no handler has used the rollout for reloadGrace, or a New
-// with other settings replaced it.
-func (r *rollout) run() {
+// run is the rollout's goroutine for time: a settle at every step boundary
+// (and every second), until no handler has used the rollout for
+// reloadGrace, or a New with other settings replaced it.
+func (r *rollout) run(gen int) {
+	for r.alive(time.Now(), gen) {
+		time.Sleep(r.settle(time.Now()))
+	}
+}
+
+// poll is the rollout's goroutine for Redis: it reads the shared rollback
+// every pollEvery and at each step boundary (a step applies once confirmed),
+// and writes this replica's rollback as soon as it is decided. It stops with
+// run.
+func (r *rollout) poll(gen int) {
 	for {
-		wait, stop := r.tick(time.Now())
-		if stop {
+		now := time.Now()
+		r.mu.Lock()
+		if !r.running || r.gen != gen {
+			r.mu.Unlock()
 			return
 		}
-		time.Sleep(wait)
+		r.mu.Unlock()
+		if client, write := r.pollDue(now); client != nil {
+			r.sync(client, write, now)
+			r.settle(time.Now()) // a step Redis just confirmed applies now
+		}
+		t := time.NewTimer(r.pollWait(time.Now()))
+		select {
+		case <-t.C:
+		case <-r.wake:
+			t.Stop()
+		}
 	}
+}
+
+// tick is one turn of both goroutines at now, in order: Redis when due, then
+// settle. The tests drive a rollout with it on fixed instants.
+func (r *rollout) tick(now time.Time) {
+	if !r.alive(now, r.gen) {
+		return
+	}
+	if client, write := r.pollDue(now); client != nil {
+		r.sync(client, write, now)
+	}
+	r.settle(now)
+}
+
+// alive reports whether the goroutines of generation gen should go on. When
+// no handler has used the rollout for reloadGrace, or a New with other
+// settings replaced it, it stops them and gives back the Redis client.
+func (r *rollout) alive(now time.Time, gen int) bool {
+	r.mu.Lock()
+	if r.gen != gen || !r.running {
+		r.mu.Unlock()
+		return false
+	}
+	live := false
+	for _, l := range r.live {
+		if l.Err() == nil {
+			live = true
+			break
+		}
+	}
+	if live {
+		r.idleSince = time.Time{}
+	} else if r.idleSince.IsZero() {
+		r.idleSince = now
+	}
+	if !r.replaced && (live || now.Sub(r.idleSince) <= reloadGrace) {
+		r.mu.Unlock()
+		return true
+	}
+	r.running = false
+	client, key := r.client, r.clientKey
+	r.client = nil // two statements: Yaegi panics on a parallel assignment of an untyped nil
+	r.clientKey = ""
+	r.mu.Unlock()
+	if client != nil {
+		releaseRedis(key, client)
+	}
+	select { // let poll see that it stopped
+	case r.wake <- struct{}{}:
+	default:
+	}
+	return false
 }
 
 // pollEvery is how often a replica reads a rollback from Redis: a tenth of
@@ -514,55 +630,48 @@ func pollEvery(interval int64) time.Duration {
 	return d
 }
 
-// tick brings the rollout to now: Redis's word first, then the window that
-// ended (a check), then the step. It returns how long to sleep, and whether
-// the goroutine should stop.
-func (r *rollout) tick(now time.Time) (time.Duration, bool) {
+// pollDue returns the client to call now, and whether to write a rollback,
+// or nil when no call is due: Redis is read every pollEvery, and at a step
+// boundary (a step applies once confirmed) unless it is failing.
+func (r *rollout) pollDue(now time.Time) (*redisClient, bool) {
 	r.mu.Lock()
-	live := false
-	for _, l := range r.live {
-		if l.Err() == nil {
-			live = true
-			break
-		}
+	defer r.mu.Unlock()
+	if r.client == nil {
+		return nil, false
 	}
-	if live {
-		r.idleSince = time.Time{}
-	} else if r.idleSince.IsZero() {
-		r.idleSince = now
-	}
-	if r.replaced || !live && now.Sub(r.idleSince) > reloadGrace {
-		r.running = false
-		client, key := r.client, r.clientKey
-		r.client = nil
-		r.mu.Unlock()
-		if client != nil {
-			releaseRedis(key, client)
-		}
-		return 0, true
-	}
-	client := r.client
-	// Poll when due, and at a step boundary (a step is confirmed with Redis
-	// before it applies) unless Redis is failing, which polls only when due.
 	step, _, _ := r.s.sched.at(now.UnixNano())
-	poll := client != nil && (!now.Before(r.nextPoll) || step > r.allowed && !r.storeError && !r.rolledBack)
-	if poll {
-		r.nextPoll = now.Add(pollEvery(r.s.sched.interval))
+	if now.Before(r.nextPoll) && !r.unwritten && (step <= r.allowed || r.storeError || r.rolledBack) {
+		return nil, false
 	}
-	unwritten := r.unwritten
-	r.mu.Unlock()
-	if poll {
-		r.sync(client, unwritten, now)
+	return r.client, r.unwritten
+}
+
+// pollWait is how long poll sleeps after a call: until the next poll or the
+// next step boundary.
+func (r *rollout) pollWait(now time.Time) time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	wait := time.Second
+	if r.client != nil {
+		wait = r.nextPoll.Sub(now)
+		step, _, done := r.s.sched.at(now.UnixNano())
+		if !done && !r.rolledBack && !r.storeError {
+			if d := time.Duration(r.s.sched.stepStart(step+1) - now.UnixNano()); d < wait {
+				wait = d
+			}
+		}
 	}
-	return r.settle(now), false
+	if wait < time.Millisecond {
+		wait = time.Millisecond
+	}
+	return wait
 }
 
 // settle judges the window that ended, if any, and sets the step for now.
-// It returns how long until the next step or poll. It never calls Redis,
-// except to write a rollback decided here.
+// It returns how long until the next step boundary (at most a second). It
+// never calls Redis: a rollback decided here is written by poll.
 func (r *rollout) settle(now time.Time) time.Duration {
 	r.mu.Lock()
-	client := r.client
 	t := now.UnixNano()
 	step, _, done := r.s.sched.at(t)
 	r.judgeWindows(step, done, now)
@@ -575,18 +684,9 @@ func (r *rollout) settle(now time.Time) time.Duration {
 			wait = d
 		}
 	}
-	if r.client != nil {
-		if d := r.nextPoll.Sub(now); d < wait {
-			wait = d
-		}
-	}
-	write := r.unwritten && r.client != nil
 	r.mu.Unlock()
-	if write { // a rollback decided now: the other replicas learn it at their next poll
-		r.sync(client, true, now)
-	}
 	if st != nil {
-		publishWeights(st, r.s.version, weight, ranges)
+		publishWeights(st, r, weight, ranges)
 	}
 	if wait < time.Millisecond {
 		wait = time.Millisecond
@@ -597,6 +697,7 @@ func (r *rollout) settle(now time.Time) time.Duration {
 // sync reads the shared rollback from Redis, and writes this replica's when
 // it has one to write. Called without r.mu: a call waits up to readTimeout.
 func (r *rollout) sync(client *redisClient, write bool, now time.Time) {
+	callStart := time.Now()
 	var reply interface{}
 	var err error
 	if write {
@@ -606,13 +707,16 @@ func (r *rollout) sync(client *redisClient, write bool, now time.Time) {
 			reason = r.recent[n-1].Reason
 		}
 		r.mu.Unlock()
-		_, err = client.do("SET", r.redisKey, "rolledback "+strconv.FormatInt(now.UnixMilli(), 10)+" "+reason, "EX", strconv.Itoa(int(rolloutKeyTTL/time.Second)))
+		_, err = client.do("SET", r.redisKey, "rolledback "+strconv.FormatInt(now.UnixMilli(), 10)+" "+reason, "EX", strconv.FormatInt(rolloutKeyTTL(r.s.sched, now), 10))
 	}
 	if err == nil {
 		reply, err = client.do("GET", r.redisKey)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	// The next poll is pollEvery after this call ended: a call that waited
+	// readTimeout is not followed by another at once.
+	r.nextPoll = now.Add(time.Since(callStart) + pollEvery(r.s.sched.interval))
 	if err != nil {
 		if !r.storeError {
 			log.Printf("edgecanary %s: rollout: Redis failed: %v; the weight holds at step %d until it answers", r.name, err, r.allowed)
@@ -701,6 +805,12 @@ func (r *rollout) rollBack(now time.Time, why string) {
 	r.state = wire.RolloutRolledBack
 	atomic.StoreInt32(&r.cut, 0)
 	r.unwritten = r.client != nil && !strings.HasPrefix(why, "rolled back by another replica")
+	if r.unwritten {
+		select { // poll writes it now
+		case r.wake <- struct{}{}:
+		default:
+		}
+	}
 	log.Printf("edgecanary %s: rollout: %s: %s weight 0", r.name, why, r.s.version)
 }
 
@@ -716,11 +826,18 @@ func (r *rollout) advance(t int64) int {
 	}
 	step, weight, done := r.s.sched.at(t)
 	if r.client != nil && step > r.allowed {
-		step = r.allowed
-		done = false
-		weight = 0
-		if step > 0 {
-			weight = r.s.sched.weights[step-1]
+		// Not confirmed with Redis: hold at the confirmed step, or at the
+		// step applied so far when that is higher (Redis added to a running
+		// rollout): never move the version's users back.
+		held := r.allowed
+		if r.step > held {
+			held = r.step
+		}
+		if step > held {
+			step, done, weight = held, false, 0
+			if held > 0 {
+				weight = r.s.sched.weights[held-1]
+			}
 		}
 	}
 	state := wire.RolloutProgressing
@@ -795,10 +912,12 @@ func (r *rollout) report() *wire.Rollout {
 	return out
 }
 
-// publishWeights sets the effective weights the report shows: the version's
-// share is its weight; every other version keeps the part of its range in
-// the layout above the version's cut.
-func publishWeights(st *mwStats, version string, weight int, ranges map[string][2]int) {
+// publishWeights sets the effective weights the report shows, while r is
+// the middleware's rollout (a reload may have removed or replaced it): the
+// version's share is its weight; every other version keeps the part of its
+// range in the layout above the version's cut.
+func publishWeights(st *mwStats, r *rollout, weight int, ranges map[string][2]int) {
+	version := r.s.version
 	cut := weight * numBuckets / 100
 	w := make(map[string]float64, len(ranges)+1)
 	w[version] = float64(cut) / numBuckets
@@ -814,7 +933,9 @@ func publishWeights(st *mwStats, version string, weight int, ranges map[string][
 		}
 	}
 	st.mu.Lock()
-	st.weights = w
+	if st.rollout == r {
+		st.weights = w
+	}
 	st.mu.Unlock()
 }
 
@@ -830,7 +951,7 @@ func (c *canary) setupRollout(ctx context.Context, s *rolloutSettings, rc RedisC
 		}
 	} else {
 		var err error
-		if client, clientKey, err = acquireRedis("rollout.redis", rc); err != nil {
+		if client, clientKey, err = acquireRedis("rollout.redis", rc, true); err != nil {
 			return err
 		}
 	}
@@ -838,7 +959,7 @@ func (c *canary) setupRollout(ctx context.Context, s *rolloutSettings, rc RedisC
 	for n, v := range versions {
 		weights[n] = v.Weight
 	}
-	c.layout(weights, s.version)
+	c.layout(weights, s.version, s.sched.weights[len(s.sched.weights)-1]*numBuckets/100)
 	ranges := layoutRanges(c)
 	c.ramp = c.byName[s.version]
 	r := startRollout(ctx, c, s, client, clientKey, ranges)

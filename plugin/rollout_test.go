@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"context"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -117,13 +118,13 @@ func TestHistQuantile(t *testing.T) {
 	// 100 new requests: 50 below 0.1, 40 in (0.1, 0.2], 9 in (0.2, 0.5], 1 above.
 	cur := []uint64{60, 50, 19, 11}
 	for _, test := range []struct{ q, want float64 }{
-		{0.5, 0.1},        // rank 50: the top of the first bucket
-		{0.7, 0.15},       // rank 70: half way through the second
-		{0.99, 0.5},       // rank 99: the top of the third
-		{0.995, 0.5},      // rank 99.5: in +Inf: the highest finite bound
-		{0.25, 0.1 * 0.5}, // rank 25: half way through the first, from 0
+		{0.5, 0.1},           // rank 50: the top of the first bucket
+		{0.7, 0.15},          // rank 70: half way through the second
+		{0.99, 0.5},          // rank 99: the top of the third
+		{0.995, math.Inf(1)}, // rank 99.5: in +Inf: above every bound
+		{0.25, 0.1 * 0.5},    // rank 25: half way through the first, from 0
 	} {
-		if got := histQuantile(test.q, bounds, prev, cur); got < test.want-1e-9 || got > test.want+1e-9 {
+		if got := histQuantile(test.q, bounds, prev, cur); got != test.want && (got < test.want-1e-9 || got > test.want+1e-9) {
 			t.Errorf("q %v = %v, want %v", test.q, got, test.want)
 		}
 	}
@@ -195,9 +196,10 @@ func testRollout(t *testing.T, cfg *Config) (*rollout, *canary) {
 	}
 	st := getStats(name, defaultBuckets)
 	weights := map[string]int{"stable": 90, "canary": 10}
-	c.layout(weights, s.version)
+	c.layout(weights, s.version, s.sched.weights[len(s.sched.weights)-1]*numBuckets/100)
 	r := &rollout{name: name, s: s, rules: s.rules, st: st, vs: st.version("canary"), ps: st.version("stable"),
-		bounds: st.bounds, ranges: layoutRanges(c), live: []context.Context{context.Background()}, redisKey: rolloutRedisKey(name, s.key)}
+		bounds: st.bounds, ranges: layoutRanges(c), live: []context.Context{context.Background()}, redisKey: rolloutRedisKey(name, s.key),
+		running: true, wake: make(chan struct{}, 1)}
 	c.ramp, c.cut = c.byName["canary"], &r.cut
 	return r, c
 }
@@ -419,7 +421,8 @@ func TestRolloutSharedThroughRedis(t *testing.T) {
 	}
 	serveWindow(r1, 100, 50, 0) // only r1's traffic fails
 	serveWindow(r2, 100, 0, 0)
-	r1.tick(at(time.Minute)) // fails, rolls back, writes
+	r1.tick(at(time.Minute)) // fails, rolls back
+	r1.tick(at(time.Minute)) // writes (poll's turn)
 	if !r1.rolledBack || r1.unwritten {
 		t.Fatalf("r1: rolled back %v, unwritten %v", r1.rolledBack, r1.unwritten)
 	}

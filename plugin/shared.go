@@ -118,6 +118,7 @@ var sharedClients = struct {
 
 type sharedClient struct {
 	c     *redisClient
+	ident string // the server and who connects: endpoints, credentials, db, TLS
 	users int
 }
 
@@ -148,9 +149,12 @@ func releaseRedis(clientKey string, client *redisClient) {
 // acquireRedis validates the connection settings of cfg (every key but
 // onError; errors name field+"."+key) and returns the client for them,
 // shared with every other user of the same settings, and its key in
-// sharedClients. It never dials. Each call is one use: give it back with
+// sharedClients. With anyTuning, a client to the same server with the same
+// credentials (endpoints, username, password, db, TLS) serves whatever its
+// timeouts and pool size: the rollout's few calls share the rate limit's
+// pool. It never dials. Each call is one use: give it back with
 // releaseRedis.
-func acquireRedis(field string, cfg RedisConfig) (*redisClient, string, error) {
+func acquireRedis(field string, cfg RedisConfig, anyTuning bool) (*redisClient, string, error) {
 	opts := redisOptions{Username: cfg.Username, Password: cfg.Password, DB: cfg.DB, PoolSize: cfg.PoolSize}
 	for i, e := range cfg.Endpoints {
 		host, port, err := net.SplitHostPort(e)
@@ -198,16 +202,24 @@ func acquireRedis(field string, cfg RedisConfig) (*redisClient, string, error) {
 		opts.TLS = tc
 		tlsKey = fmt.Sprintf("%s|%s|%s|%v", t.CA, t.Cert, t.Key, t.InsecureSkipVerify)
 	}
-	clientKey := fmt.Sprintf("%q|%q|%q|%d|%v|%v|%v|%d|%s", opts.Endpoints, opts.Username, opts.Password, opts.DB,
-		opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout, opts.PoolSize, tlsKey)
+	ident := fmt.Sprintf("%q|%q|%q|%d|%s", opts.Endpoints, opts.Username, opts.Password, opts.DB, tlsKey)
+	clientKey := fmt.Sprintf("%s|%v|%v|%v|%d", ident, opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout, opts.PoolSize)
 	sharedClients.Lock()
+	defer sharedClients.Unlock()
 	e := sharedClients.m[clientKey]
+	if e == nil && anyTuning {
+		for k, other := range sharedClients.m {
+			if other.ident == ident {
+				e, clientKey = other, k
+				break
+			}
+		}
+	}
 	if e == nil {
-		e = &sharedClient{c: newRedisClient(opts)}
+		e = &sharedClient{c: newRedisClient(opts), ident: ident}
 		sharedClients.m[clientKey] = e
 	}
 	e.users++
-	sharedClients.Unlock()
 	return e.c, clientKey, nil
 }
 
@@ -249,7 +261,7 @@ func newShared(name string, cfg RedisConfig, interval, burst int64, source strin
 		s.lease = 1 // one token per call, the one the request uses
 	}
 	s.prefix = redisBucketKey(name, s.intervalUs, s.toleranceUs, source) + ":"
-	client, clientKey, err := acquireRedis("rateLimit.redis", cfg)
+	client, clientKey, err := acquireRedis("rateLimit.redis", cfg, false)
 	if err != nil {
 		return nil, "", err
 	}

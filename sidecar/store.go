@@ -53,6 +53,7 @@ const (
 const (
 	seriesPerMiddleware = 3 // the three rate-limit counters
 	seriesPerStore      = 2 // a shared rate-limit store's errors and up
+	seriesPerRollout    = 5 // a rollout's step, state and checks by result
 	seriesPerVersion    = 6 // circuit state, weight, info and three transition counters
 	seriesPerHistogram  = 3 // +Inf bucket, sum and count, besides one per bound
 )
@@ -173,6 +174,7 @@ func maxU(a, b uint64) uint64 {
 
 // Series keys: one per thing the collector publishes series for.
 func mwKey(mw string) string         { return "m\x00" + mw }
+func rolloutKey(mw string) string    { return "o\x00" + mw }
 func versionKey(mw, v string) string { return "v\x00" + mw + "\x00" + v }
 func histKey(mw, v string) string    { return "h\x00" + mw + "\x00" + v }
 func fallbackKey(mw string, f reportFallback) string {
@@ -188,6 +190,9 @@ func seriesKeys(r *report) map[string]int {
 	keys := map[string]int{}
 	for _, m := range r.Middlewares {
 		keys[mwKey(m.Name)] = middlewareSeries(m)
+		if m.Rollout != nil {
+			keys[rolloutKey(m.Name)] = seriesPerRollout
+		}
 		for _, v := range m.Versions {
 			keys[versionKey(m.Name, v.Name)] = seriesPerVersion
 			keys[histKey(m.Name, v.Name)] = len(m.Buckets) + seriesPerHistogram
@@ -240,6 +245,9 @@ func (s *store) admitSeries(r *report) int {
 	for _, m := range r.Middlewares {
 		if !admit(mwKey(m.Name), middlewareSeries(m)) {
 			continue
+		}
+		if m.Rollout != nil {
+			admit(rolloutKey(m.Name), seriesPerRollout)
 		}
 		for _, v := range m.Versions {
 			if !admit(versionKey(m.Name, v.Name), seriesPerVersion) {
@@ -325,7 +333,7 @@ func (s *store) merge(r *report, now time.Time) bool {
 			} else {
 				delete(inst.storeUp, m.Name)
 			}
-			if ro := m.Rollout; ro != nil && wire.ValidVersionName(ro.Version) {
+			if ro := m.Rollout; ro != nil && wire.ValidVersionName(ro.Version) && inst.keys[rolloutKey(m.Name)] {
 				inst.rollout[m.Name] = boundRollout(*ro)
 			} else {
 				delete(inst.rollout, m.Name)

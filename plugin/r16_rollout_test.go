@@ -114,7 +114,7 @@ func TestR16RolloutBucketsReloadFailsCheck(t *testing.T) {
 	cfg.Rollout.Threshold = 1
 	cfg.Rollout.MinRequests = 50
 	r, _ := testRollout(t, cfg)
-	at := func(d time.Duration) time.Time { return rolloutStart.Add(d) }
+	at := rolloutStart.Add
 	// Before the rollout starts: 100 fast requests and one slow (2 s); the
 	// counters are cumulative, so the first window's base holds them.
 	serveWindow(r, 100, 0, 0)

@@ -18,7 +18,7 @@ var rolloutStart = time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)
 
 func TestRolloutSchedule(t *testing.T) {
 	s := schedule{start: rolloutStart.UnixNano(), interval: int64(10 * time.Minute), weights: []int{1, 5, 10, 25, 50, 100}}
-	at := func(d time.Duration) time.Time { return rolloutStart.Add(d) }
+	at := rolloutStart.Add
 	for _, test := range []struct {
 		t            time.Time
 		step, weight int
@@ -224,7 +224,7 @@ func TestRolloutRampsAndRollsBack(t *testing.T) {
 	cfg.Rollout.Threshold = 2
 	cfg.Rollout.MinRequests = 50
 	r, c := testRollout(t, cfg)
-	at := func(d time.Duration) time.Time { return rolloutStart.Add(d) }
+	at := rolloutStart.Add
 
 	r.tick(at(-time.Second))
 	if r.state != wire.RolloutWaiting || atomic.LoadInt32(&r.cut) != 0 {
@@ -412,7 +412,7 @@ func TestRolloutSharedThroughRedis(t *testing.T) {
 		r.client, r.clientKey = testRedisClient(t, opts), "test"
 		return r
 	}
-	at := func(d time.Duration) time.Time { return rolloutStart.Add(d) }
+	at := rolloutStart.Add
 	r1, r2 := replica("shop"), replica("shop")
 	r1.tick(at(0))
 	r2.tick(at(0))

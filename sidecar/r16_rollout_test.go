@@ -9,23 +9,6 @@ import (
 	"github.com/edgecanary/edgecanary/wire"
 )
 
-func r16Checks(t *testing.T, s *store) map[string]float64 {
-	t.Helper()
-	got := map[string]float64{}
-	for _, mf := range gather(t, s) {
-		if mf.GetName() == "edgecanary_rollout_checks_total" {
-			for _, m := range mf.GetMetric() {
-				for _, l := range m.GetLabel() {
-					if l.GetName() == "result" {
-						got[l.GetValue()] = m.GetCounter().GetValue()
-					}
-				}
-			}
-		}
-	}
-	return got
-}
-
 // TestR16RolloutSeriesWithinTheCap: --ingest.maxSeries bounds what the
 // sidecar publishes. The rollout's 5 series per middleware (step, state,
 // 3 check counters) are not accounted (middlewareSeries), so a store at its

@@ -479,6 +479,9 @@ func startRollout(ctx context.Context, c *canary, s *rolloutSettings, client *re
 	if client == nil && !r.warned() {
 		log.Printf("edgecanary %s: WARNING: rollout without rollout.redis: each replica judges and rolls back on its own, and a restarted replica forgets a rollback", c.name)
 	}
+	c.st.mu.Lock()
+	c.st.rollout = r // the report's rollout, and whose weights it shows (publishWeights)
+	c.st.mu.Unlock()
 	r.settle(time.Now()) // the weight is right before the first request; Redis is read in the background
 	if start {
 		go r.run(gen)
@@ -964,9 +967,6 @@ func (c *canary) setupRollout(ctx context.Context, s *rolloutSettings, rc RedisC
 	c.ramp = c.byName[s.version]
 	r := startRollout(ctx, c, s, client, clientKey, ranges)
 	c.cut = &r.cut
-	c.st.mu.Lock()
-	c.st.rollout = r
-	c.st.mu.Unlock()
 	return nil
 }
 

@@ -245,9 +245,9 @@ func parseSidecar(cfg SidecarConfig) (reportTarget, time.Duration, []float64, er
 	return t, interval, bounds, nil
 }
 
-// register marks st as in use by a handler built with ctx and makes sure the
-// sender runs.
-func register(ctx context.Context, st *mwStats) {
+// register marks st as in use by a handler built with ctx and, when it
+// reports to a sidecar, makes sure the sender runs.
+func register(ctx context.Context, st *mwStats, reports bool) {
 	st.mu.Lock()
 	kept := st.live[:0]
 	for _, c := range st.live {
@@ -257,6 +257,9 @@ func register(ctx context.Context, st *mwStats) {
 	}
 	st.live = append(kept, ctx) //nolint:gocritic // kept shares st.live's array: the live contexts, filtered in place
 	st.mu.Unlock()
+	if !reports {
+		return // counters for a rollout's checks only
+	}
 
 	sender.Lock()
 	sender.reporting[st] = true
@@ -533,5 +536,5 @@ func (c *canary) setupStats(ctx context.Context, target reportTarget, interval t
 	st.rollout = nil // setupRollout sets it again
 	st.mu.Unlock()
 	c.st = st
-	register(ctx, st)
+	register(ctx, st, target.url != "")
 }

@@ -156,7 +156,10 @@ type bucket struct {
 
 	// With rateLimit.redis, this replica's lease of the key's tokens (see shared).
 	leaseLeft, leaseN, leaseEnd int64
-	storeLeft                   int64         // the tokens the store had left after the lease
+	// While leaseLeft > quietLeft and before quietUntil, a request takes a
+	// token of the lease and nothing else: no refresh is due (see storeLease).
+	quietLeft, quietUntil int64
+	storeLeft             int64         // the tokens the store had left after the lease
 	fetching                    chan struct{} // a store call for the key is in flight: closed when it ends
 	waiters                     int64         // requests waiting for it
 	emptyUntil                  int64         // the store has no token for the key before then
@@ -373,6 +376,13 @@ func peerBucket(l *limiter, remoteAddr string, now int64) *bucket {
 	if b == nil {
 		b = insertBucket(l, key, now)
 	}
+	rememberPeer(l, remoteAddr, b)
+	return b
+}
+
+// rememberPeer records that the connection remoteAddr ("ip:port") is b's
+// client, keeping l.peers within 2·maxSources. Called with l.sem held.
+func rememberPeer(l *limiter, remoteAddr string, b *bucket) {
 	if len(l.peers) >= 2*l.max { // forget two connections, any: they are looked up again on their next request
 		n := 0
 		for k := range l.peers {
@@ -384,7 +394,6 @@ func peerBucket(l *limiter, remoteAddr string, now int64) *bucket {
 		}
 	}
 	l.peers[remoteAddr] = b
-	return b
 }
 
 // clientKey is the key of a request's client.
@@ -495,7 +504,10 @@ func allow(l *limiter, rw http.ResponseWriter, req *http.Request, now int64) int
 // delayed or rejected request.
 func allowSlow(l *limiter, rw http.ResponseWriter, req *http.Request, now int64) int64 {
 	if l.shared != nil {
-		return allowShared(l, rw, req, clientKey(l, req), now)
+		if l.source == sourcePeer {
+			return allowSharedPeer(l, rw, req, now)
+		}
+		return allowShared(l, rw, req, sourceKey(l, req), now)
 	}
 	var wait int64
 	if l.source == sourcePeer {

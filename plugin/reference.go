@@ -69,8 +69,20 @@ func serveReference(c *canary) http.HandlerFunc {
 	if rl != nil {
 		if rl.shared != nil {
 			// Every request is the store's (or its lease's): no inline step to try.
+			if rl.source == sourcePeer {
+				return func(rw http.ResponseWriter, req *http.Request) {
+					if allowSharedPeer(rl, rw, req, int64(time.Since(epoch))) < 0 {
+						return
+					}
+					if pickEach || req.Header[oh] != nil {
+						pick(c, rw, req).handler.ServeHTTP(rw, req)
+						return
+					}
+					primary.handler.ServeHTTP(rw, req)
+				}
+			}
 			return func(rw http.ResponseWriter, req *http.Request) {
-				if allowShared(rl, rw, req, clientKey(rl, req), int64(time.Since(epoch))) < 0 {
+				if allowShared(rl, rw, req, sourceKey(rl, req), int64(time.Since(epoch))) < 0 {
 					return
 				}
 				if pickEach || req.Header[oh] != nil {

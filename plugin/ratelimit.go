@@ -160,9 +160,9 @@ type bucket struct {
 	// token of the lease and nothing else: no refresh is due (see storeLease).
 	quietLeft, quietUntil int64
 	storeLeft             int64         // the tokens the store had left after the lease
-	fetching                    chan struct{} // a store call for the key is in flight: closed when it ends
-	waiters                     int64         // requests waiting for it
-	emptyUntil                  int64         // the store has no token for the key before then
+	fetching              chan struct{} // a store call for the key is in flight: closed when it ends
+	waiters               int64         // requests waiting for it
+	emptyUntil            int64         // the store has no token for the key before then
 }
 
 // deadTat is the tat of an evicted bucket, and of noBucket: so far in the

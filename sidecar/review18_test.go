@@ -170,3 +170,137 @@ func TestReview18BandShowsABreakerOpenOnAnyReplica(t *testing.T) {
 		t.Errorf("replica a's breaker is open from the first step on; the band shows %s", got)
 	}
 }
+
+// TestReview18ANewcomerAtTheCapEvictsLiveHistories: at the cap, a new
+// middleware is to take "the place of the one idle longest, if one was idle
+// at this sample". Idleness is judged while the sample is half taken: every
+// middleware whose name sorts after the newcomer has not been recorded yet,
+// so it looks idle though its reports are fresh. One new middleware at the
+// cap evicts a live one, which, recorded next, evicts the next live one, and
+// so on: the charts of every middleware after it lose their whole history.
+func TestReview18ANewcomerAtTheCapEvictsLiveHistories(t *testing.T) {
+	h := newHistory(5 * time.Second)
+	v := view{mws: map[string]*mwTotals{}, gauges: map[string]map[string]versionGauge{}}
+	for i := 0; i < maxHistoryMiddlewares; i++ {
+		name := fmt.Sprintf("shop-%02d@file", i)
+		v.mws[name] = newMWTotals()
+		v.gauges[name] = map[string]versionGauge{"stable": {primary: true, weight: 1, configured: true}}
+	}
+	at := t0
+	for i := 0; i < 10; i++ {
+		at = at.Add(5 * time.Second)
+		for _, m := range v.mws {
+			m.requests[reqKey{"stable", 200, "GET"}] += 50
+		}
+		h.record(v, at)
+	}
+	// One more middleware reports: every tracked one is live.
+	v.mws["api@file"] = newMWTotals()
+	v.gauges["api@file"] = map[string]versionGauge{"stable": {primary: true, weight: 1, configured: true}}
+	at = at.Add(5 * time.Second)
+	h.record(v, at)
+	d := h.doc()
+	lost := []string{}
+	for _, m := range d.Middlewares {
+		if m.Name == "api@file" {
+			continue
+		}
+		var rated int
+		for _, r := range m.Versions[0].RequestsPS {
+			if r != nil {
+				rated++
+			}
+		}
+		if rated < 10 {
+			lost = append(lost, m.Name)
+		}
+	}
+	tracked := map[string]bool{}
+	for _, m := range d.Middlewares {
+		tracked[m.Name] = true
+	}
+	for i := 0; i < maxHistoryMiddlewares; i++ {
+		if name := fmt.Sprintf("shop-%02d@file", i); !tracked[name] {
+			lost = append(lost, name+" (evicted)")
+		}
+	}
+	if len(lost) > 0 {
+		t.Errorf("one new middleware at the cap; %d live middlewares lost their history: %v", len(lost), lost)
+	}
+}
+
+// TestReview18ANewVersionAtTheCapEvictsLiveVersions: the same within a
+// middleware, at maxHistoryVersions: a ninth version named before the others
+// evicts live versions one after another.
+func TestReview18ANewVersionAtTheCapEvictsLiveVersions(t *testing.T) {
+	h := newHistory(5 * time.Second)
+	mw := newMWTotals()
+	g := map[string]versionGauge{}
+	for j := 0; j < maxHistoryVersions; j++ {
+		g[fmt.Sprintf("v%d", j+1)] = versionGauge{weight: 0.125, configured: true, primary: j == 0}
+	}
+	v := view{mws: map[string]*mwTotals{"shop@file": mw}, gauges: map[string]map[string]versionGauge{"shop@file": g}}
+	at := t0
+	for i := 0; i < 10; i++ {
+		at = at.Add(5 * time.Second)
+		for vn := range g {
+			mw.requests[reqKey{vn, 200, "GET"}] += 50
+		}
+		h.record(v, at)
+	}
+	g["a-new"] = versionGauge{weight: 0, configured: true}
+	at = at.Add(5 * time.Second)
+	h.record(v, at)
+	var lost []string
+	tracked := map[string]bool{}
+	for _, vd := range h.doc().Middlewares[0].Versions {
+		tracked[vd.Name] = true
+		var rated int
+		for _, r := range vd.RequestsPS {
+			if r != nil {
+				rated++
+			}
+		}
+		if vd.Name != "a-new" && rated < 10 {
+			lost = append(lost, vd.Name)
+		}
+	}
+	for j := 0; j < maxHistoryVersions; j++ {
+		if vn := fmt.Sprintf("v%d", j+1); !tracked[vn] {
+			lost = append(lost, vn+" (evicted)")
+		}
+	}
+	if len(lost) > 0 {
+		t.Errorf("a ninth version; %d live versions lost their history: %v", len(lost), lost)
+	}
+}
+
+// TestReview18AReplicaJoiningIsNotARateSpike: the history takes the increase
+// of the sum over replicas (rate of a sum), not the sum of each replica's
+// increase. A replica whose first report reaches the sidecar after it has
+// served for a while (the sidecar restarted and the plugin's
+// sidecar.interval is longer than the step, or a process admitted once the
+// store had room for it) adds its whole lifetime to one step: a spike that
+// never happened. rate() over each replica's series, as Prometheus scraping
+// Traefik would compute it, has no increase at a series' first sample.
+func TestReview18AReplicaJoiningIsNotARateSpike(t *testing.T) {
+	s, h := newStore(defaultMaxSeries), newHistory(5*time.Second)
+	b := []float64{0.1}
+	// Both replicas have served 10 requests per second for a day; the sidecar just started.
+	const day = 86400 * 10
+	at := t0
+	for i := 0; i < 4; i++ {
+		mustMerge(t, s, r18Report("a", int64(1+i), b, "stable", true, 0, [3]uint64{}, uint64(day+50*i)), at)
+		if i >= 2 { // b reports every 10 s: its first report arrives after two samples
+			mustMerge(t, s, r18Report("b", int64(1+i), b, "stable", true, 0, [3]uint64{}, uint64(day+50*i)), at)
+		}
+		h.record(s.snapshot(at), at)
+		at = at.Add(5 * time.Second)
+	}
+	st := findVersion(t, h.doc(), "stable")
+	for i, r := range st.RequestsPS {
+		if r != nil && *r > 25 {
+			t.Errorf("sample %d: %v requests per second; the two replicas serve 20", i, *r)
+		}
+	}
+}

@@ -6,6 +6,8 @@ package main
 import (
 	"fmt"
 	"math"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -301,6 +303,39 @@ func TestReview18AReplicaJoiningIsNotARateSpike(t *testing.T) {
 	for i, r := range st.RequestsPS {
 		if r != nil && *r > 25 {
 			t.Errorf("sample %d: %v requests per second; the two replicas serve 20", i, *r)
+		}
+	}
+}
+
+// TestReview18SmallErrorRatiosAreVisible: the error-ratio chart's scale is
+// fixed at 0–100 %, so the ratios a canary is judged on (the README's own
+// alert fires at 5 points worse than stable; analysis templates use 1 %) are
+// drawn within a pixel or four of the zero line, indistinguishable from
+// stable's 0. The other charts scale to their data (niceMax).
+func TestReview18SmallErrorRatiosAreVisible(t *testing.T) {
+	s, h := newStore(defaultMaxSeries), newHistory(5*time.Second)
+	at := t0
+	for i := 0; i < 6; i++ { // the canary answers 1 % 500s
+		c := vfig{name: "canary", weight: 0.2, ok: uint64(99 * i), failed: uint64(i), hist: [4]uint64{uint64(100 * i), 0, 0, 0}}
+		st := vfig{name: "stable", primary: true, weight: 0.8, ok: uint64(400 * i), hist: [4]uint64{uint64(400 * i), 0, 0, 0}}
+		mustMerge(t, s, histReport("a", int64(i+1), 0, 0, 0, nil, c, st), at)
+		h.record(s.snapshot(at), at)
+		at = at.Add(5 * time.Second)
+	}
+	var b strings.Builder
+	d := h.doc()
+	renderHistory(pageWriter{&b}, &d)
+	page := b.String()
+	m := regexp.MustCompile(`<path class="line c0" data-version="canary" data-metric="errorRatio" data-v="[^"]*" d="([^"]*)"`).FindStringSubmatch(page)
+	if m == nil {
+		t.Fatalf("no canary error-ratio line:\n%s", page)
+	}
+	zero := float64(plotTop + plotH)
+	for _, pt := range regexp.MustCompile(`[ML][0-9.]+ ([0-9.]+)`).FindAllStringSubmatch(m[1], -1) {
+		y, _ := strconv.ParseFloat(pt[1], 64)
+		if zero-y < 10 {
+			t.Errorf("a 1 %% error ratio is drawn %.1f units above 0 on a %d-unit chart: it cannot be told from stable's 0", zero-y, plotH)
+			break
 		}
 	}
 }

@@ -41,8 +41,8 @@ func TestReview18SlowReadersHoldTheHistory(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c.(*net.TCPConn).SetReadBuffer(4096)
-		defer c.Close()
+		_ = c.(*net.TCPConn).SetReadBuffer(4096)
+		defer func() { _ = c.Close() }()
 		path := "/"
 		if i%2 == 1 {
 			path = "/api/status"

@@ -71,26 +71,26 @@ func TestReview18LayoutChangeAcrossARestart(t *testing.T) {
 // period by a few seconds, a spike of the request rate.
 func TestReview18WallClockStepsBack(t *testing.T) {
 	s, h := newStore(defaultMaxSeries), newHistory(5*time.Second)
-	wall, real := t0, 0 // real: seconds of traffic, 10 requests per second
+	wall, served := t0, 0 // served: seconds of traffic, 10 requests per second
 	sample := func() {
-		mustMerge(t, s, r18Report("a", int64(real+1), []float64{0.1}, "stable", true, 0, [3]uint64{}, uint64(10*real)), wall)
+		mustMerge(t, s, r18Report("a", int64(served+1), []float64{0.1}, "stable", true, 0, [3]uint64{}, uint64(10*served)), wall)
 		h.record(s.snapshot(wall), wall)
 	}
 	for i := 0; i < 5; i++ {
 		sample()
-		wall, real = wall.Add(5*time.Second), real+5
+		wall, served = wall.Add(5*time.Second), served+5
 	}
 	wall = wall.Add(-65 * time.Second) // stepped back a minute
 	before := len(h.doc().Times)
 	for i := 0; i < 12; i++ { // the next minute
 		sample()
-		wall, real = wall.Add(5*time.Second), real+5
+		wall, served = wall.Add(5*time.Second), served+5
 	}
 	if got := len(h.doc().Times) - before; got < 6 {
 		t.Errorf("in the minute after the wall clock went back a minute, %d of 12 samples were kept: the history froze", got)
 	}
 	sample() // at the last instant kept: ignored
-	wall, real = wall.Add(5*time.Second), real+5
+	wall, served = wall.Add(5*time.Second), served+5
 	sample() // the first instant after it: 70 s of traffic since the last sample kept
 	st := findVersion(t, h.doc(), "stable")
 	for i, r := range st.RequestsPS {

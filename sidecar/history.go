@@ -149,16 +149,26 @@ func (h *history) record(v view, now time.Time) {
 	}
 	sort.Strings(names)
 	h.untracked = 0
+	// The tracked middlewares are sampled first, the newcomers after them:
+	// a newcomer at the cap judges idleness from a completed sample, and
+	// never takes the place of one active at it.
+	var newcomers []string
 	for _, name := range names {
 		m := h.mws[name]
 		if m == nil {
-			if _, live := v.gauges[name]; !live {
-				continue // only a fresh report starts a history
+			if _, live := v.gauges[name]; live { // only a fresh report starts a history
+				newcomers = append(newcomers, name)
 			}
-			if m = h.track(name); m == nil {
-				h.untracked++
-				continue
-			}
+			continue
+		}
+		m.record(idx, h.seq, v, name)
+		h.untracked += m.versionsUntracked
+	}
+	for _, name := range newcomers {
+		m := h.track(name)
+		if m == nil {
+			h.untracked++
+			continue
 		}
 		m.record(idx, h.seq, v, name)
 		h.untracked += m.versionsUntracked
@@ -247,35 +257,44 @@ func (m *mwSeries) record(idx int, seq uint64, v view, name string) {
 	}
 	sort.Strings(names)
 	m.versionsUntracked = 0
-	for _, vn := range names {
-		vs := m.versions[vn]
-		g, live := gauges[vn]
-		if vs == nil {
-			if !live {
-				continue
-			}
-			if len(m.versions) >= maxHistoryVersions {
-				victim, ok := idlest(m.versions, seq, func(s *versionSeries) uint64 { return s.lastActive })
-				if !ok {
-					m.versionsUntracked++
-					continue
-				}
-				delete(m.versions, victim)
-			}
-			vs = &versionSeries{}
-			for i := range vs.points {
-				vs.points[i] = histPoint{state: stateNone, p50: nan32, p95: nan32, p99: nan32, weight: nan32}
-			}
-			m.versions[vn] = vs
-		}
+	// As for middlewares: the tracked versions first, then the newcomers,
+	// which only take the place of one idle at this completed sample.
+	sampleVersion := func(vn string, vs *versionSeries) {
 		var gp *versionGauge
-		if live {
+		if g, live := gauges[vn]; live {
 			gp = &g
 		}
 		if vs.record(idx, totals[vn], gp) {
 			vs.lastActive = seq
 			active = true
 		}
+	}
+	var newcomers []string
+	for _, vn := range names {
+		vs := m.versions[vn]
+		if vs == nil {
+			if _, live := gauges[vn]; live {
+				newcomers = append(newcomers, vn)
+			}
+			continue
+		}
+		sampleVersion(vn, vs)
+	}
+	for _, vn := range newcomers {
+		if len(m.versions) >= maxHistoryVersions {
+			victim, ok := idlest(m.versions, seq, func(s *versionSeries) uint64 { return s.lastActive })
+			if !ok {
+				m.versionsUntracked++
+				continue
+			}
+			delete(m.versions, victim)
+		}
+		vs := &versionSeries{lastActive: seq}
+		for i := range vs.points {
+			vs.points[i] = histPoint{state: stateNone, p50: nan32, p95: nan32, p99: nan32, weight: nan32}
+		}
+		m.versions[vn] = vs
+		sampleVersion(vn, vs)
 	}
 	for vn, vs := range m.versions {
 		if seq-vs.lastActive >= historyPoints {

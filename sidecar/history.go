@@ -499,6 +499,14 @@ func round(v float64, digits float64) float64 {
 	return math.Round(v*p) / p
 }
 
+// samples returns how many samples were taken: the history changes only
+// when it does.
+func (h *history) samples() uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.seq
+}
+
 // doc returns the history, oldest sample first.
 func (h *history) doc() historyDoc {
 	h.mu.Lock()

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"github.com/edgecanary/edgecanary/wire"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 )
@@ -615,6 +616,8 @@ func boundRollout(ro wire.Rollout) wire.Rollout {
 		if len(c.Reason) > 200 {
 			c.Reason = c.Reason[:200]
 		}
+		// A copy: a substring would keep the report's whole string alive.
+		c.Reason = strings.Clone(c.Reason)
 		switch c.Result {
 		case "pass", "fail", "inconclusive":
 		default:

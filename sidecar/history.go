@@ -11,12 +11,12 @@ import (
 
 // The history keeps, for each middleware, the last historyPoints samples of
 // every version's figures, taken every step (--status.step, default 5 s:
-// 15 minutes). A sample reads the store's totals, summed over every Traefik
-// process (the store keeps a restarted process's last totals and adds the new
-// process's, so the sums only go down when a histogram's layout changes), and
-// keeps the increase since the previous sample as rate() computes it: a
-// counter that went down restarted from zero, and its increase is its new
-// value. A series' first sample has no increase (rate() needs two samples).
+// 15 minutes). A sample reads each Traefik process's totals and keeps, per
+// process, the increase since the previous sample as rate() computes it for
+// that process's series: a counter that went down restarted from zero, and its
+// increase is its new value; a process seen for the first time is a baseline
+// (a replica that joins late is no spike). The increases are then summed. A
+// series' first sample has no increase (rate() needs two samples).
 //
 // Memory is fixed: each series is an array of historyPoints points, every
 // series shares one ring of sample instants, and at most
@@ -63,8 +63,7 @@ type versionTotals struct {
 type versionSeries struct {
 	points     [historyPoints]histPoint
 	primary    bool
-	prev       versionTotals
-	hasPrev    bool
+	prev       map[string]*versionTotals // by Traefik process, at the previous sample
 	lastActive uint64
 }
 
@@ -73,9 +72,7 @@ type mwSeries struct {
 	versions          map[string]*versionSeries // at most maxHistoryVersions
 	rejected, dryRun  [historyPoints]uint32     // 429s and dry-run 429s per step
 	rated             [historyPoints]bool
-	prevRejected      uint64
-	prevDryRun        uint64
-	hasPrev           bool
+	prevRateLimited   map[string][2]uint64 // by Traefik process: 429s and dry-run 429s at the previous sample
 	rollout           *wire.Rollout // the freshest report's, cleaned; never written
 	lastActive        uint64
 	versionsUntracked int
@@ -237,14 +234,34 @@ func (m *mwSeries) record(idx int, seq uint64, v view, name string) {
 		m.rollout.Checks = t.rolloutChecks // summed over every process, as edgecanary_rollout_checks_total
 	}
 	active := len(gauges) > 0
-	if m.hasPrev {
-		rej, dry := increase(m.prevRejected, t.rlRejected), increase(m.prevDryRun, t.rlDryRun)
+	// Each process's increase: one seen for the first time is a baseline.
+	insts := v.instancesOf(name)
+	var rej, dry uint64
+	rated := false
+	prevRL := make(map[string][2]uint64, len(insts))
+	for id, it := range insts {
+		if p, ok := m.prevRateLimited[id]; ok {
+			rej += increase(p[0], it.rlRejected)
+			dry += increase(p[1], it.rlDryRun)
+			rated = true
+		}
+		prevRL[id] = [2]uint64{it.rlRejected, it.rlDryRun}
+	}
+	m.prevRateLimited = prevRL
+	if rated {
 		m.rejected[idx], m.dryRun[idx], m.rated[idx] = clampU32(rej), clampU32(dry), true
 		active = active || rej > 0 || dry > 0
 	}
-	m.prevRejected, m.prevDryRun, m.hasPrev = t.rlRejected, t.rlDryRun, true
 
-	totals := versionTotalsOf(t)
+	totals := map[string]map[string]*versionTotals{} // version -> process -> totals
+	for id, it := range insts {
+		for vn, vt := range versionTotalsOf(it) {
+			if totals[vn] == nil {
+				totals[vn] = map[string]*versionTotals{}
+			}
+			totals[vn][id] = vt
+		}
+	}
 	names := make([]string, 0, len(totals)+len(gauges))
 	for vn := range totals {
 		names = append(names, vn)
@@ -252,7 +269,6 @@ func (m *mwSeries) record(idx int, seq uint64, v view, name string) {
 	for vn := range gauges {
 		if _, ok := totals[vn]; !ok {
 			names = append(names, vn)
-			totals[vn] = &versionTotals{}
 		}
 	}
 	sort.Strings(names)
@@ -343,10 +359,38 @@ func versionTotalsOf(t *mwTotals) map[string]*versionTotals {
 	return out
 }
 
-// record fills slot idx from the version's totals now and its gauge (nil:
-// no fresh report names it). It reports whether the version was active: named
-// by a fresh report, or any request counted since the previous sample.
-func (vs *versionSeries) record(idx int, cur *versionTotals, g *versionGauge) bool {
+// instancesOf returns each Traefik process's totals of the middleware. A view
+// without them (built by hand) is one process: its sums.
+func (v *view) instancesOf(name string) map[string]*mwTotals {
+	out := map[string]*mwTotals{}
+	if v.instances == nil {
+		if t := v.mws[name]; t != nil {
+			out[""] = t
+		}
+		return out
+	}
+	for id, mws := range v.instances {
+		if t := mws[name]; t != nil {
+			out[id] = t
+		}
+	}
+	return out
+}
+
+// layoutDelta is the increase of the histograms of one bucket layout.
+type layoutDelta struct {
+	bounds []float64
+	delta  []float64
+}
+
+// record fills slot idx from the version's totals now, by Traefik process,
+// and its gauge (nil: no fresh report names it). Each process's increase is
+// taken on its own (one seen for the first time is a baseline, as a new series
+// is for rate()), then they are summed; the quantiles are those of the layout
+// with the most observations in the step. It reports whether the version was
+// active: named by a fresh report, or any request counted since the previous
+// sample.
+func (vs *versionSeries) record(idx int, curs map[string]*versionTotals, g *versionGauge) bool {
 	p := histPoint{state: stateNone, p50: nan32, p95: nan32, p99: nan32, weight: nan32}
 	active := g != nil
 	if g != nil {
@@ -356,35 +400,70 @@ func (vs *versionSeries) record(idx int, cur *versionTotals, g *versionGauge) bo
 			p.weight = float32(g.weight)
 		}
 	}
-	if vs.hasPrev {
-		prev := &vs.prev
-		reqs := increase(prev.requests, cur.requests)
-		p.requests = clampU32(reqs)
-		p.errors = clampU32(min(increase(prev.errors, cur.errors), reqs))
-		p.fallbacks = clampU32(increase(prev.fallbacks, cur.fallbacks))
-		delta := histIncrease(prev.bounds, prev.cum, cur.bounds, cur.cum)
-		var observed uint64
-		if len(delta) > 0 {
-			observed = uint64(delta[len(delta)-1])
-			p.p50 = float32(bucketQuantile(0.5, cur.bounds, delta))
-			p.p95 = float32(bucketQuantile(0.95, cur.bounds, delta))
-			p.p99 = float32(bucketQuantile(0.99, cur.bounds, delta))
+	var reqs, errs, fbs, refused uint64
+	var trips [3]uint64
+	var layouts []layoutDelta
+	rated := false
+	for id, cur := range curs {
+		prev := vs.prev[id]
+		if prev == nil {
+			continue
 		}
-		// Without a histogram (left out at ingest.maxSeries) refusals are unknown: 0.
-		if len(delta) > 0 && reqs > observed {
-			p.refused = clampU32(reqs - observed)
+		rated = true
+		r := increase(prev.requests, cur.requests)
+		reqs += r
+		errs += min(increase(prev.errors, cur.errors), r)
+		fbs += increase(prev.fallbacks, cur.fallbacks)
+		for i := range trips {
+			trips[i] += increase(prev.transitions[i], cur.transitions[i])
+		}
+		delta := histIncrease(prev.bounds, prev.cum, cur.bounds, cur.cum)
+		if len(delta) == 0 {
+			continue // without a histogram (left out at ingest.maxSeries) refusals are unknown: 0
+		}
+		obs := uint64(delta[len(delta)-1])
+		if r > obs {
+			refused += r - obs
+		}
+		merged := false
+		for i := range layouts {
+			if sameBounds(layouts[i].bounds, cur.bounds) {
+				for j := range delta {
+					layouts[i].delta[j] += delta[j]
+				}
+				merged = true
+				break
+			}
+		}
+		if !merged {
+			layouts = append(layouts, layoutDelta{cur.bounds, delta})
+		}
+	}
+	if rated {
+		p.requests, p.errors, p.fallbacks, p.refused = clampU32(reqs), clampU32(errs), clampU32(fbs), clampU32(refused)
+		var best *layoutDelta
+		for i := range layouts {
+			l := &layouts[i]
+			if best == nil || l.delta[len(l.delta)-1] > best.delta[len(best.delta)-1] {
+				best = l
+			}
+		}
+		if best != nil {
+			p.p50 = float32(bucketQuantile(0.5, best.bounds, best.delta))
+			p.p95 = float32(bucketQuantile(0.95, best.bounds, best.delta))
+			p.p99 = float32(bucketQuantile(0.99, best.bounds, best.delta))
 		}
 		// A trip shorter than the step still shows: the worst state entered.
-		if increase(prev.transitions[2], cur.transitions[2]) > 0 {
+		if trips[2] > 0 {
 			p.state = 2
-		} else if increase(prev.transitions[1], cur.transitions[1]) > 0 && p.state < 1 {
+		} else if trips[1] > 0 && p.state < 1 {
 			p.state = 1
 		}
 		p.rated = true
 		active = active || reqs > 0
 	}
 	vs.points[idx] = p
-	vs.prev, vs.hasPrev = *cur, true
+	vs.prev = curs
 	return active
 }
 

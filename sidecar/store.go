@@ -525,6 +525,11 @@ type view struct {
 	lastReport map[string]time.Time
 	reports    uint64
 	rejected   map[string]uint64
+	// Each held Traefik process's totals ("source\x00id" -> middleware ->
+	// totals), copies: the history takes each process's increase, so a
+	// process seen for the first time is a baseline, as a new series is for
+	// rate(). The retired totals are in none: they no longer increase.
+	instances map[string]map[string]*mwTotals
 }
 
 // generation counts the changes to the store: the status page renders again
@@ -555,9 +560,15 @@ func (s *store) snapshot(now time.Time) view {
 		return keys[i].source < keys[j].source || keys[i].source == keys[j].source && keys[i].id < keys[j].id
 	})
 	freshest := map[string]int64{}
+	v.instances = make(map[string]map[string]*mwTotals, len(keys))
 	for _, k := range keys {
 		inst := s.instances[k]
+		copies := make(map[string]*mwTotals, len(inst.mws))
+		v.instances[k.source+"\x00"+k.id] = copies
 		for name, t := range inst.mws {
+			c := newMWTotals()
+			addTotals(c, t)
+			copies[name] = c
 			d := v.mws[name]
 			if d == nil {
 				d = newMWTotals()

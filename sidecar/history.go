@@ -73,7 +73,7 @@ type mwSeries struct {
 	rejected, dryRun  [historyPoints]uint32     // 429s and dry-run 429s per step
 	rated             [historyPoints]bool
 	prevRateLimited   map[string][2]uint64 // by Traefik process: 429s and dry-run 429s at the previous sample
-	rollout           *wire.Rollout // the freshest report's, cleaned; never written
+	rollout           *wire.Rollout        // the freshest report's, cleaned; never written
 	lastActive        uint64
 	versionsUntracked int
 }

@@ -560,6 +560,7 @@ func (s *store) snapshot(now time.Time) view {
 		return keys[i].source < keys[j].source || keys[i].source == keys[j].source && keys[i].id < keys[j].id
 	})
 	freshest := map[string]int64{}
+	worst := map[string]map[string]int{} // middleware -> version -> the worst breaker state of the fresh processes
 	v.instances = make(map[string]map[string]*mwTotals, len(keys))
 	for _, k := range keys {
 		inst := s.instances[k]
@@ -594,7 +595,25 @@ func (s *store) snapshot(now time.Time) view {
 				freshest[name] = inst.sentAt
 				v.gauges[name] = g
 			}
+			w := worst[name]
+			if w == nil {
+				w = map[string]int{}
+				worst[name] = w
+			}
+			for vn, vg := range g {
+				w[vn] = max(w[vn], vg.state)
+			}
 		}
+	}
+	// The breaker state is the worst of the fresh processes': one replica's
+	// open breaker refuses or diverts its share of the users.
+	for name, g := range v.gauges {
+		c := make(map[string]versionGauge, len(g)) // the instance's map is the store's
+		for vn, vg := range g {
+			vg.state = max(vg.state, worst[name][vn])
+			c[vn] = vg
+		}
+		v.gauges[name] = c
 	}
 	for src, t := range s.lastReport {
 		v.lastReport[src] = t

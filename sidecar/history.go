@@ -87,6 +87,7 @@ type history struct {
 	head      int                   // where the next sample goes
 	n         int                   // samples held
 	seq       uint64                // samples taken
+	lastAt    time.Time             // the last sample's instant, with its monotonic reading if any
 	mws       map[string]*mwSeries  // at most maxHistoryMiddlewares
 	untracked int                   // middlewares and versions left out at the last sample
 }
@@ -111,8 +112,12 @@ func clampU32(n uint64) uint32 {
 	return uint32(n)
 }
 
-// record takes a sample of v at now. A sample at or before the last one is
-// ignored.
+// record takes a sample of v at now. The time between samples is read on the
+// monotonic clock when now has it (time.Now), so a wall clock stepped back or
+// forth changes no rate. A wall clock stepped back moves the held samples back
+// with it, so the instants stay in order and nothing freezes; without a
+// monotonic reading, the sample after such a step has counts but no rate (its
+// length is unknown). A sample at the same instant as the last is ignored.
 func (h *history) record(v view, now time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -120,11 +125,22 @@ func (h *history) record(v view, now time.Time) {
 	var elapsed uint32
 	if h.n > 0 {
 		last := h.times[(h.head+historyPoints-1)%historyPoints]
-		if ms <= last {
+		d := now.Sub(h.lastAt).Milliseconds() // monotonic when both readings have it
+		if d == 0 {
 			return
 		}
-		elapsed = clampU32(uint64(ms - last))
+		if d > 0 {
+			elapsed = clampU32(uint64(d))
+		}
+		if ms <= last {
+			// The wall clock went back: the held instants were ahead of it.
+			shift := ms - last - max(d, h.step.Milliseconds())
+			for i := 0; i < h.n; i++ {
+				h.times[(h.head-1-i+historyPoints)%historyPoints] += shift
+			}
+		}
 	}
+	h.lastAt = now
 	idx := h.head
 	h.times[idx], h.elapsed[idx] = ms, elapsed
 	h.head = (h.head + 1) % historyPoints

@@ -620,13 +620,22 @@ func (h *history) doc() historyDoc {
 		names = append(names, name)
 	}
 	sort.Strings(names)
+	// The totals are over the window: after a gap (the sidecar starved or
+	// suspended), older samples may still be held.
+	inWindow := make([]bool, h.n)
+	if h.n > 0 {
+		from := d.Times[h.n-1] - int64(d.WindowSeconds*1000)
+		for i, ts := range d.Times {
+			inWindow[i] = ts >= from
+		}
+	}
 	for _, name := range names {
-		d.Middlewares = append(d.Middlewares, h.mws[name].doc(name, order, h.elapsed[:]))
+		d.Middlewares = append(d.Middlewares, h.mws[name].doc(name, order, inWindow, h.elapsed[:]))
 	}
 	return d
 }
 
-func (m *mwSeries) doc(name string, order []int, elapsed []uint32) mwHistoryDoc {
+func (m *mwSeries) doc(name string, order []int, inWindow []bool, elapsed []uint32) mwHistoryDoc {
 	n := len(order)
 	d := mwHistoryDoc{
 		Name: name, RateLimited: make([]*uint32, n), DryRunRateLimited: make([]*uint32, n),
@@ -637,8 +646,10 @@ func (m *mwSeries) doc(name string, order []int, elapsed []uint32) mwHistoryDoc 
 		if m.rated[idx] {
 			counts[i], counts[n+i] = m.rejected[idx], m.dryRun[idx]
 			d.RateLimited[i], d.DryRunRateLimited[i] = &counts[i], &counts[n+i]
-			d.Totals.RateLimited += uint64(m.rejected[idx])
-			d.Totals.DryRunRateLimited += uint64(m.dryRun[idx])
+			if inWindow[i] {
+				d.Totals.RateLimited += uint64(m.rejected[idx])
+				d.Totals.DryRunRateLimited += uint64(m.dryRun[idx])
+			}
 		}
 	}
 	names := make([]string, 0, len(m.versions))
@@ -647,12 +658,12 @@ func (m *mwSeries) doc(name string, order []int, elapsed []uint32) mwHistoryDoc 
 	}
 	sort.Strings(names)
 	for _, vn := range names {
-		d.Versions = append(d.Versions, m.versions[vn].doc(vn, order, elapsed))
+		d.Versions = append(d.Versions, m.versions[vn].doc(vn, order, inWindow, elapsed))
 	}
 	return d
 }
 
-func (vs *versionSeries) doc(name string, order []int, elapsed []uint32) versionHistoryDoc {
+func (vs *versionSeries) doc(name string, order []int, inWindow []bool, elapsed []uint32) versionHistoryDoc {
 	n := len(order)
 	d := versionHistoryDoc{
 		Name: name, Primary: vs.primary,
@@ -688,10 +699,12 @@ func (vs *versionSeries) doc(name string, order []int, elapsed []uint32) version
 		count(d.Errors, 1, i, p.errors)
 		count(d.Fallbacks, 2, i, p.fallbacks)
 		count(d.Refused, 3, i, p.refused)
-		d.Totals.Requests += uint64(p.requests)
-		d.Totals.Errors += uint64(p.errors)
-		d.Totals.Fallbacks += uint64(p.fallbacks)
-		d.Totals.Refused += uint64(p.refused)
+		if inWindow[i] {
+			d.Totals.Requests += uint64(p.requests)
+			d.Totals.Errors += uint64(p.errors)
+			d.Totals.Fallbacks += uint64(p.fallbacks)
+			d.Totals.Refused += uint64(p.refused)
+		}
 		if elapsed[idx] > 0 {
 			opt(d.RequestsPS, 1, i, round(float64(p.requests)*1000/float64(elapsed[idx]), 3))
 		}

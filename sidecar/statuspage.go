@@ -289,7 +289,9 @@ func renderMiddleware(b pageWriter, h *historyDoc, m *mwHistoryDoc, ax timeAxis)
 	rps := lines("requestsPerSecond", func(v *versionHistoryDoc) []*float64 { return v.RequestsPS }, "")
 	renderChart(b, h, m, ax, "requests per second", "requestsPerSecond", rps, niceMax(seriesMax(rps), 1), fmtRate, nil)
 	errs := lines("errorRatio", func(v *versionHistoryDoc) []*float64 { return v.ErrorRatio }, "")
-	renderChart(b, h, m, ax, "error ratio (5xx)", "errorRatio", errs, 1, fmtPctAxis, nil)
+	// Scaled to the data, from 5 % (the ratios a canary is judged on are a
+	// few points) up to 100 %; the axis is labelled.
+	renderChart(b, h, m, ax, "error ratio (5xx)", "errorRatio", errs, math.Min(niceMax(seriesMax(errs), 0.05), 1), fmtPctAxis, nil)
 	var lat []chartLine
 	lat = append(lat, lines("p99Seconds", func(v *versionHistoryDoc) []*float64 { return v.P99 }, "")...)
 	lat = append(lat, lines("p95Seconds", func(v *versionHistoryDoc) []*float64 { return v.P95 }, " q95")...)

@@ -45,7 +45,6 @@ func (s *store) sample(now time.Time) {
 		}
 	}
 	s.mu.Lock()
-	s.gen++
 	s.history = append(s.history, smp)
 	if len(s.history) > historySamples {
 		s.history = append(s.history[:0], s.history[len(s.history)-historySamples:]...)

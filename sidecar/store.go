@@ -135,7 +135,6 @@ type store struct {
 	rejected map[string]uint64
 
 	history []snapshotSample // for the status page
-	gen     uint64           // counts the changes, for the status page's cache
 }
 
 // newStore returns an empty store that publishes at most maxSeries series.
@@ -163,7 +162,6 @@ const (
 
 func (s *store) reject(reason string) {
 	s.mu.Lock()
-	s.gen++
 	s.rejected[reason]++
 	s.mu.Unlock()
 }
@@ -279,7 +277,6 @@ func (s *store) published(key string, n int) bool { return s.series[key] >= n }
 func (s *store) merge(r *report, now time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.gen++
 	key := instKey{r.Source, r.Instance}
 	if _, gone := s.retiredIDs[key]; gone {
 		s.reports++ // well-formed, but its totals are already folded in
@@ -421,7 +418,6 @@ func (s *store) sawSource(source string, now time.Time) {
 func (s *store) retire(now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.gen++
 	for k, inst := range s.instances {
 		if now.Sub(inst.received) > retireAfter {
 			s.fold(k, inst, now)
@@ -530,14 +526,6 @@ type view struct {
 	// process seen for the first time is a baseline, as a new series is for
 	// rate(). The retired totals are in none: they no longer increase.
 	instances map[string]map[string]*mwTotals
-}
-
-// generation counts the changes to the store: the status page renders again
-// when it changed.
-func (s *store) generation() uint64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.gen
 }
 
 // snapshot sums the store at now.

@@ -76,14 +76,21 @@ func (p *statusPages) json(rw http.ResponseWriter, _ *http.Request) {
 		h := p.history.doc()
 		_ = json.NewEncoder(b).Encode(&h)
 	})
-	// The outer History hides statusDoc's: the cached encoding is spliced in.
-	doc := struct {
-		statusDoc
-		History json.RawMessage `json:"history"`
-	}{p.store.status(p.now()), bytes.TrimSpace(hist)}
+	// The table now, encoded per request (small), then the cached history
+	// written as is: the response holds no copy of it.
+	head, err := json.Marshal(p.store.status(p.now())) // History nil: omitted
+	if err != nil || len(head) < 2 {
+		http.Error(rw, "status unavailable", http.StatusInternalServerError)
+		return
+	}
 	rw.Header().Set("Content-Type", "application/json")
 	rw.Header().Set("Cache-Control", "no-store")
-	_ = json.NewEncoder(rw).Encode(&doc)
+	bw := bufio.NewWriterSize(rw, 32<<10)
+	_, _ = bw.Write(head[:len(head)-1]) // without its closing brace
+	_, _ = bw.WriteString(`,"history":`)
+	_, _ = bw.Write(bytes.TrimSpace(hist))
+	_, _ = bw.WriteString("}\n")
+	_ = bw.Flush()
 }
 
 // live writes the live part: the table now, then the history as rendered

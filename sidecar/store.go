@@ -528,8 +528,14 @@ type view struct {
 	instances map[string]map[string]*mwTotals
 }
 
-// snapshot sums the store at now.
-func (s *store) snapshot(now time.Time) view {
+// snapshot sums the store at now, with each process's totals for the
+// history.
+func (s *store) snapshot(now time.Time) view { return s.snapshotAt(now, true) }
+
+// sums is snapshot without each process's totals: /metrics and the table.
+func (s *store) sums(now time.Time) view { return s.snapshotAt(now, false) }
+
+func (s *store) snapshotAt(now time.Time, perInstance bool) view {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	v := view{mws: map[string]*mwTotals{}, gauges: map[string]map[string]versionGauge{}, storeUp: map[string]bool{}, rollout: map[string]wire.Rollout{}, lastReport: map[string]time.Time{}, rejected: map[string]uint64{}, reports: s.reports}
@@ -549,15 +555,22 @@ func (s *store) snapshot(now time.Time) view {
 	})
 	freshest := map[string]int64{}
 	worst := map[string]map[string]int{} // middleware -> version -> the worst breaker state of the fresh processes
-	v.instances = make(map[string]map[string]*mwTotals, len(keys))
+	if perInstance {
+		v.instances = make(map[string]map[string]*mwTotals, len(keys))
+	}
 	for _, k := range keys {
 		inst := s.instances[k]
-		copies := make(map[string]*mwTotals, len(inst.mws))
-		v.instances[k.source+"\x00"+k.id] = copies
+		var copies map[string]*mwTotals
+		if perInstance {
+			copies = make(map[string]*mwTotals, len(inst.mws))
+			v.instances[k.source+"\x00"+k.id] = copies
+		}
 		for name, t := range inst.mws {
-			c := newMWTotals()
-			addTotals(c, t)
-			copies[name] = c
+			if perInstance {
+				c := newMWTotals()
+				addTotals(c, t)
+				copies[name] = c
+			}
 			d := v.mws[name]
 			if d == nil {
 				d = newMWTotals()

@@ -113,11 +113,14 @@ func clampU32(n uint64) uint32 {
 }
 
 // record takes a sample of v at now. The time between samples is read on the
-// monotonic clock when now has it (time.Now), so a wall clock stepped back or
-// forth changes no rate. A wall clock stepped back moves the held samples back
-// with it, so the instants stay in order and nothing freezes; without a
-// monotonic reading, the sample after such a step has counts but no rate (its
-// length is unknown). A sample at the same instant as the last is ignored.
+// monotonic clock when now has it (time.Now), so a wall clock stepped back
+// changes no rate. A wall clock stepped back moves the held samples back with
+// it, so the instants stay in order and nothing freezes; without a monotonic
+// reading, the sample after such a step has counts but no rate (its length is
+// unknown). So has a sample whose wall time ran ahead of the monotonic clock by
+// more than a step (a wall clock stepped forth, or the host suspended, which
+// the monotonic clock does not count): the increase may span either. A sample
+// at the same instant as the last is ignored.
 func (h *history) record(v view, now time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -129,7 +132,7 @@ func (h *history) record(v view, now time.Time) {
 		if d == 0 {
 			return
 		}
-		if d > 0 {
+		if d > 0 && ms-last-d <= h.step.Milliseconds() {
 			elapsed = clampU32(uint64(d))
 		}
 		if ms <= last {

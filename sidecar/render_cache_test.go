@@ -43,3 +43,4 @@ func TestStatusRenderCache(t *testing.T) {
 		t.Errorf("/api/status' last sample %d, want %d", ts[len(ts)-1], next.UnixMilli())
 	}
 }
+

@@ -43,4 +43,3 @@ func TestStatusRenderCache(t *testing.T) {
 		t.Errorf("/api/status' last sample %d, want %d", ts[len(ts)-1], next.UnixMilli())
 	}
 }
-

@@ -383,9 +383,11 @@ func versionTotalsOf(t *mwTotals) map[string]*versionTotals {
 func (v *view) instancesOf(name string) map[string]*mwTotals {
 	out := map[string]*mwTotals{}
 	if v.instances == nil {
-		if t := v.mws[name]; t != nil {
-			out[""] = t
+		t := v.mws[name]
+		if t == nil {
+			t = newMWTotals()
 		}
+		out[""] = t
 		return out
 	}
 	for id, mws := range v.instances {

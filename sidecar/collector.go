@@ -71,7 +71,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
-	v := c.store.snapshot(c.now())
+	v := c.store.sums(c.now())
 	names := make([]string, 0, len(v.mws))
 	for n := range v.mws {
 		names = append(names, n)

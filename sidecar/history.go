@@ -11,12 +11,12 @@ import (
 
 // The history keeps, for each middleware, the last historyPoints samples of
 // every version's figures, taken every step (--status.step, default 5 s:
-// 15 minutes). A sample reads the store's totals, summed over every Traefik
-// process (the store keeps a restarted process's last totals and adds the new
-// process's, so the sums only go down when a histogram's layout changes), and
-// keeps the increase since the previous sample as rate() computes it: a
-// counter that went down restarted from zero, and its increase is its new
-// value. A series' first sample has no increase (rate() needs two samples).
+// 15 minutes). A sample reads each Traefik process's totals and keeps, per
+// process, the increase since the previous sample as rate() computes it for
+// that process's series: a counter that went down restarted from zero, and its
+// increase is its new value; a process seen for the first time is a baseline
+// (a replica that joins late is no spike). The increases are then summed. A
+// series' first sample has no increase (rate() needs two samples).
 //
 // Memory is fixed: each series is an array of historyPoints points, every
 // series shares one ring of sample instants, and at most
@@ -63,8 +63,7 @@ type versionTotals struct {
 type versionSeries struct {
 	points     [historyPoints]histPoint
 	primary    bool
-	prev       versionTotals
-	hasPrev    bool
+	prev       map[string]*versionTotals // by Traefik process, at the previous sample
 	lastActive uint64
 }
 
@@ -73,10 +72,8 @@ type mwSeries struct {
 	versions          map[string]*versionSeries // at most maxHistoryVersions
 	rejected, dryRun  [historyPoints]uint32     // 429s and dry-run 429s per step
 	rated             [historyPoints]bool
-	prevRejected      uint64
-	prevDryRun        uint64
-	hasPrev           bool
-	rollout           *wire.Rollout // the freshest report's, cleaned; never written
+	prevRateLimited   map[string][2]uint64 // by Traefik process: 429s and dry-run 429s at the previous sample
+	rollout           *wire.Rollout        // the freshest report's, cleaned; never written
 	lastActive        uint64
 	versionsUntracked int
 }
@@ -90,6 +87,7 @@ type history struct {
 	head      int                   // where the next sample goes
 	n         int                   // samples held
 	seq       uint64                // samples taken
+	lastAt    time.Time             // the last sample's instant, with its monotonic reading if any
 	mws       map[string]*mwSeries  // at most maxHistoryMiddlewares
 	untracked int                   // middlewares and versions left out at the last sample
 }
@@ -114,8 +112,15 @@ func clampU32(n uint64) uint32 {
 	return uint32(n)
 }
 
-// record takes a sample of v at now. A sample at or before the last one is
-// ignored.
+// record takes a sample of v at now. The time between samples is read on the
+// monotonic clock when now has it (time.Now), so a wall clock stepped back
+// changes no rate. A wall clock stepped back moves the held samples back with
+// it, so the instants stay in order and nothing freezes; without a monotonic
+// reading, the sample after such a step has counts but no rate (its length is
+// unknown). So has a sample whose wall time ran ahead of the monotonic clock by
+// more than a step (a wall clock stepped forth, or the host suspended, which
+// the monotonic clock does not count): the increase may span either. A sample
+// at the same instant as the last is ignored.
 func (h *history) record(v view, now time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -123,11 +128,22 @@ func (h *history) record(v view, now time.Time) {
 	var elapsed uint32
 	if h.n > 0 {
 		last := h.times[(h.head+historyPoints-1)%historyPoints]
-		if ms <= last {
+		d := now.Sub(h.lastAt).Milliseconds() // monotonic when both readings have it
+		if d == 0 {
 			return
 		}
-		elapsed = clampU32(uint64(ms - last))
+		if d > 0 && ms-last-d <= h.step.Milliseconds() {
+			elapsed = clampU32(uint64(d))
+		}
+		if ms <= last {
+			// The wall clock went back: the held instants were ahead of it.
+			shift := ms - last - max(d, h.step.Milliseconds())
+			for i := 0; i < h.n; i++ {
+				h.times[(h.head-1-i+historyPoints)%historyPoints] += shift
+			}
+		}
 	}
+	h.lastAt = now
 	idx := h.head
 	h.times[idx], h.elapsed[idx] = ms, elapsed
 	h.head = (h.head + 1) % historyPoints
@@ -149,16 +165,26 @@ func (h *history) record(v view, now time.Time) {
 	}
 	sort.Strings(names)
 	h.untracked = 0
+	// The tracked middlewares are sampled first, the newcomers after them:
+	// a newcomer at the cap judges idleness from a completed sample, and
+	// never takes the place of one active at it.
+	var newcomers []string
 	for _, name := range names {
 		m := h.mws[name]
 		if m == nil {
-			if _, live := v.gauges[name]; !live {
-				continue // only a fresh report starts a history
+			if _, live := v.gauges[name]; live { // only a fresh report starts a history
+				newcomers = append(newcomers, name)
 			}
-			if m = h.track(name); m == nil {
-				h.untracked++
-				continue
-			}
+			continue
+		}
+		m.record(idx, h.seq, v, name)
+		h.untracked += m.versionsUntracked
+	}
+	for _, name := range newcomers {
+		m := h.track(name)
+		if m == nil {
+			h.untracked++
+			continue
 		}
 		m.record(idx, h.seq, v, name)
 		h.untracked += m.versionsUntracked
@@ -227,14 +253,34 @@ func (m *mwSeries) record(idx int, seq uint64, v view, name string) {
 		m.rollout.Checks = t.rolloutChecks // summed over every process, as edgecanary_rollout_checks_total
 	}
 	active := len(gauges) > 0
-	if m.hasPrev {
-		rej, dry := increase(m.prevRejected, t.rlRejected), increase(m.prevDryRun, t.rlDryRun)
+	// Each process's increase: one seen for the first time is a baseline.
+	insts := v.instancesOf(name)
+	var rej, dry uint64
+	rated := false
+	prevRL := make(map[string][2]uint64, len(insts))
+	for id, it := range insts {
+		if p, ok := m.prevRateLimited[id]; ok {
+			rej += increase(p[0], it.rlRejected)
+			dry += increase(p[1], it.rlDryRun)
+			rated = true
+		}
+		prevRL[id] = [2]uint64{it.rlRejected, it.rlDryRun}
+	}
+	m.prevRateLimited = prevRL
+	if rated {
 		m.rejected[idx], m.dryRun[idx], m.rated[idx] = clampU32(rej), clampU32(dry), true
 		active = active || rej > 0 || dry > 0
 	}
-	m.prevRejected, m.prevDryRun, m.hasPrev = t.rlRejected, t.rlDryRun, true
 
-	totals := versionTotalsOf(t)
+	totals := map[string]map[string]*versionTotals{} // version -> process -> totals
+	for id, it := range insts {
+		for vn, vt := range versionTotalsOf(it) {
+			if totals[vn] == nil {
+				totals[vn] = map[string]*versionTotals{}
+			}
+			totals[vn][id] = vt
+		}
+	}
 	names := make([]string, 0, len(totals)+len(gauges))
 	for vn := range totals {
 		names = append(names, vn)
@@ -242,40 +288,48 @@ func (m *mwSeries) record(idx int, seq uint64, v view, name string) {
 	for vn := range gauges {
 		if _, ok := totals[vn]; !ok {
 			names = append(names, vn)
-			totals[vn] = &versionTotals{}
 		}
 	}
 	sort.Strings(names)
 	m.versionsUntracked = 0
-	for _, vn := range names {
-		vs := m.versions[vn]
-		g, live := gauges[vn]
-		if vs == nil {
-			if !live {
-				continue
-			}
-			if len(m.versions) >= maxHistoryVersions {
-				victim, ok := idlest(m.versions, seq, func(s *versionSeries) uint64 { return s.lastActive })
-				if !ok {
-					m.versionsUntracked++
-					continue
-				}
-				delete(m.versions, victim)
-			}
-			vs = &versionSeries{}
-			for i := range vs.points {
-				vs.points[i] = histPoint{state: stateNone, p50: nan32, p95: nan32, p99: nan32, weight: nan32}
-			}
-			m.versions[vn] = vs
-		}
+	// As for middlewares: the tracked versions first, then the newcomers,
+	// which only take the place of one idle at this completed sample.
+	sampleVersion := func(vn string, vs *versionSeries) {
 		var gp *versionGauge
-		if live {
+		if g, live := gauges[vn]; live {
 			gp = &g
 		}
 		if vs.record(idx, totals[vn], gp) {
 			vs.lastActive = seq
 			active = true
 		}
+	}
+	var newcomers []string
+	for _, vn := range names {
+		vs := m.versions[vn]
+		if vs == nil {
+			if _, live := gauges[vn]; live {
+				newcomers = append(newcomers, vn)
+			}
+			continue
+		}
+		sampleVersion(vn, vs)
+	}
+	for _, vn := range newcomers {
+		if len(m.versions) >= maxHistoryVersions {
+			victim, ok := idlest(m.versions, seq, func(s *versionSeries) uint64 { return s.lastActive })
+			if !ok {
+				m.versionsUntracked++
+				continue
+			}
+			delete(m.versions, victim)
+		}
+		vs := &versionSeries{lastActive: seq}
+		for i := range vs.points {
+			vs.points[i] = histPoint{state: stateNone, p50: nan32, p95: nan32, p99: nan32, weight: nan32}
+		}
+		m.versions[vn] = vs
+		sampleVersion(vn, vs)
 	}
 	for vn, vs := range m.versions {
 		if seq-vs.lastActive >= historyPoints {
@@ -324,10 +378,40 @@ func versionTotalsOf(t *mwTotals) map[string]*versionTotals {
 	return out
 }
 
-// record fills slot idx from the version's totals now and its gauge (nil:
-// no fresh report names it). It reports whether the version was active: named
-// by a fresh report, or any request counted since the previous sample.
-func (vs *versionSeries) record(idx int, cur *versionTotals, g *versionGauge) bool {
+// instancesOf returns each Traefik process's totals of the middleware. A view
+// without them (built by hand) is one process: its sums.
+func (v *view) instancesOf(name string) map[string]*mwTotals {
+	out := map[string]*mwTotals{}
+	if v.instances == nil {
+		t := v.mws[name]
+		if t == nil {
+			t = newMWTotals()
+		}
+		out[""] = t
+		return out
+	}
+	for id, mws := range v.instances {
+		if t := mws[name]; t != nil {
+			out[id] = t
+		}
+	}
+	return out
+}
+
+// layoutDelta is the increase of the histograms of one bucket layout.
+type layoutDelta struct {
+	bounds []float64
+	delta  []float64
+}
+
+// record fills slot idx from the version's totals now, by Traefik process,
+// and its gauge (nil: no fresh report names it). Each process's increase is
+// taken on its own (one seen for the first time is a baseline, as a new series
+// is for rate()), then they are summed; the quantiles are those of the layout
+// with the most observations in the step. It reports whether the version was
+// active: named by a fresh report, or any request counted since the previous
+// sample.
+func (vs *versionSeries) record(idx int, curs map[string]*versionTotals, g *versionGauge) bool {
 	p := histPoint{state: stateNone, p50: nan32, p95: nan32, p99: nan32, weight: nan32}
 	active := g != nil
 	if g != nil {
@@ -337,35 +421,70 @@ func (vs *versionSeries) record(idx int, cur *versionTotals, g *versionGauge) bo
 			p.weight = float32(g.weight)
 		}
 	}
-	if vs.hasPrev {
-		prev := &vs.prev
-		reqs := increase(prev.requests, cur.requests)
-		p.requests = clampU32(reqs)
-		p.errors = clampU32(min(increase(prev.errors, cur.errors), reqs))
-		p.fallbacks = clampU32(increase(prev.fallbacks, cur.fallbacks))
-		delta := histIncrease(prev.bounds, prev.cum, cur.bounds, cur.cum)
-		var observed uint64
-		if len(delta) > 0 {
-			observed = uint64(delta[len(delta)-1])
-			p.p50 = float32(bucketQuantile(0.5, cur.bounds, delta))
-			p.p95 = float32(bucketQuantile(0.95, cur.bounds, delta))
-			p.p99 = float32(bucketQuantile(0.99, cur.bounds, delta))
+	var reqs, errs, fbs, refused uint64
+	var trips [3]uint64
+	var layouts []layoutDelta
+	rated := false
+	for id, cur := range curs {
+		prev := vs.prev[id]
+		if prev == nil {
+			continue
 		}
-		// Without a histogram (left out at ingest.maxSeries) refusals are unknown: 0.
-		if len(delta) > 0 && reqs > observed {
-			p.refused = clampU32(reqs - observed)
+		rated = true
+		r := increase(prev.requests, cur.requests)
+		reqs += r
+		errs += min(increase(prev.errors, cur.errors), r)
+		fbs += increase(prev.fallbacks, cur.fallbacks)
+		for i := range trips {
+			trips[i] += increase(prev.transitions[i], cur.transitions[i])
+		}
+		delta := histIncrease(prev.bounds, prev.cum, cur.bounds, cur.cum)
+		if len(delta) == 0 {
+			continue // without a histogram (left out at ingest.maxSeries) refusals are unknown: 0
+		}
+		obs := uint64(delta[len(delta)-1])
+		if r > obs {
+			refused += r - obs
+		}
+		merged := false
+		for i := range layouts {
+			if sameBounds(layouts[i].bounds, cur.bounds) {
+				for j := range delta {
+					layouts[i].delta[j] += delta[j]
+				}
+				merged = true
+				break
+			}
+		}
+		if !merged {
+			layouts = append(layouts, layoutDelta{cur.bounds, delta})
+		}
+	}
+	if rated {
+		p.requests, p.errors, p.fallbacks, p.refused = clampU32(reqs), clampU32(errs), clampU32(fbs), clampU32(refused)
+		var best *layoutDelta
+		for i := range layouts {
+			l := &layouts[i]
+			if best == nil || l.delta[len(l.delta)-1] > best.delta[len(best.delta)-1] {
+				best = l
+			}
+		}
+		if best != nil {
+			p.p50 = float32(bucketQuantile(0.5, best.bounds, best.delta))
+			p.p95 = float32(bucketQuantile(0.95, best.bounds, best.delta))
+			p.p99 = float32(bucketQuantile(0.99, best.bounds, best.delta))
 		}
 		// A trip shorter than the step still shows: the worst state entered.
-		if increase(prev.transitions[2], cur.transitions[2]) > 0 {
+		if trips[2] > 0 {
 			p.state = 2
-		} else if increase(prev.transitions[1], cur.transitions[1]) > 0 && p.state < 1 {
+		} else if trips[1] > 0 && p.state < 1 {
 			p.state = 1
 		}
 		p.rated = true
 		active = active || reqs > 0
 	}
 	vs.points[idx] = p
-	vs.prev, vs.hasPrev = *cur, true
+	vs.prev = curs
 	return active
 }
 
@@ -480,6 +599,14 @@ func round(v float64, digits float64) float64 {
 	return math.Round(v*p) / p
 }
 
+// samples returns how many samples were taken: the history changes only
+// when it does.
+func (h *history) samples() uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.seq
+}
+
 // doc returns the history, oldest sample first.
 func (h *history) doc() historyDoc {
 	h.mu.Lock()
@@ -498,13 +625,22 @@ func (h *history) doc() historyDoc {
 		names = append(names, name)
 	}
 	sort.Strings(names)
+	// The totals are over the window: after a gap (the sidecar starved or
+	// suspended), older samples may still be held.
+	inWindow := make([]bool, h.n)
+	if h.n > 0 {
+		from := d.Times[h.n-1] - int64(d.WindowSeconds*1000)
+		for i, ts := range d.Times {
+			inWindow[i] = ts >= from
+		}
+	}
 	for _, name := range names {
-		d.Middlewares = append(d.Middlewares, h.mws[name].doc(name, order, h.elapsed[:]))
+		d.Middlewares = append(d.Middlewares, h.mws[name].doc(name, order, inWindow, h.elapsed[:]))
 	}
 	return d
 }
 
-func (m *mwSeries) doc(name string, order []int, elapsed []uint32) mwHistoryDoc {
+func (m *mwSeries) doc(name string, order []int, inWindow []bool, elapsed []uint32) mwHistoryDoc {
 	n := len(order)
 	d := mwHistoryDoc{
 		Name: name, RateLimited: make([]*uint32, n), DryRunRateLimited: make([]*uint32, n),
@@ -515,8 +651,10 @@ func (m *mwSeries) doc(name string, order []int, elapsed []uint32) mwHistoryDoc 
 		if m.rated[idx] {
 			counts[i], counts[n+i] = m.rejected[idx], m.dryRun[idx]
 			d.RateLimited[i], d.DryRunRateLimited[i] = &counts[i], &counts[n+i]
-			d.Totals.RateLimited += uint64(m.rejected[idx])
-			d.Totals.DryRunRateLimited += uint64(m.dryRun[idx])
+			if inWindow[i] {
+				d.Totals.RateLimited += uint64(m.rejected[idx])
+				d.Totals.DryRunRateLimited += uint64(m.dryRun[idx])
+			}
 		}
 	}
 	names := make([]string, 0, len(m.versions))
@@ -525,12 +663,12 @@ func (m *mwSeries) doc(name string, order []int, elapsed []uint32) mwHistoryDoc 
 	}
 	sort.Strings(names)
 	for _, vn := range names {
-		d.Versions = append(d.Versions, m.versions[vn].doc(vn, order, elapsed))
+		d.Versions = append(d.Versions, m.versions[vn].doc(vn, order, inWindow, elapsed))
 	}
 	return d
 }
 
-func (vs *versionSeries) doc(name string, order []int, elapsed []uint32) versionHistoryDoc {
+func (vs *versionSeries) doc(name string, order []int, inWindow []bool, elapsed []uint32) versionHistoryDoc {
 	n := len(order)
 	d := versionHistoryDoc{
 		Name: name, Primary: vs.primary,
@@ -566,10 +704,12 @@ func (vs *versionSeries) doc(name string, order []int, elapsed []uint32) version
 		count(d.Errors, 1, i, p.errors)
 		count(d.Fallbacks, 2, i, p.fallbacks)
 		count(d.Refused, 3, i, p.refused)
-		d.Totals.Requests += uint64(p.requests)
-		d.Totals.Errors += uint64(p.errors)
-		d.Totals.Fallbacks += uint64(p.fallbacks)
-		d.Totals.Refused += uint64(p.refused)
+		if inWindow[i] {
+			d.Totals.Requests += uint64(p.requests)
+			d.Totals.Errors += uint64(p.errors)
+			d.Totals.Fallbacks += uint64(p.fallbacks)
+			d.Totals.Refused += uint64(p.refused)
+		}
 		if elapsed[idx] > 0 {
 			opt(d.RequestsPS, 1, i, round(float64(p.requests)*1000/float64(elapsed[idx]), 3))
 		}

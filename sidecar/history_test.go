@@ -162,22 +162,31 @@ func TestHistoryCounterReset(t *testing.T) {
 	}
 	mustMerge(t, s, histReport("old", 1, 40, 0, 0, nil, v(1000)), t0)
 	h.record(s.snapshot(t0), t0)
-	// The old process is gone; the new one has served 25 since it started.
+	// The old process is gone; the new one's first report is a baseline (as
+	// a new series is for rate(): a process seen late must not add its whole
+	// lifetime to one step), then it counts: 25 more in 5 s.
 	t1 := t0.Add(5 * time.Second)
 	mustMerge(t, s, histReport("new", 1, 5, 0, 0, nil, v(25)), t1)
 	h.record(s.snapshot(t1), t1)
+	t2 := t1.Add(5 * time.Second)
+	mustMerge(t, s, histReport("new", 2, 10, 0, 0, nil, v(50)), t2)
+	h.record(s.snapshot(t2), t2)
 	st := findVersion(t, h.doc(), "stable")
-	if got := val(st.RequestsPS[1]); got != 5 {
-		t.Errorf("rate across a restart %v, want 5 (25 in 5 s)", got)
+	if got := val(st.RequestsPS[1]); got != 0 {
+		t.Errorf("rate at a restart %v, want 0 (the new process's first report is a baseline)", got)
 	}
-	if got := h.doc().Middlewares[0].RateLimited[1]; got == nil || *got != 5 {
-		t.Errorf("429s across a restart %v, want 5", got)
+	if got := val(st.RequestsPS[2]); got != 5 {
+		t.Errorf("rate after a restart %v, want 5 (25 in 5 s)", got)
+	}
+	if got := h.doc().Middlewares[0].RateLimited[2]; got == nil || *got != 5 {
+		t.Errorf("429s after a restart %v, want 5", got)
 	}
 
 	// Directly: totals that go down restart from zero, per bucket as well.
+	one := func(vt *versionTotals) map[string]*versionTotals { return map[string]*versionTotals{"": vt} }
 	vs := &versionSeries{}
-	vs.record(0, &versionTotals{requests: 1000, errors: 100, bounds: histBounds, cum: []uint64{900, 1000, 1000, 1000}}, nil)
-	vs.record(1, &versionTotals{requests: 40, errors: 4, bounds: histBounds, cum: []uint64{10, 40, 40, 40}}, nil)
+	vs.record(0, one(&versionTotals{requests: 1000, errors: 100, bounds: histBounds, cum: []uint64{900, 1000, 1000, 1000}}), nil)
+	vs.record(1, one(&versionTotals{requests: 40, errors: 4, bounds: histBounds, cum: []uint64{10, 40, 40, 40}}), nil)
 	p := vs.points[1]
 	if !p.rated || p.requests != 40 || p.errors != 4 || p.refused != 0 {
 		t.Errorf("after a reset: %+v", p)
@@ -187,13 +196,13 @@ func TestHistoryCounterReset(t *testing.T) {
 	}
 	// No histogram (left out at the series cap): no refusal is inferred.
 	vs2 := &versionSeries{}
-	vs2.record(0, &versionTotals{requests: 10}, nil)
-	vs2.record(1, &versionTotals{requests: 30}, nil)
+	vs2.record(0, one(&versionTotals{requests: 10}), nil)
+	vs2.record(1, one(&versionTotals{requests: 30}), nil)
 	if p := vs2.points[1]; p.requests != 20 || p.refused != 0 || !math.IsNaN(float64(p.p50)) {
 		t.Errorf("without a histogram: %+v", p)
 	}
 	// A changed layout: the new histogram is the increase.
-	vs.record(2, &versionTotals{requests: 50, bounds: []float64{1}, cum: []uint64{8, 10}}, nil)
+	vs.record(2, one(&versionTotals{requests: 50, bounds: []float64{1}, cum: []uint64{8, 10}}), nil)
 	if p := vs.points[2]; p.p50 != 0.625 || p.requests != 10 {
 		t.Errorf("after a layout change: p50 %v requests %d, want 0.625 and 10", p.p50, p.requests)
 	}

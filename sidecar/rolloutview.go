@@ -2,6 +2,7 @@ package main
 
 import (
 	"math"
+	"strings"
 
 	"github.com/edgecanary/edgecanary/wire"
 )
@@ -35,7 +36,7 @@ func cleanRollout(r *wire.Rollout) *wire.Rollout {
 		Checks:     r.Checks,
 	}
 	if wire.ValidVersionName(r.Version) {
-		c.Version = r.Version
+		c.Version = strings.Clone(r.Version)
 	}
 	if c.State < 0 || c.State >= len(rolloutStateNames) {
 		c.State = -1
@@ -64,6 +65,8 @@ func cleanRollout(r *wire.Rollout) *wire.Rollout {
 		if len(ch.Reason) > maxReasonBytes {
 			ch.Reason = ch.Reason[:maxReasonBytes]
 		}
+		// A copy: a substring would keep the report's whole string alive.
+		ch.Reason, ch.Result = strings.Clone(ch.Reason), strings.Clone(ch.Result)
 		ch.At = clampI64(ch.At, 0, maxRolloutMs)
 		ch.Step = int(clampI64(int64(ch.Step), 0, maxRolloutSteps+1))
 		c.Recent = append(c.Recent, ch)

@@ -25,7 +25,7 @@ type verSample struct {
 
 // sample records the current totals for the status page.
 func (s *store) sample(now time.Time) {
-	v := s.snapshot(now)
+	v := s.sums(now)
 	smp := snapshotSample{at: now, versions: map[string]verSample{}}
 	for mw, t := range v.mws {
 		for k, n := range t.requests {
@@ -81,7 +81,7 @@ func (s *store) status(now time.Time) statusDoc {
 	s.mu.Lock()
 	hist := append([]snapshotSample(nil), s.history...)
 	s.mu.Unlock()
-	v := s.snapshot(now)
+	v := s.sums(now)
 	doc := statusDoc{Now: now, Versions: []statusVersion{}, Reports: v.reports, Rejected: v.rejected, LastReports: map[string]float64{}}
 	for src, t := range v.lastReport {
 		doc.LastReports[src] = math.Round(now.Sub(t).Seconds()*10) / 10

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"html"
@@ -11,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -26,13 +28,42 @@ import (
 
 const statusCSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
-// statusPages serves the page, its live fragment and /api/status.
+// statusPages serves the page, its live fragment and /api/status. The
+// history changes once per step and its rendering is the costly part (at the
+// caps, megabytes): it is rendered once per sample, as HTML and as JSON, and
+// every request until the next sample writes the same bytes. A render is
+// done by one request at a time (the others wait for it), and a slow reader
+// holds no rendering of its own, only a reference to the shared bytes.
 type statusPages struct {
 	store   *store
 	history *history
 	now     func() time.Time
+
+	historyHTML, historyJSON renderCache
 }
 
+// renderCache is the rendering of the history at one sample.
+type renderCache struct {
+	mu    sync.Mutex
+	seq   uint64 // the history's samples when rendered
+	valid bool
+	body  []byte // shared by every response: never written
+}
+
+// get returns the rendering of the history at seq samples, rendering it when
+// the cached one is older.
+func (c *renderCache) get(seq uint64, render func(*bytes.Buffer)) []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.valid || c.seq != seq {
+		var buf bytes.Buffer
+		render(&buf)
+		c.body, c.seq, c.valid = buf.Bytes(), seq, true
+	}
+	return c.body
+}
+
+// doc is the whole status document, history included, rendered anew.
 func (p *statusPages) doc() statusDoc {
 	d := p.store.status(p.now())
 	h := p.history.doc()
@@ -41,9 +72,36 @@ func (p *statusPages) doc() statusDoc {
 }
 
 func (p *statusPages) json(rw http.ResponseWriter, _ *http.Request) {
+	hist := p.historyJSON.get(p.history.samples(), func(b *bytes.Buffer) {
+		h := p.history.doc()
+		_ = json.NewEncoder(b).Encode(&h)
+	})
+	// The table now, encoded per request (small), then the cached history
+	// written as is: the response holds no copy of it.
+	head, err := json.Marshal(p.store.status(p.now())) // History nil: omitted
+	if err != nil || len(head) < 2 {
+		http.Error(rw, "status unavailable", http.StatusInternalServerError)
+		return
+	}
 	rw.Header().Set("Content-Type", "application/json")
 	rw.Header().Set("Cache-Control", "no-store")
-	_ = json.NewEncoder(rw).Encode(p.doc())
+	bw := bufio.NewWriterSize(rw, 32<<10)
+	_, _ = bw.Write(head[:len(head)-1]) // without its closing brace
+	_, _ = bw.WriteString(`,"history":`)
+	_, _ = bw.Write(bytes.TrimSpace(hist))
+	_, _ = bw.WriteString("}\n")
+	_ = bw.Flush()
+}
+
+// live writes the live part: the table now, then the history as rendered
+// at its last sample.
+func (p *statusPages) live(b pageWriter) {
+	hist := p.historyHTML.get(p.history.samples(), func(buf *bytes.Buffer) {
+		h := p.history.doc()
+		renderHistory(pageWriter{buf}, &h)
+	})
+	renderTable(b, p.store.status(p.now()))
+	_, _ = b.w.Write(hist)
 }
 
 func (p *statusPages) page(rw http.ResponseWriter, req *http.Request) {
@@ -56,7 +114,7 @@ func (p *statusPages) page(rw http.ResponseWriter, req *http.Request) {
 	b := pageWriter{bw}
 	b.str(pageHead)
 	b.str(`<div id="live">`)
-	renderLive(b, p.doc())
+	p.live(b)
 	b.str("</div>\n</body>\n</html>\n")
 	_ = bw.Flush()
 }
@@ -64,7 +122,7 @@ func (p *statusPages) page(rw http.ResponseWriter, req *http.Request) {
 func (p *statusPages) fragment(rw http.ResponseWriter, _ *http.Request) {
 	setPageHeaders(rw, "text/html; charset=utf-8")
 	bw := bufio.NewWriterSize(rw, 32<<10)
-	renderLive(pageWriter{bw}, p.doc())
+	p.live(pageWriter{bw})
 	_ = bw.Flush()
 }
 
@@ -107,6 +165,14 @@ func fmtMs(v *float64) string {
 
 // renderLive writes the part of the page that the script refreshes.
 func renderLive(b pageWriter, d statusDoc) {
+	renderTable(b, d)
+	if d.History != nil {
+		renderHistory(b, d.History)
+	}
+}
+
+// renderTable writes the live part before the history: the figures now.
+func renderTable(b pageWriter, d statusDoc) {
 	b.f(`<p class="meta">Per-version figures over the last %.0f s. Raw metrics: <a href="/metrics">/metrics</a>, JSON: <a href="/api/status">/api/status</a>.</p>
 <table class="now">
 <thead><tr><th>middleware</th><th>version</th><th>weight</th><th>breaker</th><th>req/s</th><th>error ratio</th><th>p50</th><th>p95</th><th>p99</th><th>total</th></tr></thead>
@@ -133,9 +199,6 @@ func renderLive(b pageWriter, d statusDoc) {
 		last = "; last from " + strings.Join(srcs, ", ")
 	}
 	b.f(`<p class="meta" id="reports">%d reports accepted%s</p>`+"\n", d.Reports, esc(last))
-	if d.History != nil {
-		renderHistory(b, d.History)
-	}
 }
 
 func sortedKeys[V any](m map[string]V) []string {
@@ -233,7 +296,9 @@ func renderMiddleware(b pageWriter, h *historyDoc, m *mwHistoryDoc, ax timeAxis)
 	rps := lines("requestsPerSecond", func(v *versionHistoryDoc) []*float64 { return v.RequestsPS }, "")
 	renderChart(b, h, m, ax, "requests per second", "requestsPerSecond", rps, niceMax(seriesMax(rps), 1), fmtRate, nil)
 	errs := lines("errorRatio", func(v *versionHistoryDoc) []*float64 { return v.ErrorRatio }, "")
-	renderChart(b, h, m, ax, "error ratio (5xx)", "errorRatio", errs, 1, fmtPctAxis, nil)
+	// Scaled to the data, from 5 % (the ratios a canary is judged on are a
+	// few points) up to 100 %; the axis is labelled.
+	renderChart(b, h, m, ax, "error ratio (5xx)", "errorRatio", errs, math.Min(niceMax(seriesMax(errs), 0.05), 1), fmtPctAxis, nil)
 	var lat []chartLine
 	lat = append(lat, lines("p99Seconds", func(v *versionHistoryDoc) []*float64 { return v.P99 }, "")...)
 	lat = append(lat, lines("p95Seconds", func(v *versionHistoryDoc) []*float64 { return v.P95 }, " q95")...)

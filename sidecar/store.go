@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"github.com/edgecanary/edgecanary/wire"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 )
@@ -520,10 +521,21 @@ type view struct {
 	lastReport map[string]time.Time
 	reports    uint64
 	rejected   map[string]uint64
+	// Each held Traefik process's totals ("source\x00id" -> middleware ->
+	// totals), copies: the history takes each process's increase, so a
+	// process seen for the first time is a baseline, as a new series is for
+	// rate(). The retired totals are in none: they no longer increase.
+	instances map[string]map[string]*mwTotals
 }
 
-// snapshot sums the store at now.
-func (s *store) snapshot(now time.Time) view {
+// snapshot sums the store at now, with each process's totals for the
+// history.
+func (s *store) snapshot(now time.Time) view { return s.snapshotAt(now, true) }
+
+// sums is snapshot without each process's totals: /metrics and the table.
+func (s *store) sums(now time.Time) view { return s.snapshotAt(now, false) }
+
+func (s *store) snapshotAt(now time.Time, perInstance bool) view {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	v := view{mws: map[string]*mwTotals{}, gauges: map[string]map[string]versionGauge{}, storeUp: map[string]bool{}, rollout: map[string]wire.Rollout{}, lastReport: map[string]time.Time{}, rejected: map[string]uint64{}, reports: s.reports}
@@ -542,9 +554,23 @@ func (s *store) snapshot(now time.Time) view {
 		return keys[i].source < keys[j].source || keys[i].source == keys[j].source && keys[i].id < keys[j].id
 	})
 	freshest := map[string]int64{}
+	worst := map[string]map[string]int{} // middleware -> version -> the worst breaker state of the fresh processes
+	if perInstance {
+		v.instances = make(map[string]map[string]*mwTotals, len(keys))
+	}
 	for _, k := range keys {
 		inst := s.instances[k]
+		var copies map[string]*mwTotals
+		if perInstance {
+			copies = make(map[string]*mwTotals, len(inst.mws))
+			v.instances[k.source+"\x00"+k.id] = copies
+		}
 		for name, t := range inst.mws {
+			if perInstance {
+				c := newMWTotals()
+				addTotals(c, t)
+				copies[name] = c
+			}
 			d := v.mws[name]
 			if d == nil {
 				d = newMWTotals()
@@ -570,7 +596,25 @@ func (s *store) snapshot(now time.Time) view {
 				freshest[name] = inst.sentAt
 				v.gauges[name] = g
 			}
+			w := worst[name]
+			if w == nil {
+				w = map[string]int{}
+				worst[name] = w
+			}
+			for vn, vg := range g {
+				w[vn] = max(w[vn], vg.state)
+			}
 		}
+	}
+	// The breaker state is the worst of the fresh processes': one replica's
+	// open breaker refuses or diverts its share of the users.
+	for name, g := range v.gauges {
+		c := make(map[string]versionGauge, len(g)) // the instance's map is the store's
+		for vn, vg := range g {
+			vg.state = max(vg.state, worst[name][vn])
+			c[vn] = vg
+		}
+		v.gauges[name] = c
 	}
 	for src, t := range s.lastReport {
 		v.lastReport[src] = t
@@ -603,6 +647,8 @@ func boundRollout(ro wire.Rollout) wire.Rollout {
 		if len(c.Reason) > 200 {
 			c.Reason = c.Reason[:200]
 		}
+		// A copy: a substring would keep the report's whole string alive.
+		c.Reason = strings.Clone(c.Reason)
 		switch c.Result {
 		case "pass", "fail", "inconclusive":
 		default:

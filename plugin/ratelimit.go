@@ -124,6 +124,7 @@ type rlCounters struct {
 	dryRejected uint64
 	evictions   uint64
 	storeErrors uint64 // rateLimit.redis calls that failed
+	leased      uint64 // tokens taken from the store (rateLimit.redis)
 }
 
 var rlCounterRegistry = struct {

@@ -350,6 +350,7 @@ func allowSharedConn(l *limiter, rw http.ResponseWriter, req *http.Request, now 
 func storeLease(s *shared, b *bucket, granted, left, remaining, now int64) {
 	b.leaseN, b.leaseLeft, b.leaseEnd, b.storeLeft = granted, left, now+s.life, remaining
 	b.quietLeft, b.quietUntil = granted/4, b.leaseEnd-s.life/4
+	atomic.AddUint64(&s.counters.leased, uint64(granted))
 }
 
 // startRefresh takes b's next lease in the background, before this one runs

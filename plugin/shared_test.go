@@ -318,3 +318,26 @@ func TestSharedLimitEveryOutageLogged(t *testing.T) {
 		}
 	}
 }
+
+// TestSharedLimitLeaseRunsAhead: the tokens a replica takes from the store
+// cover what it admitted, and run ahead of it by at most one lease: what
+// edgecanary_ratelimit_store_leased_tokens_total and _lease_tokens show.
+func TestSharedLimitLeaseRunsAhead(t *testing.T) {
+	srv := newTestRedis(t, false)
+	l := replicas(t, 1, "ahead@file", sharedConfig(srv.addr(), 1000, "1s", 64))[0] // lease 16
+	before := atomic.LoadUint64(&l.counters.leased)
+	admitted := 0
+	for i := 0; i < 100; i++ {
+		if code, _ := sharedRequest(l, "dora"); code == http.StatusOK {
+			admitted++
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // a refresh in flight lands
+	leased := int(atomic.LoadUint64(&l.counters.leased) - before)
+	if leased < admitted || leased > admitted+2*int(l.shared.lease) {
+		t.Errorf("%d tokens leased for %d requests admitted, want between them and one lease (%d) more, plus one refresh", leased, admitted, l.shared.lease)
+	}
+	if l.shared.lease != 16 {
+		t.Errorf("lease %d, want burst/4 = 16", l.shared.lease)
+	}
+}

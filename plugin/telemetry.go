@@ -394,15 +394,20 @@ func snapshot(st *mwStats) wire.Middleware {
 		m.RateLimitDryRun = atomic.LoadUint64(&l.counters.dryRejected)
 		m.RateLimitEvicted = atomic.LoadUint64(&l.counters.evictions)
 		m.RateLimitStoreErrors = atomic.LoadUint64(&l.counters.storeErrors)
+		m.RateLimitLeased = atomic.LoadUint64(&l.counters.leased)
 		if l.shared != nil {
 			m.RateLimitStore = "redis"
 			m.RateLimitStoreUp = atomic.LoadInt32(&l.shared.up) == 1
+			if l.shared.life > 0 {
+				m.RateLimitLease = l.shared.lease
+			}
 		}
 	} else if c := rlCountersFor(st.name, false); c != nil {
 		m.RateLimitRejected = atomic.LoadUint64(&c.rejected)
 		m.RateLimitDryRun = atomic.LoadUint64(&c.dryRejected)
 		m.RateLimitEvicted = atomic.LoadUint64(&c.evictions)
 		m.RateLimitStoreErrors = atomic.LoadUint64(&c.storeErrors)
+		m.RateLimitLeased = atomic.LoadUint64(&c.leased)
 	}
 	names := make([]string, 0, len(st.versions))
 	for n := range st.versions {

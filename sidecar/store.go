@@ -53,7 +53,7 @@ const (
 // Series per key, as the collector publishes them.
 const (
 	seriesPerMiddleware = 3 // the three rate-limit counters
-	seriesPerStore      = 2 // a shared rate-limit store's errors and up
+	seriesPerStore      = 4 // a shared rate-limit store's errors, up, lease and leased tokens
 	seriesPerRollout    = 5 // a rollout's step, state and checks by result
 	seriesPerVersion    = 6 // circuit state, weight, info and three transition counters
 	seriesPerHistogram  = 3 // +Inf bucket, sum and count, besides one per bound
@@ -82,6 +82,7 @@ type mwTotals struct {
 	rlDryRun    uint64
 	rlEvictions uint64
 	storeErrors uint64
+	storeLeased uint64 // tokens taken from the store
 	fallbacks   map[fbKey]uint64
 	transitions map[string][3]uint64
 	// rolloutChecks are the rollout's checks by result: pass, fail, inconclusive.
@@ -113,6 +114,7 @@ type instance struct {
 	mws      map[string]*mwTotals
 	gauges   map[string]map[string]versionGauge // middleware -> version
 	storeUp  map[string]bool                    // middleware -> its rate-limit store answered, for those with one
+	lease    map[string]int64                   // middleware -> the largest lease of one client, for those with a store
 	rollout  map[string]wire.Rollout            // middleware -> its rollout, for those with one
 	keys     map[string]bool                    // the series keys it holds (see seriesKeys)
 }
@@ -292,7 +294,7 @@ func (s *store) merge(r *report, now time.Time) bool {
 			s.rejected[reasonCardinality]++
 			return false
 		}
-		inst = &instance{source: r.Source, id: r.Instance, mws: map[string]*mwTotals{}, gauges: map[string]map[string]versionGauge{}, storeUp: map[string]bool{}, rollout: map[string]wire.Rollout{}, keys: map[string]bool{}}
+		inst = &instance{source: r.Source, id: r.Instance, mws: map[string]*mwTotals{}, gauges: map[string]map[string]versionGauge{}, storeUp: map[string]bool{}, lease: map[string]int64{}, rollout: map[string]wire.Rollout{}, keys: map[string]bool{}}
 		s.instances[key] = inst
 	}
 	dropped := s.admitSeries(r)
@@ -328,11 +330,14 @@ func (s *store) merge(r *report, now time.Time) bool {
 		t.rlDryRun = maxU(t.rlDryRun, m.RateLimitDryRun)
 		t.rlEvictions = maxU(t.rlEvictions, m.RateLimitEvicted)
 		t.storeErrors = maxU(t.storeErrors, m.RateLimitStoreErrors)
+		t.storeLeased = maxU(t.storeLeased, m.RateLimitLeased)
 		if newer {
 			if m.RateLimitStore != "" {
 				inst.storeUp[m.Name] = m.RateLimitStoreUp
+				inst.lease[m.Name] = m.RateLimitLease
 			} else {
 				delete(inst.storeUp, m.Name)
+				delete(inst.lease, m.Name)
 			}
 			if ro := m.Rollout; ro != nil && wire.ValidVersionName(ro.Version) && inst.keys[rolloutKey(m.Name)] {
 				inst.rollout[m.Name] = boundRollout(*ro)
@@ -477,6 +482,7 @@ func addTotals(dst, src *mwTotals) {
 	dst.rlDryRun += src.rlDryRun
 	dst.rlEvictions += src.rlEvictions
 	dst.storeErrors += src.storeErrors
+	dst.storeLeased += src.storeLeased
 	for i, n := range src.rolloutChecks {
 		dst.rolloutChecks[i] += n
 	}
@@ -517,6 +523,7 @@ type view struct {
 	mws        map[string]*mwTotals
 	gauges     map[string]map[string]versionGauge
 	storeUp    map[string]bool         // middleware -> every fresh instance with a store reached it
+	lease      map[string]int64        // middleware -> the largest lease of the fresh instances
 	rollout    map[string]wire.Rollout // middleware -> the furthest rollout of the fresh instances (see furtherRollout)
 	lastReport map[string]time.Time
 	reports    uint64
@@ -538,7 +545,7 @@ func (s *store) sums(now time.Time) view { return s.snapshotAt(now, false) }
 func (s *store) snapshotAt(now time.Time, perInstance bool) view {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	v := view{mws: map[string]*mwTotals{}, gauges: map[string]map[string]versionGauge{}, storeUp: map[string]bool{}, rollout: map[string]wire.Rollout{}, lastReport: map[string]time.Time{}, rejected: map[string]uint64{}, reports: s.reports}
+	v := view{mws: map[string]*mwTotals{}, gauges: map[string]map[string]versionGauge{}, storeUp: map[string]bool{}, lease: map[string]int64{}, rollout: map[string]wire.Rollout{}, lastReport: map[string]time.Time{}, rejected: map[string]uint64{}, reports: s.reports}
 	for name, t := range s.retired {
 		d := newMWTotals()
 		addTotals(d, t)
@@ -584,6 +591,9 @@ func (s *store) snapshotAt(now time.Time, perInstance bool) view {
 		for name, up := range inst.storeUp {
 			if was, seen := v.storeUp[name]; !seen || was {
 				v.storeUp[name] = up
+			}
+			if n := inst.lease[name]; n > v.lease[name] {
+				v.lease[name] = n
 			}
 		}
 		for name, ro := range inst.rollout {

@@ -29,12 +29,17 @@ type Middleware struct {
 	// The shared store of the rate limit (rateLimit.redis): "redis", or
 	// empty when each replica limits alone. StoreUp: the last store call
 	// succeeded. StoreErrors: store calls that failed, cumulative.
-	RateLimitStore       string     `json:"rateLimitStore,omitempty"`
-	RateLimitStoreUp     bool       `json:"rateLimitStoreUp"`
-	RateLimitStoreErrors uint64     `json:"rateLimitStoreErrors"`
-	Fallbacks            []Fallback `json:"fallbacks"`
-	Buckets              []float64  `json:"buckets"`           // the latency histogram's upper bounds, in seconds
-	Rollout              *Rollout   `json:"rollout,omitempty"` // nil when no rollout is configured
+	RateLimitStore       string `json:"rateLimitStore,omitempty"`
+	RateLimitStoreUp     bool   `json:"rateLimitStoreUp"`
+	RateLimitStoreErrors uint64 `json:"rateLimitStoreErrors"`
+	// How far a lease lets this replica run ahead of the store: the most
+	// tokens one client's lease holds (0: no lease, a call per request),
+	// and the tokens taken from the store so far, cumulative.
+	RateLimitLease  int64      `json:"rateLimitLease,omitempty"`
+	RateLimitLeased uint64     `json:"rateLimitLeasedTokens"`
+	Fallbacks       []Fallback `json:"fallbacks"`
+	Buckets         []float64  `json:"buckets"`           // the latency histogram's upper bounds, in seconds
+	Rollout         *Rollout   `json:"rollout,omitempty"` // nil when no rollout is configured
 }
 
 // Rollout states, as Rollout.State and the metric edgecanary_rollout_state.

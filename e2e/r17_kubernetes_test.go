@@ -68,12 +68,9 @@ func TestR17ConfigMapProviderSettingsReachTraefik(t *testing.T) {
 		t.Fatal("the ConfigMap has no providers.kubernetesCRD")
 	}
 	// The static configuration TestKubernetes gives each Traefik replica.
-	text, err := stage.StaticConfig(stage.StaticOptions{
-		LogLevel: "INFO", Web: "127.0.0.1:1", Traefik: "127.0.0.1:2", APIDebug: true,
-		ProvidersThrottle: 100 * time.Millisecond, File: "/tmp/dynamic.yml", Watch: true,
-		KubernetesCRD: &stage.KubernetesCRD{Endpoint: "https://127.0.0.1:3", Token: "t",
-			CertAuthFilePath: "/tmp/ca.crt", AllowExternalNameServices: true},
-	})
+	cm := demoObject(t, "ConfigMap", "traefik", "traefik-static")
+	text, err := kubeStatic(cm.str("data", "traefik.yml"), "127.0.0.1:1", "127.0.0.1:2",
+		stage.KubernetesCRD{Endpoint: "https://127.0.0.1:3", Token: "t", CertAuthFilePath: "/tmp/ca.crt"})
 	if err != nil {
 		t.Fatal(err)
 	}

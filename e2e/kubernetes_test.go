@@ -219,7 +219,39 @@ func TestKubernetes(t *testing.T) {
 		if most := 200 + int(100*elapsed.Seconds()) + 5; ok < 200 || ok > most || ok+limited != len(codes) {
 			t.Fatalf("one client IP sent %d requests in %v: %d OK (want 200 to %d), %d 429", len(codes), elapsed, ok, most, limited)
 		}
+		if limited == 0 {
+			t.Fatalf("one client IP sent %d requests in %v and none got 429: the burst of 200 is not enforced", len(codes), elapsed)
+		}
 		t.Logf("one client IP, %d requests in %v: %d OK, %d answered 429 (burst 200, 100/s)", len(codes), elapsed.Round(time.Millisecond), ok, limited)
+		// The average: the emptied bucket refills at 100/s. After a known pause,
+		// another burst of requests gets about 100 per second of pause, no more
+		// than the refill until its last answer.
+		end1 := time.Now()
+		time.Sleep(time.Second)
+		start2 := time.Now()
+		codes = make([]int, 400)
+		parallel(t, len(codes), func(i int) error {
+			res, err := s.get(c, replicas[0], nil)
+			if err != nil {
+				return err
+			}
+			codes[i] = res.StatusCode
+			return nil
+		})
+		end2 := time.Now()
+		refilled := 0
+		for _, code := range codes {
+			if code == http.StatusOK {
+				refilled++
+			}
+		}
+		least, most := int(90*start2.Sub(end1).Seconds())-5, int(100*end2.Sub(end1).Seconds())+20
+		if refilled < least || refilled > most {
+			t.Fatalf("after a pause of %v, the same client IP got %d OK of %d (want %d to %d: average 100/s)",
+				start2.Sub(end1), refilled, len(codes), least, most)
+		}
+		t.Logf("one client IP, after a pause of %v: %d OK of %d (average 100/s: %d to %d)",
+			start2.Sub(end1).Round(time.Millisecond), refilled, len(codes), least, most)
 	})
 
 	run("urn:k8s:secret values are resolved from the Secrets", func(t *testing.T) {

@@ -88,28 +88,32 @@ func TestR17ConfigMapProviderSettingsReachTraefik(t *testing.T) {
 
 // TestR17DemoRateLimitKeysEachClientBehindOneProxy: the demo Middleware sets
 // rateLimit.sourceCriterion.ipStrategy.depth: 1 (each client by the address
-// one proxy appended to X-Forwarded-For). The README says to set depth
-// together with entryPoints.web.forwardedHeaders.trustedIPs, because Traefik
-// removes X-Forwarded-* from untrusted peers before any middleware; the
-// demo's ConfigMap sets no trustedIPs. So depth: 1 is dead configuration and
-// the demo's rate limit keys on the TCP peer: behind a load balancer or
-// kube-proxy's SNAT, every client shares one bucket of 100/s. TestKubernetes
-// cannot see this: its clients send no X-Forwarded-For.
+// one proxy appended to X-Forwarded-For). Traefik removes X-Forwarded-* from
+// peers outside entryPoints.web.forwardedHeaders.trustedIPs before any
+// middleware, so without trustedIPs in the ConfigMap, depth: 1 is dead and
+// every client behind one load balancer shares its bucket. (The review found
+// the ConfigMap without trustedIPs; the fix added the cluster's private
+// ranges.)
 //
 // Here the real Traefik runs the demo Middleware's own plugin block (secrets
 // and the canary's url replaced by literals, the sidecar left out) behind an
-// entry point configured as the ConfigMap's (no forwardedHeaders). One proxy
-// (one source address) forwards 300 distinct clients, one request each, with
-// X-Forwarded-For: <client>. Each client is far inside its burst of 200, so
-// none should get 429.
+// entry point with the ConfigMap's trustedIPs plus 127.0.0.1 for the test's
+// proxy. That proxy forwards 300 distinct clients, one request each, with
+// X-Forwarded-For: <client>: each is far inside its burst of 200, so none
+// should get 429. The same requests from an untrusted peer share its bucket.
 func TestR17DemoRateLimitKeysEachClientBehindOneProxy(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts Traefik")
 	}
 	static := demoStatic(t)
 	web, _ := static["entryPoints"].(map[string]any)["web"].(map[string]any)
-	if _, ok := web["forwardedHeaders"]; ok {
-		t.Skip("the ConfigMap's web entry point now has forwardedHeaders: this test's premise is gone")
+	fh, _ := web["forwardedHeaders"].(map[string]any)
+	var trusted []string
+	for _, ip := range fh["trustedIPs"].([]any) {
+		trusted = append(trusted, ip.(string))
+	}
+	if len(trusted) == 0 {
+		t.Fatal("the ConfigMap's web entry point trusts no peer's X-Forwarded-For (forwardedHeaders.trustedIPs): the rateLimit's depth: 1 is dead")
 	}
 	mw := demoObject(t, "Middleware", "shop", "shop")
 	ec := deepCopy(mw["spec"].(map[string]any)["plugin"].(map[string]any)["edgecanary"]).(map[string]any)
@@ -131,10 +135,24 @@ func TestR17DemoRateLimitKeysEachClientBehindOneProxy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr := startTraefik(t, string(text), traefikOptions{}) // no forwardedHeaders, as the ConfigMap
+	// The ConfigMap's trustedIPs, plus 127.0.0.1 standing in for the load
+	// balancer: loopback is in none of the cluster's private ranges.
+	tr := startTraefik(t, string(text), traefikOptions{forwardedTrustedIPs: append(trusted, "127.0.0.1/32")})
 	tr.waitRouter("shop")
+	if n := limitedOf(t, tr, client("127.0.0.1")); n > 0 {
+		t.Fatalf("%d of 300 distinct clients behind one trusted proxy, one request each, got 429: the demo's depth: 1 is ignored, "+
+			"so every client shares the proxy's bucket", n)
+	}
+	// A peer outside trustedIPs cannot spread its requests over forged addresses.
+	if n := limitedOf(t, tr, client("127.0.0.2")); n == 0 {
+		t.Fatal("300 requests with forged X-Forwarded-For from one untrusted peer got no 429: its forged addresses were trusted")
+	}
+}
 
-	proxy := client("127.0.0.1") // the load balancer: one peer for every client
+// limitedOf sends 300 requests from proxy, each with X-Forwarded-For naming
+// another client, and counts the 429s.
+func limitedOf(t *testing.T, tr *traefikProc, proxy *http.Client) int {
+	t.Helper()
 	const clients = 300
 	codes := make([]int, clients)
 	var mu sync.Mutex
@@ -160,10 +178,7 @@ func TestR17DemoRateLimitKeysEachClientBehindOneProxy(t *testing.T) {
 			limited++
 		}
 	}
-	if limited > 0 {
-		t.Fatalf("%d of %d distinct clients behind one proxy, one request each, got 429: the demo's depth: 1 is ignored "+
-			"(the ConfigMap's web entry point trusts no forwarded headers), so every client shares the proxy's bucket", limited, clients)
-	}
+	return limited
 }
 
 // TestR17KubernetesMutantsSurvive changes demo/kubernetes in a copy of the

@@ -375,8 +375,8 @@ func TestKubernetes(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if res.StatusCode == http.StatusOK {
-					t.Fatalf("%s.example.com is served through a Middleware Traefik could not build", b.name)
+				if res.StatusCode != http.StatusNotFound {
+					t.Fatalf("%s.example.com answers %d, want 404: its route must be disabled with the Middleware Traefik could not build", b.name, res.StatusCode)
 				}
 				if !strings.Contains(tr.logs.String(), b.field) {
 					t.Fatalf("Traefik did not log the field error %q of Middleware %s", b.field, b.name)

@@ -99,8 +99,6 @@ func (s *syncBuffer) String() string {
 type traefikOptions struct {
 	// forwardedTrustedIPs are the entry point's forwardedHeaders.trustedIPs.
 	forwardedTrustedIPs []string
-	// kubernetesCRD adds Traefik's Kubernetes CRD provider (nil: none).
-	kubernetesCRD *stage.KubernetesCRD
 	// static, when set, writes the whole static configuration instead of
 	// stage.StaticConfig, given the web and traefik entry points' addresses.
 	// It must enable the API on the traefik entry point (api.insecure):
@@ -110,7 +108,7 @@ type traefikOptions struct {
 }
 
 // startTraefik starts Traefik with the given dynamic configuration, written
-// as is. The static configuration is stage.StaticConfig's.
+// as is. The static configuration is stage.StaticConfig's, or opts.static's.
 func startTraefik(t testing.TB, dynamic string, opts traefikOptions) *traefikProc {
 	t.Helper()
 	bin := traefikBinary(t)
@@ -139,7 +137,6 @@ func startTraefik(t testing.TB, dynamic string, opts traefikOptions) *traefikPro
 			ProvidersThrottle: 100 * time.Millisecond,
 			File:              p.dynamic,
 			Watch:             true,
-			KubernetesCRD:     opts.kubernetesCRD,
 		})
 	}
 	if err != nil {

@@ -52,15 +52,15 @@ func demoStatic(t *testing.T) map[string]any {
 	return static
 }
 
-// TestR17ConfigMapProviderSettingsReachTraefik: kubeSubstitutions says the
+// TestR17ConfigMapProviderSettingsReachTraefik: kubeSubstitutions said the
 // two Traefik processes of TestKubernetes run "with the provider settings of
-// the ConfigMap traefik-static, plus endpoint, token and CA". They do not: the
-// test hands startTraefik a stage.KubernetesCRD literal (endpoint, token, CA,
-// allowExternalNameServices) and never reads the ConfigMap. Any setting of the
-// ConfigMap's providers.kubernetesCRD (namespaces, labelSelector,
-// allowCrossNamespace, ingressClass, ...) is therefore untested: a ConfigMap
-// that makes the real Traefik ignore namespace shop still passes
-// TestKubernetes (see TestR17KubernetesMutantsSurvive).
+// the ConfigMap traefik-static, plus endpoint, token and CA". On the reviewed
+// code they did not: the test handed startTraefik a stage.KubernetesCRD
+// literal and never read the ConfigMap, so any setting of its
+// providers.kubernetesCRD (namespaces, labelSelector, allowCrossNamespace,
+// ...) was untested. Now TestKubernetes starts Traefik with kubeStatic, the
+// ConfigMap's traefik.yml with only kubeStaticSubstitutions: every setting of
+// the ConfigMap's providers.kubernetesCRD must reach it unchanged.
 func TestR17ConfigMapProviderSettingsReachTraefik(t *testing.T) {
 	providers, _ := demoStatic(t)["providers"].(map[string]any)
 	want, _ := providers["kubernetesCRD"].(map[string]any)

@@ -99,12 +99,16 @@ func (s *syncBuffer) String() string {
 type traefikOptions struct {
 	// forwardedTrustedIPs are the entry point's forwardedHeaders.trustedIPs.
 	forwardedTrustedIPs []string
-	// kubernetesCRD adds Traefik's Kubernetes CRD provider (nil: none).
-	kubernetesCRD *stage.KubernetesCRD
+	// static, when set, writes the whole static configuration instead of
+	// stage.StaticConfig, given the web and traefik entry points' addresses.
+	// It must enable the API on the traefik entry point (api.insecure):
+	// startTraefik waits for /api/rawdata, not /ping, which the configuration
+	// may lack.
+	static func(web, api string) (string, error)
 }
 
 // startTraefik starts Traefik with the given dynamic configuration, written
-// as is. The static configuration is stage.StaticConfig's.
+// as is. The static configuration is stage.StaticConfig's, or opts.static's.
 func startTraefik(t testing.TB, dynamic string, opts traefikOptions) *traefikProc {
 	t.Helper()
 	bin := traefikBinary(t)
@@ -119,17 +123,22 @@ func startTraefik(t testing.TB, dynamic string, opts traefikOptions) *traefikPro
 		logs:    &syncBuffer{},
 		dynamic: filepath.Join(dir, "dynamic.yml"),
 	}
-	static, err := stage.StaticConfig(stage.StaticOptions{
-		LogLevel:          "INFO",
-		Web:               web,
-		WebTrustedIPs:     opts.forwardedTrustedIPs,
-		Traefik:           api,
-		APIDebug:          true,
-		ProvidersThrottle: 100 * time.Millisecond,
-		File:              p.dynamic,
-		Watch:             true,
-		KubernetesCRD:     opts.kubernetesCRD,
-	})
+	var static string
+	var err error
+	if opts.static != nil {
+		static, err = opts.static(web, api)
+	} else {
+		static, err = stage.StaticConfig(stage.StaticOptions{
+			LogLevel:          "INFO",
+			Web:               web,
+			WebTrustedIPs:     opts.forwardedTrustedIPs,
+			Traefik:           api,
+			APIDebug:          true,
+			ProvidersThrottle: 100 * time.Millisecond,
+			File:              p.dynamic,
+			Watch:             true,
+		})
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,8 +162,12 @@ func startTraefik(t testing.TB, dynamic string, opts traefikOptions) *traefikPro
 			t.Logf("Traefik logs:\n%s", p.logs.String())
 		}
 	})
-	p.waitFor(60*time.Second, "Traefik ping", func() bool {
-		res, err := http.Get(p.api + "/ping")
+	ready := "/ping"
+	if opts.static != nil {
+		ready = "/api/rawdata"
+	}
+	p.waitFor(60*time.Second, "Traefik "+ready, func() bool {
+		res, err := http.Get(p.api + ready)
 		if err != nil {
 			return false
 		}

@@ -88,6 +88,7 @@ func startKube(t testing.TB, tokens ...kubeToken) *kubeCluster {
 			"--listen-client-urls="+etcdURL, "--advertise-client-urls="+etcdURL,
 			"--listen-peer-urls="+peerURL, "--initial-advertise-peer-urls="+peerURL,
 			"--initial-cluster=e2e="+peerURL, "--log-level=warn")
+		p.port = client
 		return p, p.ready(60*time.Second, func() bool {
 			res, err := http.Get(etcdURL + "/health")
 			if err != nil {
@@ -115,6 +116,7 @@ func startKube(t testing.TB, tokens ...kubeToken) *kubeCluster {
 			"--token-auth-file="+filepath.Join(dir, "tokens.csv"),
 			"--authorization-mode=RBAC",
 			"--endpoint-reconciler-type=none")
+		p.port = port
 		return p, p.ready(120*time.Second, func() bool {
 			if k.client == nil {
 				pem, err := os.ReadFile(k.caFile)
@@ -139,6 +141,8 @@ func startKube(t testing.TB, tokens ...kubeToken) *kubeCluster {
 type kubeProc struct {
 	t    testing.TB
 	name string
+	pid  int
+	port int // the TCP port it must listen on before ready trusts its check (0: any)
 	logs *syncBuffer
 	done chan struct{} // closed when the process has exited
 }
@@ -154,6 +158,7 @@ func startProc(t testing.TB, name, bin string, args ...string) *kubeProc {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting %s: %v", name, err)
 	}
+	p.pid = cmd.Process.Pid
 	go func() { _ = cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
@@ -174,7 +179,9 @@ func startProc(t testing.TB, name, bin string, args ...string) *kubeProc {
 	return p
 }
 
-// ready polls cond until it holds; it returns false when the process exits
+// ready polls cond until it holds while the process itself listens on its
+// port: an answer on the port from another process (one that took it before
+// ours could bind) is not ours. It returns false when the process exits
 // first, and fails the test past the timeout.
 func (p *kubeProc) ready(timeout time.Duration, cond func() bool) bool {
 	p.t.Helper()
@@ -184,7 +191,7 @@ func (p *kubeProc) ready(timeout time.Duration, cond func() bool) bool {
 			return false
 		default:
 		}
-		if cond() {
+		if listening(p.pid, p.port) && cond() {
 			return true
 		}
 		if time.Now().After(deadline) {
@@ -492,4 +499,37 @@ func goModuleDir(t testing.TB, module string) string {
 		t.Fatalf("go mod download %s: %s %v", module, out, err)
 	}
 	return m.Dir
+}
+
+// listening reports whether process pid holds a TCP socket listening on port
+// (on any port when port is 0), from /proc/net/tcp{,6} and /proc/<pid>/fd.
+func listening(pid, port int) bool {
+	inodes := map[string]bool{}
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n")[1:] {
+			fields := strings.Fields(line)
+			if len(fields) < 10 || fields[3] != "0A" { // 0A: LISTEN
+				continue
+			}
+			local := fields[1]
+			if port != 0 && !strings.HasSuffix(local, fmt.Sprintf(":%04X", port)) {
+				continue
+			}
+			inodes["socket:["+fields[9]+"]"] = true
+		}
+	}
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return false
+	}
+	for _, fd := range fds {
+		if target, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); err == nil && inodes[target] {
+			return true
+		}
+	}
+	return false
 }

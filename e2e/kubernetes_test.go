@@ -22,6 +22,7 @@ import (
 
 	"github.com/edgecanary/edgecanary/internal/stage"
 	"github.com/edgecanary/edgecanary/plugin"
+	"gopkg.in/yaml.v3"
 )
 
 // prometheusOperator is the module whose CRDs (example/prometheus-operator-crd)
@@ -42,9 +43,9 @@ var kubeSubstitutions = []string{
 		"and the sidecar container's --ingest.address and --metrics.address become free loopback ports " +
 		"(two Traefik replicas and their sidecar share one host)",
 	"Deployments: applied unchanged; nothing runs their pods. Traefik runs as two local processes with the " +
-		"provider settings of the ConfigMap traefik-static, plus endpoint, token (the ServiceAccount traefik's user, " +
-		"so its ClusterRole is what Traefik may read) and CA; the plugin is a local plugin instead of the catalog's " +
-		"(no internet); the sidecar runs with the container's args and env, as the kubelet would",
+		"ConfigMap traefik-static's traefik.yml, changed only by kubeStaticSubstitutions (its token is the " +
+		"ServiceAccount traefik's user, so its ClusterRole is what Traefik may read), and must pass the container's " +
+		"readinessProbe; the sidecar runs with the container's args and env, as the kubelet would",
 }
 
 // shopHost is what the demo's IngressRoute matches.
@@ -141,10 +142,33 @@ func TestKubernetes(t *testing.T) {
 		t.Fatalf("the sidecar, run as the Deployment says, requires no token:\n%s", sc.logs.String())
 	}
 
-	provider := &stage.KubernetesCRD{Endpoint: k.url, Token: traefikToken, CertAuthFilePath: k.caFile, AllowExternalNameServices: true}
-	replicas := []*traefikProc{
-		startTraefik(t, "", traefikOptions{kubernetesCRD: provider}),
-		startTraefik(t, "", traefikOptions{kubernetesCRD: provider}),
+	// Traefik runs with the ConfigMap's traefik.yml, changed only by kubeStaticSubstitutions.
+	var configMap string
+	for _, o := range objs {
+		if o.str("kind") == "ConfigMap" && o.str("metadata", "namespace") == "traefik" && o.str("metadata", "name") == "traefik-static" {
+			configMap = o.str("data", "traefik.yml")
+		}
+	}
+	if configMap == "" {
+		t.Fatal("no traefik.yml in the ConfigMap traefik/traefik-static")
+	}
+	for _, s := range kubeStaticSubstitutions {
+		t.Logf("static configuration substitution: %s", s)
+	}
+	provider := stage.KubernetesCRD{Endpoint: k.url, Token: traefikToken, CertAuthFilePath: k.caFile}
+	opts := traefikOptions{static: func(web, api string) (string, error) { return kubeStatic(configMap, web, api, provider) }}
+	replicas := []*traefikProc{startTraefik(t, "", opts), startTraefik(t, "", opts)}
+	// The kubelet would keep a replica out of the Service traefik until its readinessProbe passes.
+	probe := traefikReadinessPath(t, objs, configMap)
+	for _, tr := range replicas {
+		res, err := http.Get(tr.api + probe)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusOK {
+			t.Fatalf("the Traefik container's readinessProbe, GET %s on the entry point traefik, answers %d: no replica would ever be Ready", probe, res.StatusCode)
+		}
 	}
 	s := &kubeShop{replicas: replicas, sidecar: sc, canaryURL: "http://" + canaryAddr, sent: map[string]float64{}}
 	for i := 0; i < 40; i++ {
@@ -195,7 +219,39 @@ func TestKubernetes(t *testing.T) {
 		if most := 200 + int(100*elapsed.Seconds()) + 5; ok < 200 || ok > most || ok+limited != len(codes) {
 			t.Fatalf("one client IP sent %d requests in %v: %d OK (want 200 to %d), %d 429", len(codes), elapsed, ok, most, limited)
 		}
+		if limited == 0 {
+			t.Fatalf("one client IP sent %d requests in %v and none got 429: the burst of 200 is not enforced", len(codes), elapsed)
+		}
 		t.Logf("one client IP, %d requests in %v: %d OK, %d answered 429 (burst 200, 100/s)", len(codes), elapsed.Round(time.Millisecond), ok, limited)
+		// The average: the emptied bucket refills at 100/s. After a known pause,
+		// another burst of requests gets about 100 per second of pause, no more
+		// than the refill until its last answer.
+		end1 := time.Now()
+		time.Sleep(time.Second)
+		start2 := time.Now()
+		codes = make([]int, 400)
+		parallel(t, len(codes), func(i int) error {
+			res, err := s.get(c, replicas[0], nil)
+			if err != nil {
+				return err
+			}
+			codes[i] = res.StatusCode
+			return nil
+		})
+		end2 := time.Now()
+		refilled := 0
+		for _, code := range codes {
+			if code == http.StatusOK {
+				refilled++
+			}
+		}
+		least, most := int(90*start2.Sub(end1).Seconds())-5, int(100*end2.Sub(end1).Seconds())+20
+		if refilled < least || refilled > most {
+			t.Fatalf("after a pause of %v, the same client IP got %d OK of %d (want %d to %d: average 100/s)",
+				start2.Sub(end1), refilled, len(codes), least, most)
+		}
+		t.Logf("one client IP, after a pause of %v: %d OK of %d (average 100/s: %d to %d)",
+			start2.Sub(end1).Round(time.Millisecond), refilled, len(codes), least, most)
 	})
 
 	run("urn:k8s:secret values are resolved from the Secrets", func(t *testing.T) {
@@ -319,8 +375,8 @@ func TestKubernetes(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if res.StatusCode == http.StatusOK {
-					t.Fatalf("%s.example.com is served through a Middleware Traefik could not build", b.name)
+				if res.StatusCode != http.StatusNotFound {
+					t.Fatalf("%s.example.com answers %d, want 404: its route must be disabled with the Middleware Traefik could not build", b.name, res.StatusCode)
 				}
 				if !strings.Contains(tr.logs.String(), b.field) {
 					t.Fatalf("Traefik did not log the field error %q of Middleware %s", b.field, b.name)
@@ -772,4 +828,123 @@ func startDemoSidecar(t *testing.T, k *kubeCluster, objs []kubeObject, ingestPor
 		}
 	})
 	return s
+}
+
+// kubeStaticSubstitutions are the only changes TestKubernetes makes to the
+// ConfigMap traefik-static's traefik.yml before starting a Traefik replica
+// with it (kubeStatic).
+var kubeStaticSubstitutions = []string{
+	"entryPoints.web.address and entryPoints.traefik.address become free loopback ports (two replicas share one host)",
+	"providers.kubernetesCRD gains endpoint, token and certAuthFilePath (the test's API server, the ServiceAccount " +
+		"traefik's token, the API server's CA) and allowExternalNameServices: true (the Services are ExternalName); " +
+		"its other settings are kept",
+	"providers.providersThrottleDuration: 100ms, when the ConfigMap sets none (the test waits for each change)",
+	"experimental.plugins.edgecanary (the catalog: no internet here) becomes experimental.localPlugins.edgecanary, " +
+		"the same moduleName, staged from this checkout",
+	"api.insecure: true on the traefik entry point and log.level INFO: the test reads /api/rawdata and the log",
+}
+
+// kubeStatic is the ConfigMap's traefik.yml with kubeStaticSubstitutions
+// applied. It fails when a substitution finds nothing to change or would
+// replace a setting of the ConfigMap.
+func kubeStatic(configMap, web, api string, crd stage.KubernetesCRD) (string, error) {
+	var static map[string]any
+	if err := yaml.Unmarshal([]byte(configMap), &static); err != nil || static == nil {
+		return "", fmt.Errorf("the ConfigMap's traefik.yml: %v", err)
+	}
+	eps, _ := static["entryPoints"].(map[string]any)
+	for name, addr := range map[string]string{"web": web, "traefik": api} {
+		ep, _ := eps[name].(map[string]any)
+		if ep == nil || ep["address"] == nil {
+			return "", fmt.Errorf("the ConfigMap has no entryPoints.%s.address", name)
+		}
+		ep["address"] = addr
+	}
+	providers, _ := static["providers"].(map[string]any)
+	kc, _ := providers["kubernetesCRD"].(map[string]any)
+	if kc == nil {
+		return "", fmt.Errorf("the ConfigMap has no providers.kubernetesCRD")
+	}
+	for _, key := range []string{"endpoint", "token", "certAuthFilePath", "allowExternalNameServices"} {
+		if _, ok := kc[key]; ok {
+			return "", fmt.Errorf("the ConfigMap sets providers.kubernetesCRD.%s, which the test replaces", key)
+		}
+	}
+	kc["endpoint"], kc["token"], kc["certAuthFilePath"], kc["allowExternalNameServices"] = crd.Endpoint, crd.Token, crd.CertAuthFilePath, true
+	if _, ok := providers["providersThrottleDuration"]; !ok {
+		providers["providersThrottleDuration"] = "100ms"
+	}
+	exp, _ := static["experimental"].(map[string]any)
+	plugins, _ := exp["plugins"].(map[string]any)
+	if pl, _ := plugins["edgecanary"].(map[string]any); pl == nil || pl["moduleName"] != stage.ModuleName {
+		return "", fmt.Errorf("the ConfigMap has no experimental.plugins.edgecanary with moduleName %s", stage.ModuleName)
+	}
+	delete(plugins, "edgecanary")
+	if len(plugins) == 0 {
+		delete(exp, "plugins")
+	}
+	exp["localPlugins"] = map[string]any{"edgecanary": map[string]any{"moduleName": stage.ModuleName}}
+	for _, key := range []string{"api", "log"} {
+		if _, ok := static[key]; ok {
+			return "", fmt.Errorf("the ConfigMap sets %s, which the test replaces", key)
+		}
+	}
+	static["api"] = map[string]any{"insecure": true, "debug": true}
+	static["log"] = map[string]any{"level": "INFO"}
+	out, err := yaml.Marshal(static)
+	return string(out), err
+}
+
+// traefikReadinessPath is the path of the Traefik container's readinessProbe,
+// checked to be on the port of the ConfigMap's entry point traefik (the one
+// the test reaches as traefikProc.api).
+func traefikReadinessPath(t *testing.T, objs []kubeObject, configMap string) string {
+	t.Helper()
+	var static map[string]any
+	if err := yaml.Unmarshal([]byte(configMap), &static); err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		if o.str("kind") != "Deployment" || o.str("metadata", "namespace") != "traefik" || o.str("metadata", "name") != "traefik" {
+			continue
+		}
+		spec := o["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)
+		for _, c := range spec["containers"].([]any) {
+			c := c.(map[string]any)
+			if c["name"] != "traefik" {
+				continue
+			}
+			get, _ := kubeObject(c).get("readinessProbe", "httpGet").(map[string]any)
+			if get == nil {
+				t.Fatal("the Traefik container has no readinessProbe.httpGet")
+			}
+			port := fmt.Sprint(get["port"])
+			for _, p := range c["ports"].([]any) {
+				if p := p.(map[string]any); p["name"] == get["port"] {
+					port = fmt.Sprint(p["containerPort"])
+				}
+			}
+			addr := kubeObject(static).str("entryPoints", "traefik", "address")
+			if !strings.HasSuffix(addr, ":"+port) {
+				t.Fatalf("the Traefik container's readinessProbe is on port %s, the ConfigMap's entry point traefik on %q", port, addr)
+			}
+			path, _ := get["path"].(string)
+			return path
+		}
+	}
+	t.Fatal("no Traefik container in the Deployment traefik/traefik")
+	return ""
+}
+
+// get is the value at path, or nil.
+func (o kubeObject) get(path ...string) any {
+	var v any = map[string]any(o)
+	for _, p := range path {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return nil
+		}
+		v = m[p]
+	}
+	return v
 }

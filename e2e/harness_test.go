@@ -75,6 +75,7 @@ type traefikProc struct {
 	cmd      *exec.Cmd
 	logs     *syncBuffer
 	dynamic  string
+	exited   chan struct{} // closed when the process has ended
 	stopOnce sync.Once
 }
 
@@ -109,19 +110,38 @@ type traefikOptions struct {
 
 // startTraefik starts Traefik with the given dynamic configuration, written
 // as is. The static configuration is stage.StaticConfig's, or opts.static's.
+// A free port taken by another process before Traefik binds it (freePort
+// closes its listener) is retried with new ports, up to three times.
 func startTraefik(t testing.TB, dynamic string, opts traefikOptions) *traefikProc {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		p, taken := tryStartTraefik(t, dynamic, opts)
+		if !taken {
+			return p
+		}
+		if attempt == 3 {
+			t.Fatalf("Traefik could not bind its ports three times:\n%s", p.logs.String())
+		}
+		t.Logf("Traefik's port was taken by another process; trying new ports")
+	}
+}
+
+// tryStartTraefik is one attempt of startTraefik: taken reports that
+// Traefik exited because one of its ports was in use.
+func tryStartTraefik(t testing.TB, dynamic string, opts traefikOptions) (p *traefikProc, taken bool) {
 	t.Helper()
 	bin := traefikBinary(t)
 	dir := t.TempDir()
 	stagePlugin(t, filepath.Join(dir, "plugins-local"))
 	web, api := fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	p := &traefikProc{
+	p = &traefikProc{
 		t:       t,
 		dir:     dir,
 		web:     "http://" + web,
 		api:     "http://" + api,
 		logs:    &syncBuffer{},
 		dynamic: filepath.Join(dir, "dynamic.yml"),
+		exited:  make(chan struct{}),
 	}
 	var static string
 	var err error
@@ -156,6 +176,7 @@ func startTraefik(t testing.TB, dynamic string, opts traefikOptions) *traefikPro
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	go func(cmd *exec.Cmd, exited chan struct{}) { _ = cmd.Wait(); close(exited) }(p.cmd, p.exited)
 	t.Cleanup(func() {
 		p.stop()
 		if t.Failed() {
@@ -167,6 +188,15 @@ func startTraefik(t testing.TB, dynamic string, opts traefikOptions) *traefikPro
 		ready = "/api/rawdata"
 	}
 	p.waitFor(60*time.Second, "Traefik "+ready, func() bool {
+		select {
+		case <-p.exited:
+			if strings.Contains(p.logs.String(), "address already in use") {
+				taken = true
+				return true
+			}
+			t.Fatalf("Traefik exited:\n%s", p.logs.String())
+		default:
+		}
 		res, err := http.Get(p.api + ready)
 		if err != nil {
 			return false
@@ -174,7 +204,7 @@ func startTraefik(t testing.TB, dynamic string, opts traefikOptions) *traefikPro
 		res.Body.Close()
 		return res.StatusCode == http.StatusOK
 	})
-	return p
+	return p, taken
 }
 
 // stop ends Traefik (SIGTERM, then SIGKILL after 10 s) and waits for it. It
@@ -182,13 +212,11 @@ func startTraefik(t testing.TB, dynamic string, opts traefikOptions) *traefikPro
 func (p *traefikProc) stop() {
 	p.stopOnce.Do(func() {
 		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = p.cmd.Wait(); close(done) }()
 		select {
-		case <-done:
+		case <-p.exited:
 		case <-time.After(10 * time.Second):
 			_ = p.cmd.Process.Kill()
-			<-done
+			<-p.exited
 		}
 	})
 }

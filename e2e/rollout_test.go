@@ -260,35 +260,53 @@ func (tf *traffic) run(t *testing.T, c *http.Client, url string, stop chan struc
 	}
 }
 
+// failingRollout is a rollout (steps of 3 s from 30%, threshold 2,
+// minRequests 20) of a canary answering 10% 5xx, in one Traefik reporting to
+// a sidecar started with sidecarArgs, driven by workers clients until
+// Traefik logs the rollback. stop ends the traffic.
+type failingRollout struct {
+	tr    *traefikProc
+	sc    *sidecarProc
+	c     *http.Client
+	tf    *traffic
+	start time.Time
+	stop  func()
+}
+
+func startFailingRollout(t *testing.T, workers int, sidecarArgs ...string) *failingRollout {
+	t.Helper()
+	stable := newBackend(t, "stable")
+	canary := failingBackend(t, "canary", 10)
+	f := &failingRollout{sc: startSidecar(t, sidecarArgs...), c: client("127.0.0.1"), tf: &traffic{}}
+	side := fmt.Sprintf("          sidecar:\n            address: %q\n            interval: 200ms\n", f.sc.ingest)
+	trs, start := startRollouts(t, 1, func(_ int, start time.Time) string {
+		return canaryDynamic(stable.URL, canary.URL, 90, 10, side+rolloutYAML(start, "[30, 60, 100]", "3s", 2, 20, ""))
+	})
+	f.tr, f.start = trs[0], start
+	sleepUntil(start)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := 0; i < workers; i++ {
+		wg.Add(1)
+		go f.tf.run(t, f.c, f.tr.web+"/", stop, &wg)
+	}
+	f.stop = func() { close(stop); wg.Wait() }
+	f.tr.waitFor(15*time.Second, "the rollback", func() bool {
+		return strings.Contains(f.tr.logs.String(), "rolled back after 2 failed checks")
+	})
+	return f
+}
+
 // TestRolloutRollsBackInTraefik: a canary answering 10% 5xx is rolled back
 // after threshold (2) failed checks. Its users return to stable with the
 // same cookies, no 5xx follows the rollback, and the sidecar shows it.
 func TestRolloutRollsBackInTraefik(t *testing.T) {
-	stable := newBackend(t, "stable")
-	canary := failingBackend(t, "canary", 10)
-	sc := startSidecar(t)
-	side := fmt.Sprintf("          sidecar:\n            address: %q\n            interval: 200ms\n", sc.ingest)
-	trs, start := startRollouts(t, 1, func(_ int, start time.Time) string {
-		return canaryDynamic(stable.URL, canary.URL, 90, 10, side+rolloutYAML(start, "[30, 60, 100]", "3s", 2, 20, ""))
-	})
-	tr := trs[0]
-	sleepUntil(start)
-	c := client("127.0.0.1")
-	tf := &traffic{}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for i := 0; i < 4; i++ {
-		wg.Add(1)
-		go tf.run(t, c, tr.web+"/", stop, &wg)
-	}
-	tr.waitFor(15*time.Second, "the rollback", func() bool {
-		return strings.Contains(tr.logs.String(), "rolled back after 2 failed checks")
-	})
+	f := startFailingRollout(t, 4)
+	tr, sc, c, tf, start := f.tr, f.sc, f.c, f.tf, f.start
 	rolledBackAt := time.Since(start)
 	tf.late.Store(true)
 	time.Sleep(time.Second)
-	close(stop)
-	wg.Wait()
+	f.stop()
 	t.Logf("rolled back %v after the start; %d requests, %d 5xx (10%% of the canary's)", rolledBackAt, tf.requests.Load(), tf.fivexx.Load())
 	if rolledBackAt > 7*time.Second {
 		t.Errorf("rolled back %v after the start, want at the end of the second window (6 s)", rolledBackAt)

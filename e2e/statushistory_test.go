@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -14,7 +13,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -305,30 +303,11 @@ func TestStatusPageRealRolloutInChromium(t *testing.T) {
 	if err != nil {
 		t.Fatal("chromium not found: apt-get install --no-install-recommends chromium")
 	}
-	stable := newBackend(t, "stable")
-	canary := failingBackend(t, "canary", 10)
-	sc := startSidecar(t, "--status.step=1s")
-	side := fmt.Sprintf("          sidecar:\n            address: %q\n            interval: 200ms\n", sc.ingest)
-	trs, start := startRollouts(t, 1, func(_ int, start time.Time) string {
-		return canaryDynamic(stable.URL, canary.URL, 90, 10, side+rolloutYAML(start, "[30, 60, 100]", "3s", 2, 20, ""))
-	})
-	tr := trs[0]
-	sleepUntil(start)
-	c := client("127.0.0.1")
-	tf := &traffic{}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for i := 0; i < 2; i++ {
-		wg.Add(1)
-		go tf.run(t, c, tr.web+"/", stop, &wg)
-	}
-	tr.waitFor(15*time.Second, "the rollback", func() bool {
-		return strings.Contains(tr.logs.String(), "rolled back after 2 failed checks")
-	})
+	f := startFailingRollout(t, 2, "--status.step=1s")
+	sc, start := f.sc, f.start
 	rolledBack := time.Now()
 	time.Sleep(3 * time.Second) // samples after the rollback
-	close(stop)
-	wg.Wait()
+	f.stop()
 
 	dom, console := runChromium(t, chromium, "--virtual-time-budget=3000", "--dump-dom", sc.metrics+"/")
 	noConsoleMessages(t, console)

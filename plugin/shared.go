@@ -292,13 +292,7 @@ func allowShared(l *limiter, rw http.ResponseWriter, req *http.Request, key stri
 	left := b.leaseLeft + b.storeLeft
 	<-l.sem
 	if l.headers {
-		h := rw.Header()
-		h["Ratelimit-Policy"] = l.policy
-		if left < l.nR {
-			h["Ratelimit"] = l.byR[left]
-		} else {
-			h["Ratelimit"] = rateLimitField(l, -left*l.interval)
-		}
+		sharedHeaders(l, rw, left)
 	}
 	return now
 }
@@ -319,13 +313,7 @@ func allowSharedPeer(l *limiter, rw http.ResponseWriter, req *http.Request, now 
 	left := b.leaseLeft + b.storeLeft
 	<-l.sem
 	if l.headers {
-		h := rw.Header()
-		h["Ratelimit-Policy"] = l.policy
-		if left < l.nR {
-			h["Ratelimit"] = l.byR[left]
-		} else {
-			h["Ratelimit"] = rateLimitField(l, -left*l.interval)
-		}
+		sharedHeaders(l, rw, left)
 	}
 	return now
 }
@@ -518,11 +506,22 @@ func sharedRejected(l *limiter, rw http.ResponseWriter, wait, now int64) int64 {
 // tokens (this replica's lease and what the store had left), and returns now.
 func sharedAdmit(l *limiter, rw http.ResponseWriter, left, now int64) int64 {
 	if l.headers {
-		h := rw.Header()
-		h["Ratelimit-Policy"] = l.policy
-		h["Ratelimit"] = rateLimitField(l, -left*l.interval)
+		sharedHeaders(l, rw, left)
 	}
 	return now
+}
+
+// sharedHeaders writes the RateLimit fields of a request admitted with left
+// tokens known to this replica (its lease and what the store had left): from
+// the table when it covers left.
+func sharedHeaders(l *limiter, rw http.ResponseWriter, left int64) {
+	h := rw.Header()
+	h["Ratelimit-Policy"] = l.policy
+	if left < l.nR {
+		h["Ratelimit"] = l.byR[left]
+	} else {
+		h["Ratelimit"] = rateLimitField(l, -left*l.interval)
+	}
 }
 
 // storeFailed decides a request while the store fails, by onError: this

@@ -567,18 +567,6 @@ func (r *rollout) poll(gen int) {
 	}
 }
 
-// tick is one turn of both goroutines at now, in order: Redis when due, then
-// settle. The tests drive a rollout with it on fixed instants.
-func (r *rollout) tick(now time.Time) {
-	if !r.alive(now, r.gen) {
-		return
-	}
-	if client, write := r.pollDue(now); client != nil {
-		r.sync(client, write, now)
-	}
-	r.settle(now)
-}
-
 // alive reports whether the goroutines of generation gen should go on. When
 // no handler has used the rollout for reloadGrace, or a New with other
 // settings replaced it, it stops them and gives back the Redis client.

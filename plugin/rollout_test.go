@@ -503,3 +503,15 @@ func TestRolloutSharesTheRateLimitPool(t *testing.T) {
 		t.Fatal("another db shares the rate limit's client")
 	}
 }
+
+// tick is one turn of both goroutines at now, in order: Redis when due, then
+// settle. The tests drive a rollout with it on fixed instants.
+func (r *rollout) tick(now time.Time) {
+	if !r.alive(now, r.gen) {
+		return
+	}
+	if client, write := r.pollDue(now); client != nil {
+		r.sync(client, write, now)
+	}
+	r.settle(now)
+}

@@ -145,7 +145,7 @@ bench: $(TRAEFIK)
 
 ## fuzz: every fuzz target for FUZZTIME each (a duration, or a count such as 30000x); fuzz-short is the CI version
 FUZZTIME ?= 60s
-FUZZ_TARGETS := e2e:FuzzConfig plugin:FuzzCookieAndOverride plugin:FuzzForwardedKey plugin:FuzzRedisReply sidecar:FuzzIngest
+FUZZ_TARGETS := e2e:FuzzConfig plugin:FuzzCookieAndOverride plugin:FuzzForwardedKey plugin:FuzzRedisReply plugin:FuzzGCRAReply sidecar:FuzzIngest
 fuzz:
 	@for t in $(FUZZ_TARGETS); do dir=$${t%%:*}; name=$${t##*:}; \
 	  echo "fuzzing $$name in $$dir/ for $(FUZZTIME)"; \

@@ -988,8 +988,8 @@ func TestRedisClientDefaults(t *testing.T) {
 		o.ReadTimeout != 3*time.Second || o.WriteTimeout != 3*time.Second || o.PoolSize != 10*runtime.GOMAXPROCS(0) {
 		t.Errorf("defaults: %+v", o)
 	}
-	if len(c.slots) != o.PoolSize || len(c.init) != 0 {
-		t.Errorf("slots %d, init %v", len(c.slots), c.init)
+	if c.open != 0 || len(c.idle) != 0 || len(c.init) != 0 {
+		t.Errorf("open %d, idle %d, init %v", c.open, len(c.idle), c.init)
 	}
 	c2 := newRedisClient(redisOptions{Username: "u", Password: "p", DB: 2})
 	defer c2.close()
@@ -1032,5 +1032,69 @@ func BenchmarkRedisTakeTokens(b *testing.B) {
 		if _, _, _, _, err := c.takeTokens("bench", 1, 0, 1); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestRedisTakeTokensHostileServer: takeTokens reads the script's reply
+// with its own reader (readGCRAReply); every reply that is not four integers
+// in range is an error, never a panic or a lease out of bounds.
+func TestRedisTakeTokensHostileServer(t *testing.T) {
+	tests := []struct {
+		desc, reply, wantErr string
+	}{
+		{desc: "garbage", reply: "HTTP/1.1 400 Bad Request\r\n\r\n", wantErr: "unexpected reply"},
+		{desc: "three integers", reply: "*3\r\n:1\r\n:0\r\n:9\r\n", wantErr: "unexpected reply"},
+		{desc: "a bulk string among them", reply: "*4\r\n$1\r\n1\r\n:0\r\n:9\r\n:1\r\n", wantErr: "unexpected reply"},
+		{desc: "more granted than asked", reply: "*4\r\n:5\r\n:0\r\n:9\r\n:1\r\n", wantErr: "out of range"},
+		{desc: "negative granted", reply: "*4\r\n:-1\r\n:0\r\n:9\r\n:1\r\n", wantErr: "out of range"},
+		{desc: "negative remaining", reply: "*4\r\n:1\r\n:0\r\n:-9\r\n:1\r\n", wantErr: "out of range"},
+		{desc: "an integer too long", reply: "*4\r\n:1\r\n:0\r\n:9\r\n:99999999999999999999\r\n", wantErr: "unexpected reply"},
+		{desc: "not a number", reply: "*4\r\n:1\r\n:x\r\n:9\r\n:1\r\n", wantErr: "bad integer"},
+		{desc: "closes mid-array", reply: "*4\r\n:1\r\n", wantErr: "unexpected EOF"},
+		{desc: "closes without a reply", reply: "", wantErr: "EOF"},
+		{desc: "an error reply", reply: "-BUSY Redis is busy running a script\r\n", wantErr: "redis: BUSY"},
+		{desc: "endless line", reply: strings.Repeat(":", 1<<16), wantErr: "line too long"},
+	}
+	for _, test := range tests {
+		c := testRedisClient(t, redisOptions{Endpoints: []string{fakeRedis(t, test.reply)}, ReadTimeout: time.Second})
+		g, w, r, _, err := c.takeTokens("k", 10, 100, 2)
+		if err == nil || !strings.Contains(err.Error(), test.wantErr) {
+			t.Errorf("%s: got %d %d %d %v, want an error with %q", test.desc, g, w, r, err, test.wantErr)
+		}
+	}
+	c := testRedisClient(t, redisOptions{Endpoints: []string{fakeRedis(t, "*4\r\n:2\r\n:0\r\n:7\r\n:-5\r\n")}})
+	if g, w, r, now, err := c.takeTokens("k", 10, 100, 2); err != nil || g != 2 || w != 0 || r != 7 || now != -5 {
+		t.Errorf("the fake server's sane reply: %d %d %d %d %v", g, w, r, now, err)
+	}
+}
+
+// TestRedisTakeTokensAfterScriptFlush: a server that lost the script
+// (SCRIPT FLUSH, a restart) answers EVALSHA with NOSCRIPT; takeTokens then
+// runs it with EVAL, once, and the bucket is the same one.
+func TestRedisTakeTokensAfterScriptFlush(t *testing.T) {
+	srv := newTestRedis(t, false)
+	c := testRedisClient(t, redisOptions{Endpoints: []string{srv.addr()}, PoolSize: 1})
+	const interval, tolerance = 1000000000, 9000000000 // a burst of 10, no refill during the test
+	if g, _, r, _, err := c.takeTokens("flush", interval, tolerance, 4); err != nil || g != 4 || r != 6 {
+		t.Fatalf("first take: %d granted, %d left, %v", g, r, err)
+	}
+	mustDo(t, c, "SCRIPT", "FLUSH")
+	evals := func() string {
+		v := redisInfoField(t, c, "commandstats", "cmdstat_eval")
+		return v[:strings.IndexByte(v+",", ',')]
+	}
+	evalsBefore := evals()
+	connsBefore := redisInfoField(t, c, "stats", "total_connections_received")
+	for i, want := range []int64{4, 2} {
+		if g, _, r, _, err := c.takeTokens("flush", interval, tolerance, 2); err != nil || g != 2 || r != want {
+			t.Fatalf("take %d after the flush: %d granted, %d left, %v", i, g, r, err)
+		}
+	}
+	// The first take of the test loaded the script with EVAL too.
+	if before, after := evalsBefore, evals(); before != "calls=1" || after != "calls=2" {
+		t.Errorf("cmdstat_eval %s before the flush and %s after it: want one EVAL after it", before, after)
+	}
+	if conns := redisInfoField(t, c, "stats", "total_connections_received"); conns != connsBefore {
+		t.Errorf("connections received: %s, then %s: the NOSCRIPT reply must leave the connection in step", connsBefore, conns)
 	}
 }

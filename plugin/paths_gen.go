@@ -11,27 +11,37 @@ import (
 
 // generatedPaths are the request paths rendered by internal/gen, by their
 // features' initials: L limiter, P cookie pick, B breaker, S stats,
-// R rollout (see serve.go).
+// R rollout, D the limit shared through Redis (see serve.go).
 var generatedPaths = map[string]func(c *canary) http.HandlerFunc{
-	"B":     pathB,
-	"S":     pathS,
-	"BS":    pathBS,
-	"P":     pathP,
-	"PB":    pathPB,
-	"PS":    pathPS,
-	"PSR":   pathPSR,
-	"PBS":   pathPBS,
-	"PBSR":  pathPBSR,
-	"L":     pathL,
-	"LB":    pathLB,
-	"LS":    pathLS,
-	"LBS":   pathLBS,
-	"LP":    pathLP,
-	"LPB":   pathLPB,
-	"LPS":   pathLPS,
-	"LPSR":  pathLPSR,
-	"LPBS":  pathLPBS,
-	"LPBSR": pathLPBSR,
+	"B":      pathB,
+	"S":      pathS,
+	"BS":     pathBS,
+	"P":      pathP,
+	"PB":     pathPB,
+	"PS":     pathPS,
+	"PSR":    pathPSR,
+	"PBS":    pathPBS,
+	"PBSR":   pathPBSR,
+	"L":      pathL,
+	"LD":     pathLD,
+	"LB":     pathLB,
+	"LBD":    pathLBD,
+	"LS":     pathLS,
+	"LSD":    pathLSD,
+	"LBS":    pathLBS,
+	"LBSD":   pathLBSD,
+	"LP":     pathLP,
+	"LPD":    pathLPD,
+	"LPB":    pathLPB,
+	"LPBD":   pathLPBD,
+	"LPS":    pathLPS,
+	"LPSD":   pathLPSD,
+	"LPSR":   pathLPSR,
+	"LPSRD":  pathLPSRD,
+	"LPBS":   pathLPBS,
+	"LPBSD":  pathLPBSD,
+	"LPBSR":  pathLPBSR,
+	"LPBSRD": pathLPBSRD,
 }
 
 // pathB is the request path with the breaker.
@@ -343,7 +353,7 @@ func pathPS(c *canary) http.HandlerFunc {
 	}
 }
 
-// pathPSR is the request path with the cookie pick, reporting.
+// pathPSR is the request path with the cookie pick, reporting, a rollout.
 func pathPSR(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
 	since := time.Since
@@ -473,7 +483,7 @@ func pathPBS(c *canary) http.HandlerFunc {
 	}
 }
 
-// pathPBSR is the request path with the cookie pick, the breaker, reporting.
+// pathPBSR is the request path with the cookie pick, the breaker, reporting, a rollout.
 func pathPBSR(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
 	since := time.Since
@@ -599,6 +609,43 @@ func pathL(c *canary) http.HandlerFunc {
 	}
 }
 
+// pathLD is the request path with the limiter shared through Redis.
+func pathLD(c *canary) http.HandlerFunc {
+	oh := c.overrideHeader
+	since := time.Since
+	rl := c.rl
+	peers, byQ := inlineLimiter(rl)
+	sem := rl.sem
+	headers, policy := rl.headers, rl.policy
+	rest := serveReference(c)
+	if peers == nil {
+		return rest
+	}
+	primary := c.primary
+	next := primary.handler
+	return func(rw http.ResponseWriter, req *http.Request) {
+		start := int64(since(epoch))
+		sem <- struct{}{}
+		if b := peers[req.RemoteAddr]; b != nil && req.Header[oh] == nil {
+			var q int64
+			if b.leaseLeft > b.quietLeft && start < b.quietUntil {
+				b.leaseLeft--
+				q = b.leaseLeft + b.storeLeft + 1
+				<-sem
+				if headers {
+					h := rw.Header()
+					h["Ratelimit-Policy"] = policy
+					h["Ratelimit"] = byQ[q]
+				}
+				next.ServeHTTP(rw, req)
+				return
+			}
+		}
+		<-sem
+		rest(rw, req)
+	}
+}
+
 // pathLB is the request path with the limiter, the breaker.
 func pathLB(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
@@ -688,6 +735,90 @@ func pathLB(c *canary) http.HandlerFunc {
 	}
 }
 
+// pathLBD is the request path with the limiter shared through Redis, the breaker.
+func pathLBD(c *canary) http.HandlerFunc {
+	oh := c.overrideHeader
+	since := time.Since
+	rl := c.rl
+	peers, byQ := inlineLimiter(rl)
+	sem := rl.sem
+	headers, policy := rl.headers, rl.policy
+	primary := c.primary
+	ok200 := c.ok200
+	slow := c.bs.slow > 0
+	return func(rw http.ResponseWriter, req *http.Request) {
+		start := int64(since(epoch))
+		sent := start
+		q := int64(0)
+		sem <- struct{}{}
+		if b := peers[req.RemoteAddr]; b != nil {
+			if b.leaseLeft > b.quietLeft && start < b.quietUntil {
+				b.leaseLeft--
+				q = b.leaseLeft + b.storeLeft + 1
+			}
+		}
+		<-sem
+		if q <= 0 {
+			if sent = allowSlow(rl, rw, req, start); sent < 0 {
+				return
+			}
+		} else if headers {
+			h := rw.Header()
+			h["Ratelimit-Policy"] = policy
+			h["Ratelimit"] = byQ[q]
+		}
+		r := primary
+		if req.Header[oh] != nil {
+			r = choose(c, rw, req)
+		}
+		br := r.br
+		var gen uint64
+		br.sem <- struct{}{}
+		if br.closedUntil >= sent {
+			br.requests++
+			gen = br.generation
+			<-br.sem
+		} else {
+			<-br.sem
+			if r, gen = admit(c, r, rw, req, sent); r == nil {
+				return
+			}
+			br = r.br
+		}
+		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
+		defer abandoned(w)
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			r.handler.ServeHTTP(rw, req)
+			w.code = 0
+		} else {
+			r.handler.ServeHTTP(w, req)
+		}
+		w.done = true
+		code := w.code
+		end := start
+		if slow {
+			end = int64(since(epoch))
+		}
+		done := false
+		if code == 200 && ok200 {
+			br.sem <- struct{}{}
+			if br.closedUntil >= sent && gen == br.generation {
+				br.consecFailures = 0
+				done = true
+			}
+			<-br.sem
+		}
+		if !done {
+			if slow {
+				if w.headers != 0 {
+					sent = end - (w.headers - sent)
+				}
+			}
+			leaveSlow(c, br, gen, code, sent, end)
+		}
+	}
+}
+
 // pathLS is the request path with the limiter, reporting.
 func pathLS(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
@@ -711,6 +842,66 @@ func pathLS(c *canary) http.HandlerFunc {
 			tat += interval
 			if q = (start + span0 - tat) / interval; q > 0 {
 				b.tat = tat
+			}
+		}
+		<-sem
+		if q <= 0 {
+			if allowSlow(rl, rw, req, start) < 0 {
+				return
+			}
+		} else if headers {
+			h := rw.Header()
+			h["Ratelimit-Policy"] = policy
+			h["Ratelimit"] = byQ[q]
+		}
+		r := primary
+		if req.Header[oh] != nil {
+			r = choose(c, rw, req)
+		}
+		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
+		defer abandoned(w)
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			r.handler.ServeHTTP(rw, req)
+			w.code = 0
+		} else {
+			r.handler.ServeHTTP(w, req)
+		}
+		w.done = true
+		code := w.code
+		end := int64(since(epoch))
+		d, vs := end-start, r.vs
+		i := 0
+		for i < len(bounds) && d > bounds[i] {
+			i++
+		}
+		vs.sem <- struct{}{}
+		vs.counts[code<<4|methodIndex[req.Method]]++
+		if i < len(vs.hist) {
+			vs.hist[i]++
+			vs.sumNs += d
+		}
+		<-vs.sem
+	}
+}
+
+// pathLSD is the request path with the limiter shared through Redis, reporting.
+func pathLSD(c *canary) http.HandlerFunc {
+	oh := c.overrideHeader
+	since := time.Since
+	rl := c.rl
+	peers, byQ := inlineLimiter(rl)
+	sem := rl.sem
+	headers, policy := rl.headers, rl.policy
+	primary := c.primary
+	bounds := c.boundsNs
+	return func(rw http.ResponseWriter, req *http.Request) {
+		start := int64(since(epoch))
+		q := int64(0)
+		sem <- struct{}{}
+		if b := peers[req.RemoteAddr]; b != nil {
+			if b.leaseLeft > b.quietLeft && start < b.quietUntil {
+				b.leaseLeft--
+				q = b.leaseLeft + b.storeLeft + 1
 			}
 		}
 		<-sem
@@ -852,6 +1043,100 @@ func pathLBS(c *canary) http.HandlerFunc {
 	}
 }
 
+// pathLBSD is the request path with the limiter shared through Redis, the breaker, reporting.
+func pathLBSD(c *canary) http.HandlerFunc {
+	oh := c.overrideHeader
+	since := time.Since
+	rl := c.rl
+	peers, byQ := inlineLimiter(rl)
+	sem := rl.sem
+	headers, policy := rl.headers, rl.policy
+	primary := c.primary
+	ok200 := c.ok200
+	slow := c.bs.slow > 0
+	bounds := c.boundsNs
+	return func(rw http.ResponseWriter, req *http.Request) {
+		start := int64(since(epoch))
+		sent := start
+		q := int64(0)
+		sem <- struct{}{}
+		if b := peers[req.RemoteAddr]; b != nil {
+			if b.leaseLeft > b.quietLeft && start < b.quietUntil {
+				b.leaseLeft--
+				q = b.leaseLeft + b.storeLeft + 1
+			}
+		}
+		<-sem
+		if q <= 0 {
+			if sent = allowSlow(rl, rw, req, start); sent < 0 {
+				return
+			}
+		} else if headers {
+			h := rw.Header()
+			h["Ratelimit-Policy"] = policy
+			h["Ratelimit"] = byQ[q]
+		}
+		r := primary
+		if req.Header[oh] != nil {
+			r = choose(c, rw, req)
+		}
+		br := r.br
+		var gen uint64
+		br.sem <- struct{}{}
+		if br.closedUntil >= sent {
+			br.requests++
+			gen = br.generation
+			<-br.sem
+		} else {
+			<-br.sem
+			if r, gen = admit(c, r, rw, req, sent); r == nil {
+				return
+			}
+			br = r.br
+		}
+		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
+		defer abandoned(w)
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			r.handler.ServeHTTP(rw, req)
+			w.code = 0
+		} else {
+			r.handler.ServeHTTP(w, req)
+		}
+		w.done = true
+		code := w.code
+		end := int64(since(epoch))
+		done := false
+		if code == 200 && ok200 {
+			br.sem <- struct{}{}
+			if br.closedUntil >= sent && gen == br.generation {
+				br.consecFailures = 0
+				done = true
+			}
+			<-br.sem
+		}
+		if !done {
+			if slow {
+				if w.headers != 0 {
+					sent = end - (w.headers - sent)
+				}
+			}
+			leaveSlow(c, br, gen, code, sent, end)
+		}
+		d, vs := end-start, r.vs
+		i := 0
+		for i < len(bounds) && d > bounds[i] {
+			i++
+		}
+		vs.sem <- struct{}{}
+		vs.counts[code<<4|methodIndex[req.Method]]++
+		if i < len(vs.hist) {
+			vs.hist[i]++
+			vs.sumNs += d
+		}
+		<-vs.sem
+	}
+}
+
 // pathLP is the request path with the limiter, the cookie pick.
 func pathLP(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
@@ -905,6 +1190,54 @@ func pathLP(c *canary) http.HandlerFunc {
 	}
 }
 
+// pathLPD is the request path with the limiter shared through Redis, the cookie pick.
+func pathLPD(c *canary) http.HandlerFunc {
+	oh := c.overrideHeader
+	since := time.Since
+	rl := c.rl
+	peers, byQ := inlineLimiter(rl)
+	sem := rl.sem
+	headers, policy := rl.headers, rl.policy
+	rest := serveReference(c)
+	if peers == nil {
+		return rest
+	}
+	lookup, cookieName := c.signed.lookup, c.cookieName
+	handlerOf := make([]http.Handler, numBuckets)
+	for b, r := range c.bucketOf {
+		handlerOf[b] = r.handler
+	}
+	return func(rw http.ResponseWriter, req *http.Request) {
+		start := int64(since(epoch))
+		sem <- struct{}{}
+		if b := peers[req.RemoteAddr]; b != nil {
+			var q int64
+			if b.leaseLeft > b.quietLeft && start < b.quietUntil {
+				b.leaseLeft--
+				q = b.leaseLeft + b.storeLeft + 1
+				<-sem
+				if headers {
+					h := rw.Header()
+					h["Ratelimit-Policy"] = policy
+					h["Ratelimit"] = byQ[q]
+				}
+				if req.Header[oh] == nil {
+					if ck, err := req.Cookie(cookieName); err == nil {
+						if b, ok := lookup[ck.Value]; ok && b < numBuckets {
+							handlerOf[b].ServeHTTP(rw, req)
+							return
+						}
+					}
+				}
+				choose(c, rw, req).handler.ServeHTTP(rw, req)
+				return
+			}
+		}
+		<-sem
+		rest(rw, req)
+	}
+}
+
 // pathLPB is the request path with the limiter, the cookie pick, the breaker.
 func pathLPB(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
@@ -931,6 +1264,98 @@ func pathLPB(c *canary) http.HandlerFunc {
 			tat += interval
 			if q = (start + span0 - tat) / interval; q > 0 {
 				b.tat = tat
+			}
+		}
+		<-sem
+		if q <= 0 {
+			if sent = allowSlow(rl, rw, req, start); sent < 0 {
+				return
+			}
+		} else if headers {
+			h := rw.Header()
+			h["Ratelimit-Policy"] = policy
+			h["Ratelimit"] = byQ[q]
+		}
+		var r *route
+		if req.Header[oh] == nil {
+			if ck, err := req.Cookie(cookieName); err == nil {
+				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
+					r = bucketOf[b]
+				}
+			}
+		}
+		if r == nil {
+			r = choose(c, rw, req)
+		}
+		br := r.br
+		var gen uint64
+		br.sem <- struct{}{}
+		if br.closedUntil >= sent {
+			br.requests++
+			gen = br.generation
+			<-br.sem
+		} else {
+			<-br.sem
+			if r, gen = admit(c, r, rw, req, sent); r == nil {
+				return
+			}
+			br = r.br
+		}
+		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
+		defer abandoned(w)
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			r.handler.ServeHTTP(rw, req)
+			w.code = 0
+		} else {
+			r.handler.ServeHTTP(w, req)
+		}
+		w.done = true
+		code := w.code
+		end := start
+		if slow {
+			end = int64(since(epoch))
+		}
+		done := false
+		if code == 200 && ok200 {
+			br.sem <- struct{}{}
+			if br.closedUntil >= sent && gen == br.generation {
+				br.consecFailures = 0
+				done = true
+			}
+			<-br.sem
+		}
+		if !done {
+			if slow {
+				if w.headers != 0 {
+					sent = end - (w.headers - sent)
+				}
+			}
+			leaveSlow(c, br, gen, code, sent, end)
+		}
+	}
+}
+
+// pathLPBD is the request path with the limiter shared through Redis, the cookie pick, the breaker.
+func pathLPBD(c *canary) http.HandlerFunc {
+	oh := c.overrideHeader
+	since := time.Since
+	rl := c.rl
+	peers, byQ := inlineLimiter(rl)
+	sem := rl.sem
+	headers, policy := rl.headers, rl.policy
+	lookup, cookieName := c.signed.lookup, c.cookieName
+	bucketOf := c.bucketOf
+	ok200 := c.ok200
+	slow := c.bs.slow > 0
+	return func(rw http.ResponseWriter, req *http.Request) {
+		start := int64(since(epoch))
+		sent := start
+		q := int64(0)
+		sem <- struct{}{}
+		if b := peers[req.RemoteAddr]; b != nil {
+			if b.leaseLeft > b.quietLeft && start < b.quietUntil {
+				b.leaseLeft--
+				q = b.leaseLeft + b.storeLeft + 1
 			}
 		}
 		<-sem
@@ -1075,7 +1500,75 @@ func pathLPS(c *canary) http.HandlerFunc {
 	}
 }
 
-// pathLPSR is the request path with the limiter, the cookie pick, reporting.
+// pathLPSD is the request path with the limiter shared through Redis, the cookie pick, reporting.
+func pathLPSD(c *canary) http.HandlerFunc {
+	oh := c.overrideHeader
+	since := time.Since
+	rl := c.rl
+	peers, byQ := inlineLimiter(rl)
+	sem := rl.sem
+	headers, policy := rl.headers, rl.policy
+	lookup, cookieName := c.signed.lookup, c.cookieName
+	bucketOf := c.bucketOf
+	bounds := c.boundsNs
+	return func(rw http.ResponseWriter, req *http.Request) {
+		start := int64(since(epoch))
+		q := int64(0)
+		sem <- struct{}{}
+		if b := peers[req.RemoteAddr]; b != nil {
+			if b.leaseLeft > b.quietLeft && start < b.quietUntil {
+				b.leaseLeft--
+				q = b.leaseLeft + b.storeLeft + 1
+			}
+		}
+		<-sem
+		if q <= 0 {
+			if allowSlow(rl, rw, req, start) < 0 {
+				return
+			}
+		} else if headers {
+			h := rw.Header()
+			h["Ratelimit-Policy"] = policy
+			h["Ratelimit"] = byQ[q]
+		}
+		var r *route
+		if req.Header[oh] == nil {
+			if ck, err := req.Cookie(cookieName); err == nil {
+				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
+					r = bucketOf[b]
+				}
+			}
+		}
+		if r == nil {
+			r = choose(c, rw, req)
+		}
+		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
+		defer abandoned(w)
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			r.handler.ServeHTTP(rw, req)
+			w.code = 0
+		} else {
+			r.handler.ServeHTTP(w, req)
+		}
+		w.done = true
+		code := w.code
+		end := int64(since(epoch))
+		d, vs := end-start, r.vs
+		i := 0
+		for i < len(bounds) && d > bounds[i] {
+			i++
+		}
+		vs.sem <- struct{}{}
+		vs.counts[code<<4|methodIndex[req.Method]]++
+		if i < len(vs.hist) {
+			vs.hist[i]++
+			vs.sumNs += d
+		}
+		<-vs.sem
+	}
+}
+
+// pathLPSR is the request path with the limiter, the cookie pick, reporting, a rollout.
 func pathLPSR(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
 	since := time.Since
@@ -1100,6 +1593,78 @@ func pathLPSR(c *canary) http.HandlerFunc {
 			tat += interval
 			if q = (start + span0 - tat) / interval; q > 0 {
 				b.tat = tat
+			}
+		}
+		<-sem
+		if q <= 0 {
+			if allowSlow(rl, rw, req, start) < 0 {
+				return
+			}
+		} else if headers {
+			h := rw.Header()
+			h["Ratelimit-Policy"] = policy
+			h["Ratelimit"] = byQ[q]
+		}
+		var r *route
+		if req.Header[oh] == nil {
+			if ck, err := req.Cookie(cookieName); err == nil {
+				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
+					r = bucketOf[b]
+					if b < int(atomic.LoadInt32(cut)) {
+						r = ramp
+					}
+				}
+			}
+		}
+		if r == nil {
+			r = choose(c, rw, req)
+		}
+		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
+		defer abandoned(w)
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			r.handler.ServeHTTP(rw, req)
+			w.code = 0
+		} else {
+			r.handler.ServeHTTP(w, req)
+		}
+		w.done = true
+		code := w.code
+		end := int64(since(epoch))
+		d, vs := end-start, r.vs
+		i := 0
+		for i < len(bounds) && d > bounds[i] {
+			i++
+		}
+		vs.sem <- struct{}{}
+		vs.counts[code<<4|methodIndex[req.Method]]++
+		if i < len(vs.hist) {
+			vs.hist[i]++
+			vs.sumNs += d
+		}
+		<-vs.sem
+	}
+}
+
+// pathLPSRD is the request path with the limiter shared through Redis, the cookie pick, reporting, a rollout.
+func pathLPSRD(c *canary) http.HandlerFunc {
+	oh := c.overrideHeader
+	since := time.Since
+	rl := c.rl
+	peers, byQ := inlineLimiter(rl)
+	sem := rl.sem
+	headers, policy := rl.headers, rl.policy
+	lookup, cookieName := c.signed.lookup, c.cookieName
+	bucketOf := c.bucketOf
+	ramp, cut := c.ramp, c.cut
+	bounds := c.boundsNs
+	return func(rw http.ResponseWriter, req *http.Request) {
+		start := int64(since(epoch))
+		q := int64(0)
+		sem <- struct{}{}
+		if b := peers[req.RemoteAddr]; b != nil {
+			if b.leaseLeft > b.quietLeft && start < b.quietUntil {
+				b.leaseLeft--
+				q = b.leaseLeft + b.storeLeft + 1
 			}
 		}
 		<-sem
@@ -1259,7 +1824,109 @@ func pathLPBS(c *canary) http.HandlerFunc {
 	}
 }
 
-// pathLPBSR is the request path with the limiter, the cookie pick, the breaker, reporting.
+// pathLPBSD is the request path with the limiter shared through Redis, the cookie pick, the breaker, reporting.
+func pathLPBSD(c *canary) http.HandlerFunc {
+	oh := c.overrideHeader
+	since := time.Since
+	rl := c.rl
+	peers, byQ := inlineLimiter(rl)
+	sem := rl.sem
+	headers, policy := rl.headers, rl.policy
+	lookup, cookieName := c.signed.lookup, c.cookieName
+	bucketOf := c.bucketOf
+	ok200 := c.ok200
+	slow := c.bs.slow > 0
+	bounds := c.boundsNs
+	return func(rw http.ResponseWriter, req *http.Request) {
+		start := int64(since(epoch))
+		sent := start
+		q := int64(0)
+		sem <- struct{}{}
+		if b := peers[req.RemoteAddr]; b != nil {
+			if b.leaseLeft > b.quietLeft && start < b.quietUntil {
+				b.leaseLeft--
+				q = b.leaseLeft + b.storeLeft + 1
+			}
+		}
+		<-sem
+		if q <= 0 {
+			if sent = allowSlow(rl, rw, req, start); sent < 0 {
+				return
+			}
+		} else if headers {
+			h := rw.Header()
+			h["Ratelimit-Policy"] = policy
+			h["Ratelimit"] = byQ[q]
+		}
+		var r *route
+		if req.Header[oh] == nil {
+			if ck, err := req.Cookie(cookieName); err == nil {
+				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
+					r = bucketOf[b]
+				}
+			}
+		}
+		if r == nil {
+			r = choose(c, rw, req)
+		}
+		br := r.br
+		var gen uint64
+		br.sem <- struct{}{}
+		if br.closedUntil >= sent {
+			br.requests++
+			gen = br.generation
+			<-br.sem
+		} else {
+			<-br.sem
+			if r, gen = admit(c, r, rw, req, sent); r == nil {
+				return
+			}
+			br = r.br
+		}
+		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
+		defer abandoned(w)
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			r.handler.ServeHTTP(rw, req)
+			w.code = 0
+		} else {
+			r.handler.ServeHTTP(w, req)
+		}
+		w.done = true
+		code := w.code
+		end := int64(since(epoch))
+		done := false
+		if code == 200 && ok200 {
+			br.sem <- struct{}{}
+			if br.closedUntil >= sent && gen == br.generation {
+				br.consecFailures = 0
+				done = true
+			}
+			<-br.sem
+		}
+		if !done {
+			if slow {
+				if w.headers != 0 {
+					sent = end - (w.headers - sent)
+				}
+			}
+			leaveSlow(c, br, gen, code, sent, end)
+		}
+		d, vs := end-start, r.vs
+		i := 0
+		for i < len(bounds) && d > bounds[i] {
+			i++
+		}
+		vs.sem <- struct{}{}
+		vs.counts[code<<4|methodIndex[req.Method]]++
+		if i < len(vs.hist) {
+			vs.hist[i]++
+			vs.sumNs += d
+		}
+		<-vs.sem
+	}
+}
+
+// pathLPBSR is the request path with the limiter, the cookie pick, the breaker, reporting, a rollout.
 func pathLPBSR(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
 	since := time.Since
@@ -1287,6 +1954,112 @@ func pathLPBSR(c *canary) http.HandlerFunc {
 			tat += interval
 			if q = (start + span0 - tat) / interval; q > 0 {
 				b.tat = tat
+			}
+		}
+		<-sem
+		if q <= 0 {
+			if sent = allowSlow(rl, rw, req, start); sent < 0 {
+				return
+			}
+		} else if headers {
+			h := rw.Header()
+			h["Ratelimit-Policy"] = policy
+			h["Ratelimit"] = byQ[q]
+		}
+		var r *route
+		if req.Header[oh] == nil {
+			if ck, err := req.Cookie(cookieName); err == nil {
+				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
+					r = bucketOf[b]
+					if b < int(atomic.LoadInt32(cut)) {
+						r = ramp
+					}
+				}
+			}
+		}
+		if r == nil {
+			r = choose(c, rw, req)
+		}
+		br := r.br
+		var gen uint64
+		br.sem <- struct{}{}
+		if br.closedUntil >= sent {
+			br.requests++
+			gen = br.generation
+			<-br.sem
+		} else {
+			<-br.sem
+			if r, gen = admit(c, r, rw, req, sent); r == nil {
+				return
+			}
+			br = r.br
+		}
+		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
+		defer abandoned(w)
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			r.handler.ServeHTTP(rw, req)
+			w.code = 0
+		} else {
+			r.handler.ServeHTTP(w, req)
+		}
+		w.done = true
+		code := w.code
+		end := int64(since(epoch))
+		done := false
+		if code == 200 && ok200 {
+			br.sem <- struct{}{}
+			if br.closedUntil >= sent && gen == br.generation {
+				br.consecFailures = 0
+				done = true
+			}
+			<-br.sem
+		}
+		if !done {
+			if slow {
+				if w.headers != 0 {
+					sent = end - (w.headers - sent)
+				}
+			}
+			leaveSlow(c, br, gen, code, sent, end)
+		}
+		d, vs := end-start, r.vs
+		i := 0
+		for i < len(bounds) && d > bounds[i] {
+			i++
+		}
+		vs.sem <- struct{}{}
+		vs.counts[code<<4|methodIndex[req.Method]]++
+		if i < len(vs.hist) {
+			vs.hist[i]++
+			vs.sumNs += d
+		}
+		<-vs.sem
+	}
+}
+
+// pathLPBSRD is the request path with the limiter shared through Redis, the cookie pick, the breaker, reporting, a rollout.
+func pathLPBSRD(c *canary) http.HandlerFunc {
+	oh := c.overrideHeader
+	since := time.Since
+	rl := c.rl
+	peers, byQ := inlineLimiter(rl)
+	sem := rl.sem
+	headers, policy := rl.headers, rl.policy
+	lookup, cookieName := c.signed.lookup, c.cookieName
+	bucketOf := c.bucketOf
+	ramp, cut := c.ramp, c.cut
+	ok200 := c.ok200
+	slow := c.bs.slow > 0
+	bounds := c.boundsNs
+	return func(rw http.ResponseWriter, req *http.Request) {
+		start := int64(since(epoch))
+		sent := start
+		q := int64(0)
+		sem <- struct{}{}
+		if b := peers[req.RemoteAddr]; b != nil {
+			if b.leaseLeft > b.quietLeft && start < b.quietUntil {
+				b.leaseLeft--
+				q = b.leaseLeft + b.storeLeft + 1
 			}
 		}
 		<-sem

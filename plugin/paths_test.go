@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -69,8 +70,9 @@ func pathBackend(name string, held *sync.Map) http.Handler {
 }
 
 // pathConfig is a configuration served by the generated path key (its
-// features' initials), slowThreshold on or off.
-func pathConfig(key, canaryURL string, slow bool) *Config {
+// features' initials), slowThreshold on or off. A key with D (the limit
+// shared through Redis) gets a redis-server of its own, for t.
+func pathConfig(t *testing.T, key, canaryURL string, slow bool) *Config {
 	cfg := CreateConfig()
 	cfg.Versions = map[string]VersionConfig{"stable": {Weight: 100}}
 	if strings.Contains(key, "P") {
@@ -84,6 +86,15 @@ func pathConfig(key, canaryURL string, slow bool) *Config {
 		// the inline step decides (TestLimitedPathsMatchReserve holds the
 		// field, with the table).
 		cfg.RateLimit.Headers = false
+	}
+	if strings.Contains(key, "D") {
+		// Forty per peer in Redis, an hour apart: leases of 10 tokens
+		// (burst/4) that the inline lease step spends, and 429s once the
+		// store's 30 (burst - the reserve) are taken, whatever the timing.
+		cfg.RateLimit = rlConfig(1, "1h", 40)
+		cfg.RateLimit.Headers = false
+		cfg.RateLimit.Redis = defaultRedisConfig()
+		cfg.RateLimit.Redis.Endpoints = []string{newTestRedis(t, false).addr()}
 	}
 	if strings.Contains(key, "B") {
 		cfg.CircuitBreaker.ConsecutiveFailures = 3
@@ -143,7 +154,7 @@ func TestGeneratedPathsMatchReference(t *testing.T) {
 			for seed := int64(1); seed <= int64(seeds); seed++ {
 				name := fmt.Sprintf("%s/slow=%v/seed=%d", key, slow, seed)
 				t.Run(name, func(t *testing.T) {
-					cfg := pathConfig(key, canarySrv.URL, slow)
+					cfg := pathConfig(t, key, canarySrv.URL, slow)
 					gen := pathCanary(t, stable, cfg, "gen-"+strings.ReplaceAll(name, "/", "-")+"@file", true)
 					ref := pathCanary(t, stable, cfg, "ref-"+strings.ReplaceAll(name, "/", "-")+"@file", false)
 					if got := pathKey(gen); got != key {
@@ -160,7 +171,8 @@ func TestGeneratedPathsMatchReference(t *testing.T) {
 	}
 	// The sequences must reach what they claim to test.
 	for _, want := range []string{"LPBS 429", "LPBS fallback", "LPBS half-open", "LPBS refused", "LPBS 499", "LPBS 502", "LPBS override",
-		"LPBS slow", "LPBS held", "B half-open", "B held", "PB fallback", "LS 429", "P override", "L 429"} {
+		"LPBS slow", "LPBS held", "B half-open", "B held", "PB fallback", "LS 429", "P override", "L 429",
+		"LD 429", "LD leased", "LPBSD 429", "LPBSD leased", "LPBSD held", "LPSRD 429"} {
 		if !covered[want] && !raceDetector && !interpreted { // without the slow sequences, less is reached: the compiled run checks
 			t.Errorf("no sequence reached %q", want)
 		}
@@ -242,12 +254,15 @@ func compareRandomSequence(t *testing.T, gen, ref *canary, seed int64, slow bool
 				c := c
 				go func() { c.out <- pathAnswer(t, c.c, id, s.override, s.peer, s.bucket, false, false) }()
 				waitHeld(t, c.c, id)
+				settleLeases(t, c.c)
 			}
 			pending = append(pending, p)
 			continue
 		}
 		a := pathAnswer(t, gen, s.path, s.override, s.peer, s.bucket, s.gone, s.probe)
+		settleLeases(t, gen)
 		b := pathAnswer(t, ref, s.path, s.override, s.peer, s.bucket, s.gone, s.probe)
+		settleLeases(t, ref)
 		if a != b {
 			t.Fatalf("request %d %+v:\ngenerated %s\nreference %s", i, s, a, b)
 		}
@@ -273,6 +288,13 @@ func compareRandomSequence(t *testing.T, gen, ref *canary, seed int64, slow bool
 		if a, b := gen.rl.counters, ref.rl.counters; a.rejected != b.rejected || a.dryRejected != b.dryRejected {
 			t.Errorf("limiter: generated %d rejected, reference %d", a.rejected, b.rejected)
 		}
+		// With the limit shared through Redis, the same leases were taken:
+		// the store calls followed the same requests.
+		if a, b := atomic.LoadUint64(&gen.rl.counters.leased), atomic.LoadUint64(&ref.rl.counters.leased); a != b {
+			t.Errorf("limiter: generated %d tokens leased, reference %d", a, b)
+		} else if a > 0 {
+			reached["leased"] = true
+		}
 	}
 	if gen.st != nil {
 		a, b := snapshot(gen.st), snapshot(ref.st)
@@ -287,6 +309,34 @@ func compareRandomSequence(t *testing.T, gen, ref *canary, seed int64, slow bool
 		}
 	}
 	return reached
+}
+
+// settleLeases waits until no store call of c's shared limit is in flight,
+// so that a lease refreshed in the background is stored before the next
+// request, on both paths alike.
+func settleLeases(t *testing.T, c *canary) {
+	t.Helper()
+	if c.rl == nil || c.rl.shared == nil {
+		return
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		busy := false
+		c.rl.sem <- struct{}{}
+		for _, b := range c.rl.buckets {
+			if b.fetching != nil {
+				busy = true
+			}
+		}
+		<-c.rl.sem
+		if !busy {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a store call did not end within 5s")
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
 }
 
 // waitHeld waits until c's held request id has entered the plugin's

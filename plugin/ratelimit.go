@@ -719,11 +719,12 @@ func stripPort(s string) string {
 // byQ[0] is never read). When the step cannot answer (clients keyed
 // otherwise than by peer, or the RateLimit field on without the byR table),
 // the peer cache is nil: every lookup misses, and allowSlow decides. With
-// rateLimit.redis too: every request is the store's (or its lease's).
+// rateLimit.redis, the step is leaseStep, whose q is below burst (see
+// storeLease): the table covers it whenever there is one.
 func inlineLimiter(l *limiter) (map[string]*bucket, [][]string) {
 	byQ := make([][]string, l.nR+1)
 	copy(byQ[1:], l.byR)
-	if l.source != sourcePeer || l.headers && l.nR == 0 || l.shared != nil {
+	if l.source != sourcePeer || l.headers && l.nR == 0 {
 		return nil, byQ
 	}
 	return l.peers, byQ

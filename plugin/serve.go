@@ -15,13 +15,15 @@ import "net/http"
 //	  with the cookie, with the limiter     pathP*, pathL*        passThrough, record (+ the above)   (random sequences, every path)
 //	a rollout (stats on), with the cookie   pathPSR, pathPBSR,    the above, and owner's cut test   TestGeneratedPathsMatchReference
 //	                                        pathLPSR, pathLPBSR
+//	the limit shared through Redis          each L path + D       leaseStep instead of gcraStep     TestGeneratedPathsMatchReference (a real redis-server),
+//	  (rateLimit.redis)                     (pathLD ... pathLPBSRD)                                     TestSharedPathsRateLimitFieldFromTheLease
 //	sticky.header or override.cookie set    reference             none: each request is chosen      the reference itself
 //	limiter the inline step cannot answer   pathL/pathLP return   none: allowSlow decides           TestGeneratedPathsMatchReference
-//	  (not by peer, fields without table,   the reference path    (rateLimit.redis: the lease)      TestSharedLimit*, TestTraefikReplicasShareOneLimit
-//	  rateLimit.redis), nothing observed
+//	  (not by peer, fields without table),  the reference path                                      TestSharedLimit*, TestTraefikReplicasShareOneLimit
+//	  nothing observed
 //
 // Path names are the features' initials: L limiter, P cookie pick, B breaker,
-// S stats (reporting), R rollout. To add a step: write it once as a function of the
+// S stats (reporting), R rollout, D the limit shared through Redis. To add a step: write it once as a function of the
 // plugin (named results and one final bare return, or one return
 // expression; a func parameter marks where the caller's code goes), call it
 // from the reference path, use INLINE.step(...) in
@@ -69,6 +71,9 @@ func pathKey(c *canary) string {
 	}
 	if c.cut != nil {
 		k += "R"
+	}
+	if c.rl != nil && c.rl.shared != nil {
+		k += "D"
 	}
 	return k
 }

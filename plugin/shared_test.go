@@ -1,6 +1,8 @@
 package plugin
 
 import (
+	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -50,40 +52,51 @@ func sharedRequest(l *limiter, client string) (int, http.Header) {
 
 // TestSharedLimitBoundAcrossReplicas: three replicas sending one client's
 // requests as fast as they can admit at most burst + T/interval in any run
-// of T, and close to it: the limit is one, not three.
+// of T, and close to it: the limit is one, not three. Also at a rate where
+// leases hold back three quarters of the burst (see TestSharedLimitReserve).
 func TestSharedLimitBoundAcrossReplicas(t *testing.T) {
 	srv := newTestRedis(t, false)
-	ls := replicas(t, 3, "bound@file", sharedConfig(srv.addr(), 200, "1s", 40)) // lease 10
-	if ls[0].shared.lease != 10 {
-		t.Fatalf("lease %d, want burst/4 = 10", ls[0].shared.lease)
-	}
-	start := time.Now()
-	var admitted, rejectedN int64
-	done := make(chan struct{})
-	for _, l := range ls {
-		l := l
-		go func() {
-			defer func() { done <- struct{}{} }()
-			for time.Since(start) < 1500*time.Millisecond {
-				if code, _ := sharedRequest(l, "alice"); code == http.StatusOK {
-					atomic.AddInt64(&admitted, 1)
-				} else {
-					atomic.AddInt64(&rejectedN, 1)
+	for _, tc := range []struct {
+		name           string
+		average, burst int64
+		lease          int64
+		reach          bool // three replicas reach the rate, whatever the machine
+	}{
+		{name: "bound@file", average: 200, burst: 40, lease: 10, reach: true},
+		{name: "bound-fast@file", average: 20000, burst: 400, lease: 100, reach: !interpreted && !raceDetector},
+	} {
+		ls := replicas(t, 3, tc.name, sharedConfig(srv.addr(), tc.average, "1s", tc.burst))
+		if ls[0].shared.lease != tc.lease {
+			t.Fatalf("%s: lease %d, want burst/4 = %d", tc.name, ls[0].shared.lease, tc.lease)
+		}
+		start := time.Now()
+		var admitted, rejectedN int64
+		done := make(chan struct{})
+		for _, l := range ls {
+			l := l
+			go func() {
+				defer func() { done <- struct{}{} }()
+				for time.Since(start) < 1500*time.Millisecond {
+					if code, _ := sharedRequest(l, "alice"); code == http.StatusOK {
+						atomic.AddInt64(&admitted, 1)
+					} else {
+						atomic.AddInt64(&rejectedN, 1)
+					}
 				}
-			}
-		}()
-	}
-	for range ls {
-		<-done
-	}
-	elapsed := time.Since(start)
-	bound := 40 + int64(elapsed.Seconds()*200)
-	t.Logf("%d admitted, %d rejected in %v; bound %d", admitted, rejectedN, elapsed, bound)
-	if admitted > bound {
-		t.Errorf("%d admitted across three replicas, above burst + T/interval = %d", admitted, bound)
-	}
-	if admitted < bound*7/10 || rejectedN == 0 {
-		t.Errorf("%d admitted, %d rejected: the replicas did not use the shared budget (bound %d)", admitted, rejectedN, bound)
+			}()
+		}
+		for range ls {
+			<-done
+		}
+		elapsed := time.Since(start)
+		bound := tc.burst + int64(elapsed.Seconds()*float64(tc.average))
+		t.Logf("%s: %d admitted, %d rejected in %v; bound %d", tc.name, admitted, rejectedN, elapsed, bound)
+		if admitted > bound {
+			t.Errorf("%s: %d admitted across three replicas, above burst + T/interval = %d", tc.name, admitted, bound)
+		}
+		if tc.reach && (admitted < bound*7/10 || rejectedN == 0) {
+			t.Errorf("%s: %d admitted, %d rejected: the replicas did not use the shared budget (bound %d)", tc.name, admitted, rejectedN, bound)
+		}
 	}
 }
 
@@ -339,5 +352,156 @@ func TestSharedLimitLeaseRunsAhead(t *testing.T) {
 	}
 	if l.shared.lease != 16 {
 		t.Errorf("lease %d, want burst/4 = 16", l.shared.lease)
+	}
+}
+
+// TestSharedLimitReserve: the tokens set aside for leases are a quarter of
+// the burst, or, where a quarter lasts less than minLeaseLife, 20 ms worth
+// of tokens up to three quarters of the burst; the store's tolerance is
+// what is left. Below a burst of 32 nothing is set aside.
+func TestSharedLimitReserve(t *testing.T) {
+	for _, tc := range []struct {
+		average        int64
+		burst          int64
+		lease, reserve int64
+	}{
+		{average: 100000, burst: 1000, lease: 250, reserve: 750}, // a quarter lasts 2.5 ms: 2,000 tokens would, three quarters is the most
+		{average: 1000, burst: 64, lease: 16, reserve: 20},       // a quarter lasts 16 ms: 20 ms worth
+		{average: 30, burst: 32, lease: 8, reserve: 8},           // a quarter lasts 267 ms
+		{average: 1000000, burst: 40, lease: 10, reserve: 30},    // 20 ms would be 20,000 tokens
+		{average: 1000, burst: 16, lease: 1, reserve: 0},         // no lease: one call per request
+	} {
+		interval := int64(time.Second) / tc.average
+		s, _, err := newShared("reserve@file", RedisConfig{Endpoints: []string{"127.0.0.1:1"}}, interval, tc.burst, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		releaseShared(s)
+		wantTolerance := (tc.burst - tc.reserve - 1) * ((interval + 999) / 1000) // whole microseconds, rounded up
+		if s.lease != tc.lease || s.life != tc.reserve*interval || s.toleranceUs != wantTolerance {
+			t.Errorf("average %d, burst %d: lease %d, life %v, tolerance %dµs; want %d, %v, %dµs",
+				tc.average, tc.burst, s.lease, time.Duration(s.life), s.toleranceUs, tc.lease, time.Duration(tc.reserve*interval), wantTolerance)
+		}
+		if s.lease > tc.burst-tc.reserve {
+			t.Errorf("average %d, burst %d: a lease of %d is more than the store's tolerance lets a call take", tc.average, tc.burst, s.lease)
+		}
+	}
+}
+
+// TestSharedLimitNextLease: a lease is sized by the rate the key used the
+// last one at, for a whole life and half again, plus the requests waiting,
+// within 1 and lease.
+func TestSharedLimitNextLease(t *testing.T) {
+	s := &shared{lease: 100, life: int64(100 * time.Millisecond)}
+	t0 := int64(time.Hour)
+	for _, tc := range []struct {
+		desc                       string
+		leaseN, leaseLeft, elapsed int64
+		waiters, want              int64
+	}{
+		{desc: "a new key", want: 1, elapsed: 10 * int64(time.Hour)},
+		{desc: "half used in half the life", leaseN: 10, leaseLeft: 5, elapsed: int64(50 * time.Millisecond), want: 16},
+		{desc: "used up at once", leaseN: 10, leaseLeft: 0, elapsed: 0, want: 100},
+		{desc: "one token in two lives: a client below its rate", leaseN: 2, leaseLeft: 1, elapsed: int64(200 * time.Millisecond), want: 1},
+		{desc: "the requests waiting are added", leaseN: 10, leaseLeft: 5, elapsed: int64(50 * time.Millisecond), waiters: 3, want: 19},
+		{desc: "at most lease", leaseN: 100, leaseLeft: 0, elapsed: int64(10 * time.Millisecond), waiters: 5, want: 100},
+	} {
+		b := &bucket{leaseN: tc.leaseN, leaseLeft: tc.leaseLeft, leaseEnd: t0 + s.life, waiters: tc.waiters}
+		if got := nextLease(s, b, t0+tc.elapsed); got != tc.want || b.waiters != 0 {
+			t.Errorf("%s: next lease %d (waiters left %d), want %d", tc.desc, got, b.waiters, tc.want)
+		}
+	}
+}
+
+// TestSharedLimitLeaseSpentWhileRefreshing: while a lease's refresh is in
+// flight, here held by a paused Redis, the rest of the lease answers at
+// once: no request waits for the call.
+func TestSharedLimitLeaseSpentWhileRefreshing(t *testing.T) {
+	srv := newTestRedis(t, false)
+	l := replicas(t, 1, "refreshing@file", sharedConfig(srv.addr(), 100, "1s", 400))[0] // lease 100, life 1s
+	for i := 0; i < 3; i++ {                                                            // a lease of 1, then one of 100
+		if code, _ := sharedRequest(l, "erin"); code != http.StatusOK {
+			t.Fatalf("request %d: %d", i, code)
+		}
+	}
+	l.sem <- struct{}{}
+	var b *bucket
+	for _, one := range l.buckets { // erin's, the only one
+		b = one
+	}
+	leaseN, leaseLeft := b.leaseN, b.leaseLeft
+	<-l.sem
+	if leaseN != 100 {
+		t.Fatalf("a lease of %d (%d left), want 100", leaseN, leaseLeft)
+	}
+	srv.signal("STOP")
+	srv.stopped = true
+	// 74 quiet tokens, then the one that starts the refresh, then the
+	// quarter left: all of them answered from the lease.
+	for i := int64(0); i < leaseLeft; i++ {
+		start := time.Now()
+		code, _ := sharedRequest(l, "erin")
+		if took := time.Since(start); code != http.StatusOK || took > 100*time.Millisecond {
+			t.Fatalf("request %d of the lease's %d: %d in %v, with the refresh in flight", i, leaseLeft, code, took)
+		}
+	}
+	l.sem <- struct{}{}
+	fetching, quietLeft, quietToEnd := b.fetching != nil, b.quietLeft, b.quietUntil == b.leaseEnd
+	<-l.sem
+	if !fetching {
+		t.Error("no refresh in flight: the test did not hold one")
+	}
+	// The inline step (leaseStep) answered them: the lease is quiet to its
+	// end while the call is in flight.
+	if quietLeft != 0 || !quietToEnd {
+		t.Errorf("with a refresh in flight, quiet down to %d tokens, until the lease's end: %v; want 0, true", quietLeft, quietToEnd)
+	}
+	srv.signal("CONT")
+	srv.stopped = false
+}
+
+// TestSharedPathsRateLimitFieldFromTheLease: the generated paths with the
+// limit shared through Redis answer from a quiet lease inline (leaseStep):
+// the same answers and RateLimit fields as the reference path, from the
+// table, for the same lease.
+func TestSharedPathsRateLimitFieldFromTheLease(t *testing.T) {
+	canarySrv := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(rw, "canary") }))
+	defer canarySrv.Close()
+	for _, key := range reviewKeys(func(k string) bool { return strings.Contains(k, "D") }) {
+		t.Run(key, func(t *testing.T) {
+			cfg := pathConfig(t, key, canarySrv.URL, false)
+			withLimit(cfg, rlConfig(40, "1s", 40)) // interval 25ms, window 1s: the table covers 0..39
+			cfg.RateLimit.Headers = true
+			var answers [2][]string
+			for i, gen := range []bool{true, false} {
+				c := reviewCanary(t, stableNext, cfg, key, gen)
+				l := c.rl
+				now := int64(time.Since(epoch))
+				l.sem <- struct{}{}
+				b := insertBucket(l, "192.0.2.9", now)
+				rememberPeer(l, "192.0.2.9:1000", b)
+				storeLease(l.shared, b, 10, 10, 25, now) // 10 tokens here, 25 left in the store
+				b.leaseEnd, b.quietUntil = now+int64(time.Hour), now+int64(time.Hour)
+				<-l.sem
+				for j := 0; j < 9; j++ { // 8 quiet tokens, then the one that starts a refresh
+					req := httptest.NewRequest(http.MethodGet, "http://shop.test/", nil)
+					req.RemoteAddr = "192.0.2.9:1000"
+					if c.signed != nil {
+						req.AddCookie(&http.Cookie{Name: c.cookieName, Value: c.signed.values[numBuckets-1]})
+					}
+					rec := httptest.NewRecorder()
+					c.ServeHTTP(rec, req)
+					answer := fmt.Sprintf("%d %q %q", rec.Code, rec.Header().Get("Ratelimit"), rec.Header().Get("Ratelimit-Policy"))
+					answers[i] = append(answers[i], strings.ReplaceAll(answer, c.name, "NAME"))
+					settleLeases(t, c)
+				}
+				if want := fmt.Sprintf("%d %q", http.StatusOK, strings.ReplaceAll(l.byR[34][0], c.name, "NAME")); !strings.HasPrefix(answers[i][0], want) {
+					t.Errorf("generated=%v: first answer %s, want %s (9 tokens of the lease and 25 of the store left)", gen, answers[i][0], want)
+				}
+			}
+			if fmt.Sprint(answers[0]) != fmt.Sprint(answers[1]) {
+				t.Errorf("generated:\n%s\nreference:\n%s", strings.Join(answers[0], "\n"), strings.Join(answers[1], "\n"))
+			}
+		})
 	}
 }

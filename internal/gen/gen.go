@@ -39,6 +39,9 @@ import (
 type Path struct {
 	Name                                 string
 	Limit, Pick, Breaker, Stats, Rollout bool
+	// Shared: the limit is shared through Redis (rateLimit.redis), and the
+	// template's INLINE.limitStep is leaseStep, not gcraStep.
+	Shared bool
 }
 
 // Key is the path's key in the plugin's generatedPaths: its features' initials.
@@ -47,7 +50,7 @@ func (p Path) Key() string {
 	for _, f := range []struct {
 		on bool
 		c  string
-	}{{p.Limit, "L"}, {p.Pick, "P"}, {p.Breaker, "B"}, {p.Stats, "S"}, {p.Rollout, "R"}} {
+	}{{p.Limit, "L"}, {p.Pick, "P"}, {p.Breaker, "B"}, {p.Stats, "S"}, {p.Rollout, "R"}, {p.Shared, "D"}} {
 		if f.on {
 			k += f.c
 		}
@@ -56,7 +59,17 @@ func (p Path) Key() string {
 }
 
 func (p Path) flags() map[string]bool {
-	return map[string]bool{"limit": p.Limit, "pick": p.Pick, "breaker": p.Breaker, "stats": p.Stats, "observe": p.Breaker || p.Stats, "rollout": p.Rollout}
+	return map[string]bool{"limit": p.Limit, "pick": p.Pick, "breaker": p.Breaker, "stats": p.Stats, "observe": p.Breaker || p.Stats, "rollout": p.Rollout, "shared": p.Shared}
+}
+
+// limitStep is the step the template's INLINE.limitStep names on this path:
+// a token of the lease with the limit shared through Redis, else the local
+// GCRA step. The two have one signature.
+func (p Path) limitStep() string {
+	if p.Shared {
+		return "leaseStep"
+	}
+	return "gcraStep"
 }
 
 // Paths are the generated paths: every combination the plugin serves with
@@ -73,14 +86,23 @@ func Paths() []Path {
 					continue // one version, nothing on: no step to inline
 				}
 				p.Name = "path" + p.Key()
-				ps = append(ps, p)
+				variants := []Path{p}
 				if pick && obs[1] {
 					// A rollout: the picked version may be its version below the
 					// cut. Only with stats, which its checks read.
 					r := p
 					r.Rollout = true
 					r.Name = "path" + r.Key()
-					ps = append(ps, r)
+					variants = append(variants, r)
+				}
+				for _, v := range variants {
+					ps = append(ps, v)
+					if limit {
+						// The limit shared through Redis: its lease's step.
+						v.Shared = true
+						v.Name = "path" + v.Key()
+						ps = append(ps, v)
+					}
 				}
 			}
 		}
@@ -102,7 +124,7 @@ func Generate(root string) (map[string][]byte, error) {
 	var out bytes.Buffer
 	out.WriteString(header("internal/gen/template/paths.go and the steps in plugin/"))
 	out.WriteString("package plugin\n\nimport (\n\t\"net/http\"\n\t\"sync/atomic\"\n\t\"time\"\n)\n\n")
-	out.WriteString("// generatedPaths are the request paths rendered by internal/gen, by their\n// features' initials: L limiter, P cookie pick, B breaker, S stats,\n// R rollout (see serve.go).\n")
+	out.WriteString("// generatedPaths are the request paths rendered by internal/gen, by their\n// features' initials: L limiter, P cookie pick, B breaker, S stats,\n// R rollout, D the limit shared through Redis (see serve.go).\n")
 	out.WriteString("var generatedPaths = map[string]func(c *canary) http.HandlerFunc{\n")
 	for _, p := range Paths() {
 		fmt.Fprintf(&out, "\t%q: %s,\n", p.Key(), p.Name)
@@ -234,7 +256,14 @@ func render(tmpl []byte, p Path, steps map[string]*ast.FuncDecl, stepSrc map[str
 	if fn == nil {
 		return "", fmt.Errorf("the template has no func pathTemplate")
 	}
-	r := &renderer{flags: p.flags(), steps: steps, stepSrc: stepSrc, names: map[string]bool{}, locals: map[string]bool{}, fset: fset}
+	pathSrc := map[string]string{}
+	for k, v := range stepSrc {
+		pathSrc[k] = v
+	}
+	if src, ok := stepSrc[p.limitStep()]; ok {
+		pathSrc["limitStep"] = src
+	}
+	r := &renderer{flags: p.flags(), steps: steps, stepSrc: pathSrc, names: map[string]bool{}, locals: map[string]bool{}, fset: fset}
 	for _, id := range variables(fn) {
 		r.names[id] = true
 	}
@@ -251,7 +280,7 @@ func render(tmpl []byte, p Path, steps map[string]*ast.FuncDecl, stepSrc map[str
 	for _, f := range []struct {
 		on   bool
 		name string
-	}{{p.Limit, "the limiter"}, {p.Pick, "the cookie pick"}, {p.Breaker, "the breaker"}, {p.Stats, "reporting"}} {
+	}{{p.Limit && !p.Shared, "the limiter"}, {p.Shared, "the limiter shared through Redis"}, {p.Pick, "the cookie pick"}, {p.Breaker, "the breaker"}, {p.Stats, "reporting"}, {p.Rollout, "a rollout"}} {
 		if f.on {
 			feats = append(feats, f.name)
 		}
@@ -479,6 +508,18 @@ func (r *renderer) bindParams(name string, fd *ast.FuncDecl, args []ast.Expr, b 
 	return b
 }
 
+// mentions reports whether body uses the identifier name.
+func mentions(body *ast.BlockStmt, name string) bool {
+	found := false
+	ast.Inspect(body, func(n ast.Node) bool {
+		if id, ok := n.(*ast.Ident); ok && id.Name == name {
+			found = true
+		}
+		return !found
+	})
+	return found
+}
+
 // inline renders INLINE.name(args), its results assigned to lhs with tok.
 func (r *renderer) inline(name string, args, lhs []ast.Expr, tok token.Token) []ast.Stmt {
 	fd, body := r.step(name)
@@ -511,6 +552,9 @@ func (r *renderer) inline(name string, args, lhs []ast.Expr, tok token.Token) []
 			i++
 			declare := tok == token.DEFINE
 			if target == "_" {
+				if !mentions(body, n.Name) {
+					continue // discarded, and never set: nothing to declare
+				}
 				target, declare = n.Name, true // a local of its own
 				r.claim(name, n.Name)
 			}

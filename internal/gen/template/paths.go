@@ -3,12 +3,15 @@
 // The template of the generated request paths (plugin/paths_gen.go). It is
 // Go, read by internal/gen and never compiled itself:
 //   - HAS.limit, HAS.pick, HAS.breaker, HAS.stats, HAS.observe (breaker or
-//     stats) and HAS.rollout are the features of one path. An if on them alone is decided
-//     when generating: its branch stays, the other goes.
+//     stats), HAS.rollout and HAS.shared are the features of one path. An
+//     if on them alone is decided when generating: its branch stays, the
+//     other goes.
 //   - INLINE.f(args) is replaced by the body of the plugin's function f, with
 //     its parameters renamed to the arguments, its named results to what the
 //     call is assigned to, and calls of a func parameter to the body of the
 //     func literal passed for it (whose return then returns from the path).
+//   - INLINE.limitStep is the limiter's step: gcraStep, or leaseStep on the
+//     paths with HAS.shared (the limit shared through Redis).
 //   - pathTemplate is rendered once per path (internal/gen's Paths); every
 //     other function once, as it is, with its INLINE calls inlined.
 //
@@ -26,7 +29,11 @@ func pathTemplate(c *canary) http.HandlerFunc {
 	if HAS.limit {
 		rl := c.rl
 		peers, byQ := inlineLimiter(rl)
-		sem, interval, span0 := rl.sem, rl.interval, rl.window+rl.interval
+		if HAS.shared {
+			sem := rl.sem // leaseStep reads neither the interval nor the span
+		} else {
+			sem, interval, span0 := rl.sem, rl.interval, rl.window+rl.interval
+		}
 		headers, policy := rl.headers, rl.policy
 		if !HAS.observe {
 			rest := serveReference(c)
@@ -74,7 +81,7 @@ func pathTemplate(c *canary) http.HandlerFunc {
 			// from scratch.
 			sem <- struct{}{}
 			if b := peers[req.RemoteAddr]; b != nil && req.Header[oh] == nil {
-				_, q := INLINE.gcraStep(b, start, interval, span0, func() {
+				_, q := INLINE.limitStep(b, start, interval, span0, func() {
 					<-sem
 					if headers {
 						h := rw.Header()
@@ -92,7 +99,7 @@ func pathTemplate(c *canary) http.HandlerFunc {
 			// The same, for a returning client with a valid cookie.
 			sem <- struct{}{}
 			if b := peers[req.RemoteAddr]; b != nil {
-				_, q := INLINE.gcraStep(b, start, interval, span0, func() {
+				_, q := INLINE.limitStep(b, start, interval, span0, func() {
 					<-sem
 					if headers {
 						h := rw.Header()
@@ -115,7 +122,7 @@ func pathTemplate(c *canary) http.HandlerFunc {
 			q := int64(0)
 			sem <- struct{}{}
 			if b := peers[req.RemoteAddr]; b != nil {
-				_, q = INLINE.gcraStep(b, start, interval, span0, func() {})
+				_, q = INLINE.limitStep(b, start, interval, span0, func() {})
 			}
 			<-sem
 			if q <= 0 {

@@ -404,3 +404,16 @@ func BenchmarkYaegiRedisLease(b *testing.B) {
 	req.RemoteAddr = "192.0.2.1:1234"
 	runServe(b, h, req)
 }
+
+// BenchmarkYaegiRedisPerRequest is a store call per request: a burst below
+// 32 leases nothing, so each request takes its one token from the store.
+func BenchmarkYaegiRedisPerRequest(b *testing.B) {
+	rd := startRedis(b)
+	h := benchHandler(b, map[string]any{
+		"versions":  map[string]any{"stable": map[string]any{"weight": 1}},
+		"rateLimit": map[string]any{"average": 100000, "burst": 16, "redis": map[string]any{"endpoints": []any{rd.addr}}},
+	})
+	req := httptest.NewRequest(http.MethodGet, "http://bench.test/", nil)
+	req.RemoteAddr = "192.0.2.1:1234"
+	runServe(b, h, req)
+}

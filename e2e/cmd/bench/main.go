@@ -68,7 +68,7 @@ var routers = []router{
 	{name: "floor-observe", label: "5b. reference Yaegi plugin that reads the status code and times the request (the floor of 3c, 3d and 4)"},
 	{name: "floor-limit", label: "5c. reference Yaegi plugin that reads the clock, takes a lock, stores the instant by peer and writes the two RateLimit fields (the floor of 3b)"},
 	{name: "native-redis", label: "6a. Traefik native RateLimit shared through Redis (compiled: one Redis script per request)"},
-	{name: "redis", label: "6b. edgecanary: rate limit shared through Redis (leases of up to burst/4 tokens, refreshed in the background)"},
+	{name: "redis", label: "6b. edgecanary: rate limit shared through Redis (tokens leased to each replica by its clients' rate, refreshed in the background)"},
 	{name: "all-redis", label: "6c. edgecanary: everything on, with the rate limit shared through Redis", cookie: "edgecanary"},
 	{name: "canary-reporting", label: "7a. edgecanary: canary routing and reporting (what a rollout needs, without one)", cookie: "edgecanary"},
 	{name: "rollout", label: "7b. edgecanary: 7a with a running rollout (step 1 of 2, 20%)", cookie: "edgecanary"},
@@ -136,6 +136,9 @@ type result struct {
 	p50, p99 float64 // microseconds
 	errors   int
 	rss      int64
+	// storeCalls are the Redis script calls per request (the Redis lines).
+	storeCalls float64
+	requests   int64 // wrk's count of completed requests
 }
 
 func bench(o options) error {
@@ -264,12 +267,16 @@ func bench(o options) error {
 			args = append(args, "-H", "Cookie: "+c)
 		}
 		args = append(args, web+"/")
+		before := redisScriptCalls(redisAddr)
 		out, err := exec.Command(wrk, args...).CombinedOutput()
 		if err != nil {
 			return result{}, fmt.Errorf("wrk %v: %v\n%s", args, err, out)
 		}
 		res, err := parseWrk(string(out))
 		res.rss = rss(cmd.Process.Pid)
+		if n := redisScriptCalls(redisAddr) - before; n > 0 && res.requests > 0 {
+			res.storeCalls = float64(n) / float64(res.requests)
+		}
 		return res, err
 	}
 	runOne := func(r router, d time.Duration) (result, error) { return runWith(r, d, o.threads, o.connections) }
@@ -291,7 +298,7 @@ func bench(o options) error {
 				return err
 			}
 			results[r.name] = append(results[r.name], res)
-			fmt.Fprintf(os.Stderr, "round %d %-10s %9.0f req/s p50 %7.0fus p99 %7.0fus errors %d\n", round+1, r.name, res.rps, res.p50, res.p99, res.errors)
+			fmt.Fprintf(os.Stderr, "round %d %-10s %9.0f req/s p50 %7.0fus p99 %7.0fus errors %d store calls/request %.3f\n", round+1, r.name, res.rps, res.p50, res.p99, res.errors, res.storeCalls)
 		}
 	}
 	rssEnd := rss(cmd.Process.Pid)
@@ -390,6 +397,41 @@ func startRedis(dir string) (string, func(), error) {
 	return "", nil, fmt.Errorf("redis-server on %s did not start", addr)
 }
 
+// redisScriptCalls is the number of script calls (EVALSHA and EVAL) the
+// Redis at addr has served, from INFO commandstats; 0 without Redis.
+func redisScriptCalls(addr string) int64 {
+	if addr == "" {
+		return 0
+	}
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return 0
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Write([]byte("INFO commandstats\r\n")); err != nil {
+		return 0
+	}
+	br := bufio.NewReader(c)
+	header, err := br.ReadString('\n')
+	if err != nil || !strings.HasPrefix(header, "$") {
+		return 0
+	}
+	n, _ := strconv.Atoi(strings.TrimSpace(header[1:]))
+	body := make([]byte, n)
+	if _, err := io.ReadFull(br, body); err != nil {
+		return 0
+	}
+	var total int64
+	for _, m := range reScriptCalls.FindAllStringSubmatch(string(body), -1) {
+		v, _ := strconv.ParseInt(m[1], 10, 64)
+		total += v
+	}
+	return total
+}
+
+var reScriptCalls = regexp.MustCompile(`(?m)^cmdstat_(?:evalsha|eval):calls=(\d+),`)
+
 func contains(rs []router, name string) bool {
 	for _, r := range rs {
 		if r.name == name {
@@ -461,6 +503,9 @@ func parseWrk(out string) (result, error) {
 		return r, fmt.Errorf("no Requests/sec in wrk output:\n%s", out)
 	}
 	r.rps, _ = strconv.ParseFloat(m[1], 64)
+	if m := reRequests.FindStringSubmatch(out); m != nil {
+		r.requests, _ = strconv.ParseInt(m[1], 10, 64)
+	}
 	for _, l := range reLatency.FindAllStringSubmatch(out, -1) {
 		v, _ := strconv.ParseFloat(l[2], 64)
 		switch l[3] {

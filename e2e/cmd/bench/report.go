@@ -235,6 +235,7 @@ var microNotes = map[string]string{
 	"FloorObserve":           "the reference plugin of line 5b: status wrapper and two clock readings, nothing else",
 	"FloorLimit":             "the reference plugin of line 5c: a clock reading, a lock, a store by peer and the two RateLimit fields, nothing else",
 	"RedisLease":             "the rate limit shared through a real redis-server (line 6b's limits): admitted from this replica's lease, a store call in the background once per lease",
+	"RedisPerRequest":        "the same below a burst of 32 (no lease): a store call in every request",
 }
 
 // The project's performance goals: the most a feature line may fall below
@@ -305,6 +306,22 @@ func writeReport(o options, selected []router, results, latency map[string][]res
 	}
 	fmt.Fprintf(&b, "\nTraefik's resident memory: %.0f MiB after warm-up, %.0f MiB after all rounds (one process serves every router).\n",
 		float64(rssStart)/(1<<20), float64(rssEnd)/(1<<20))
+	var calls []string
+	for _, r := range selected {
+		var v []float64
+		for _, x := range results[r.name] {
+			if x.storeCalls > 0 {
+				v = append(v, x.storeCalls)
+			}
+		}
+		if len(v) > 0 {
+			lo, hi := minMax(v)
+			calls = append(calls, fmt.Sprintf("%s %.3f [%.3f–%.3f]", strings.SplitN(r.label, ".", 2)[0], median(v), lo, hi))
+		}
+	}
+	if len(calls) > 0 {
+		fmt.Fprintf(&b, "\nRedis script calls per request (Redis's `INFO commandstats` around each run, median [range]): %s.\n", strings.Join(calls, ", "))
+	}
 	if lp := latency["plain"]; len(lp) > 0 {
 		fmt.Fprintf(&b, "\n### Latency without queueing\n\n")
 		fmt.Fprintf(&b, "Under the load above every router is saturated, so its p50 is mostly time spent waiting behind other requests, and follows throughput. ")

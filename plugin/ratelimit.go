@@ -125,6 +125,7 @@ type rlCounters struct {
 	evictions   uint64
 	storeErrors uint64 // rateLimit.redis calls that failed
 	leased      uint64 // tokens taken from the store (rateLimit.redis)
+	returned    uint64 // tokens of leases given back to the store unspent
 }
 
 var rlCounterRegistry = struct {
@@ -164,6 +165,7 @@ type bucket struct {
 	fetching              chan struct{} // a store call for the key is in flight: closed when it ends
 	waiters               int64         // requests waiting for it
 	emptyUntil            int64         // the store has no token for the key before then
+	unspent               int64         // the rest of replaced leases, to give back with the next call
 }
 
 // deadTat is the tat of an evicted bucket, and of noBucket: so far in the

@@ -124,26 +124,14 @@ type redisConn struct {
 // The pool counts its open connections (open, dialing included) and keeps
 // the idle ones on a stack, under a mutex: a caller takes an idle
 // connection, or dials while fewer than PoolSize are open, or waits at most
-// ReadTimeout for one to come back. So no more than PoolSize connections are
-// ever open, and connections are made only when needed (the constructor does
-// no I/O). A mutex, not channels: under Yaegi a select costs about a hundred
-// allocations, and a call takes and gives back a connection (measured: 113
-// allocations a get and put with channels, 7 with the mutex).
-//
-// A connection that saw an I/O or protocol error, a timeout included, is
-// closed and its slot given back empty: after a timeout its late reply would
-// answer the next caller. A server error reply (errRedisServer) leaves the
-// connection in step, so it is kept.
-//
-// A call on a connection that had been idle in the pool, which fails before
-// any byte of a reply (its write fails, or the read meets an orderly close),
-// is tried once more on a new connection: the server closed it while it was
-// idle (a restart, the server's idle timeout, a proxy), so the command was
-// not run. (A server that ran the command and died before it replied would
-// run it twice: for the rate limit, one request counted twice, once.)
-// Timeouts are never retried. The retry dials even when the slot it
-// takes holds an idle connection, and closes that one: after a restart all
-// idle connections are stale, and each retry clears one more of them.
+// ReadTimeout for one (getWait). A connection given back, or a place freed,
+// while callers wait goes to one of them directly (handoff), so a newcomer
+// cannot take it first and a waiter never starves. So no more than PoolSize
+// connections are ever open, and connections are made only when needed (the
+// constructor does no I/O). A mutex, not channels: under Yaegi a select
+// costs about a hundred allocations, and every call takes and gives back a
+// connection (measured: 113 allocations a get and put with channels, 7 with
+// the mutex).
 type redisClient struct {
 	opts   redisOptions
 	init   [][]string // AUTH and SELECT, sent in one write on each new connection
@@ -151,10 +139,11 @@ type redisClient struct {
 	closed int32
 
 	mu      sync.Mutex
-	idle    []*redisConn  // the idle connections, reused before any dial, the last given back first
-	open    int           // connections open or being dialed, at most PoolSize
-	waiting int           // callers in getWait
-	freed   chan struct{} // a connection came back or a place was freed, while some caller waits (capacity 1)
+	idle    []*redisConn    // the idle connections, reused before any dial, the last given back first
+	open    int             // connections open or being dialed (or handed to a waiter to dial), at most PoolSize
+	waiting int             // callers in getWait not yet handed a connection or a place
+	handoff chan *redisConn // to a waiter: a connection, or nil for a place to dial (capacity PoolSize)
+	done    chan struct{}   // closed by close: waiters give up
 }
 
 // newRedisClient returns a client for opts. It does no I/O: connections are
@@ -178,7 +167,7 @@ func newRedisClient(opts redisOptions) *redisClient {
 	if opts.PoolSize <= 0 {
 		opts.PoolSize = redisPoolPerProc * runtime.GOMAXPROCS(0)
 	}
-	c := &redisClient{opts: opts, freed: make(chan struct{}, 1)}
+	c := &redisClient{opts: opts, handoff: make(chan *redisConn, opts.PoolSize), done: make(chan struct{})}
 	switch {
 	case opts.Username != "":
 		c.init = append(c.init, []string{"AUTH", opts.Username, opts.Password})
@@ -192,7 +181,8 @@ func newRedisClient(opts redisOptions) *redisClient {
 }
 
 // close closes the idle connections, and makes the busy ones close when they
-// are given back. Calls after close fail with errRedisClosed.
+// are given back, and the callers waiting for one give up. Calls after close
+// fail with errRedisClosed.
 func (c *redisClient) close() {
 	if !atomic.CompareAndSwapInt32(&c.closed, 0, 1) {
 		return
@@ -202,6 +192,7 @@ func (c *redisClient) close() {
 	c.idle = nil
 	c.open -= len(idle)
 	c.mu.Unlock()
+	close(c.done)
 	for _, cn := range idle {
 		_ = cn.nc.Close()
 	}
@@ -288,6 +279,10 @@ func (c *redisClient) get(fresh bool) (*redisConn, error) {
 // getSlow is get when no idle connection is at hand, or with fresh.
 func (c *redisClient) getSlow(fresh bool) (*redisConn, error) {
 	c.mu.Lock()
+	if atomic.LoadInt32(&c.closed) != 0 { // under the lock: close serves only the waiters it sees
+		c.mu.Unlock()
+		return nil, errRedisClosed
+	}
 	cn, ok := c.take()
 	if !ok {
 		c.waiting++
@@ -314,10 +309,17 @@ func (c *redisClient) take() (cn *redisConn, ok bool) {
 	return nil, false
 }
 
-// ready makes what take gave a connection to use: an idle one as it is (or,
-// with fresh, closed and replaced), else a new one dialed. A failed dial
-// frees its place.
+// ready makes what take (or a handoff) gave a connection to use: an idle
+// one as it is (or, with fresh, closed and replaced), else a new one dialed.
+// A failed dial, or a closed client, frees its place.
 func (c *redisClient) ready(cn *redisConn, fresh bool) (*redisConn, error) {
+	if atomic.LoadInt32(&c.closed) != 0 {
+		if cn != nil {
+			_ = cn.nc.Close()
+		}
+		c.release()
+		return nil, errRedisClosed
+	}
 	if cn != nil {
 		if !fresh {
 			return cn, nil
@@ -333,59 +335,49 @@ func (c *redisClient) ready(cn *redisConn, fresh bool) (*redisConn, error) {
 }
 
 // getWait is get when PoolSize connections are busy (counted in waiting):
-// it waits at most ReadTimeout for one to come back or a place to be freed.
+// it waits at most ReadTimeout for a connection or a place handed to it. A
+// waiter that gives up (its time is over, or the client closed) while no
+// waiter is left uncounted was counted out by a handoff already on its way:
+// it takes that one, so that no handoff is left behind.
 func (c *redisClient) getWait(fresh bool) (*redisConn, error) {
 	timer := time.NewTimer(c.opts.ReadTimeout)
 	defer timer.Stop()
-	for {
-		select {
-		case <-c.freed:
-		case <-timer.C:
-			c.mu.Lock()
-			c.waiting--
-			c.mu.Unlock()
-			return nil, errRedisPoolTimeout
-		}
-		c.mu.Lock()
-		cn, ok := c.take()
-		if ok {
-			c.waiting--
-			// One signal may stand for several freed places: pass the
-			// rest on to the next caller waiting.
-			more := c.waiting > 0 && (len(c.idle) > 0 || c.open < c.opts.PoolSize)
-			c.mu.Unlock()
-			if more {
-				c.signal()
-			}
-			return c.ready(cn, fresh)
-		}
-		c.mu.Unlock()
-	}
-}
-
-// signal wakes a caller in getWait, if none is already woken.
-func (c *redisClient) signal() {
+	giveUp := errRedisPoolTimeout
 	select {
-	case c.freed <- struct{}{}:
-	default:
+	case got := <-c.handoff:
+		return c.ready(got, fresh)
+	case <-timer.C:
+	case <-c.done:
+		giveUp = errRedisClosed
 	}
+	c.mu.Lock()
+	if c.waiting > 0 {
+		c.waiting--
+		c.mu.Unlock()
+		return nil, giveUp
+	}
+	c.mu.Unlock()
+	return c.ready(<-c.handoff, fresh) // after close, ready frees the place
 }
 
-// put gives back a healthy connection, idle; after close, it closes it.
+// put gives back a healthy connection: to a waiting caller, or idle; after
+// close, it closes it.
 func (c *redisClient) put(cn *redisConn) {
 	c.mu.Lock()
 	if atomic.LoadInt32(&c.closed) != 0 {
-		c.open--
 		c.mu.Unlock()
 		_ = cn.nc.Close()
+		c.release()
+		return
+	}
+	if c.waiting > 0 {
+		c.waiting--
+		c.mu.Unlock()
+		c.handoff <- cn
 		return
 	}
 	c.idle = append(c.idle, cn)
-	wake := c.waiting > 0
 	c.mu.Unlock()
-	if wake {
-		c.signal()
-	}
 }
 
 // discard closes a connection and frees its place.
@@ -395,15 +387,17 @@ func (c *redisClient) discard(cn *redisConn) {
 }
 
 // release frees the place of a connection that is closed or was never
-// dialed.
+// dialed: to a waiting caller, who dials in it, or for anyone.
 func (c *redisClient) release() {
 	c.mu.Lock()
-	c.open--
-	wake := c.waiting > 0
-	c.mu.Unlock()
-	if wake {
-		c.signal()
+	if c.waiting > 0 && atomic.LoadInt32(&c.closed) == 0 {
+		c.waiting--
+		c.mu.Unlock()
+		c.handoff <- nil // the place stays counted in open, for the waiter
+		return
 	}
+	c.open--
+	c.mu.Unlock()
 }
 
 // dial connects to an endpoint, starting with the last one that answered
@@ -654,26 +648,30 @@ func (c *redisClient) eval(s *redisScript, keys, args []string) (interface{}, er
 }
 
 // gcraScript takes up to n tokens from the bucket KEYS[1], atomically, on
-// Redis's own clock (TIME), which every replica shares. ARGV: the interval
-// I (microseconds per token), the tolerance τ = I*(burst-1) (microseconds),
-// and n >= 1. The key holds the bucket's theoretical arrival time, tat, in
+// Redis's own clock (TIME), which every replica shares, after giving back b
+// tokens taken earlier and never spent. ARGV: the interval I (microseconds
+// per token), the tolerance τ = I*(burst-1) (microseconds), n >= 1 and
+// b >= 0. The key holds the bucket's theoretical arrival time, tat, in
 // microseconds; a missing key is a full bucket. With now from TIME:
 //
-//	tat       = the later of stored tat and now
+//	tat       = the later of (stored tat - b*I) and now
 //	granted   = clamp(floor((τ + I - (tat - now)) / I), 0, n)
-//	tat'      = tat + granted*I, stored only when granted > 0
+//	tat'      = tat + granted*I, stored when it changed
 //	remaining = floor((τ + I - (tat' - now)) / I), at least 0
 //	wait      = tat' - τ - now, at least 0
 //
 // So k tokens are admitted when tat + k*I - now <= τ + I: a full bucket gives
 // burst at once, then one per I. remaining is what a next call could take at
 // now; wait is the time until one more token can be taken (0 when remaining
-// > 0). The key expires at tat' rounded up to the millisecond, the time the
-// bucket is full again, so Redis holds no idle state. It is set with
-// PEXPIREAT rather than a relative PEXPIRE: Redis compares expiry times with
-// the script's start time, in milliseconds, which may be up to a millisecond
-// behind TIME, and a relative TTL could drop the key before tat'. Numbers are
-// written with %d, because Lua's tostring would round a 16-digit timestamp.
+// > 0, at most I while TIME goes forward). Giving back unspent tokens keeps the bound: at every
+// instant tat is at least what it would be had they never been taken, so
+// the tokens spent conform to the same GCRA. The key expires at tat'
+// rounded up to the millisecond, the time the bucket is full again, so
+// Redis holds no idle state. It is set with PEXPIREAT rather than a
+// relative PEXPIRE: Redis compares expiry times with the script's start
+// time, in milliseconds, which may be up to a millisecond behind TIME, and a
+// relative TTL could drop the key before tat'. Numbers are written with %d,
+// because Lua's tostring would round a 16-digit timestamp.
 // replicate_commands lets Redis 3.2 to 4 write after TIME; from Redis 5 on it
 // is the default and the call does nothing. It returns {granted, wait,
 // remaining, now}.
@@ -683,12 +681,16 @@ local key = KEYS[1]
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
+local back = tonumber(ARGV[4]) or 0
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local tat = now
 local stored = tonumber(redis.call('GET', key))
-if stored and stored > now then
-  tat = stored
+if stored then
+  stored = stored - back * interval
+  if stored > now then
+    tat = stored
+  end
 end
 local granted = math.floor((tolerance + interval - (tat - now)) / interval)
 if granted > n then
@@ -697,7 +699,7 @@ end
 if granted < 0 then
   granted = 0
 end
-if granted > 0 then
+if granted > 0 or (stored and back > 0) then
   tat = tat + granted * interval
   redis.call('SET', key, string.format('%d', tat))
   redis.call('PEXPIREAT', key, string.format('%d', math.ceil(tat / 1000)))
@@ -733,11 +735,17 @@ type gcraCall struct {
 	tail string // the interval and the tolerance
 	// interval and tolerance, for the EVAL of a server without the script
 	interval, tolerance string
+	// The bounds of a reply: remaining at most maxRemaining (τ/I + 1), and
+	// wait at most maxWaitUs. A wait is at most I while Redis's clock goes
+	// forward; maxWaitUs is τ + I and a day more, for a failover to a
+	// server whose clock is behind, and keeps now + wait far from overflow.
+	maxRemaining, maxWaitUs int64
 }
 
 func newGCRACall(intervalUs, toleranceUs int64) *gcraCall {
-	g := &gcraCall{interval: strconv.FormatInt(intervalUs, 10), tolerance: strconv.FormatInt(toleranceUs, 10)}
-	g.head = "*7\r\n" + string(appendRedisCommand(nil, []string{"EVALSHA", redisGCRA.sha, "1"})[4:])
+	g := &gcraCall{interval: strconv.FormatInt(intervalUs, 10), tolerance: strconv.FormatInt(toleranceUs, 10),
+		maxRemaining: toleranceUs/intervalUs + 1, maxWaitUs: toleranceUs + intervalUs + int64(24*time.Hour/time.Microsecond)}
+	g.head = "*8\r\n" + string(appendRedisCommand(nil, []string{"EVALSHA", redisGCRA.sha, "1"})[4:])
 	g.tail = string(appendRedisBulk(appendRedisBulk(nil, g.interval), g.tolerance))
 	return g
 }
@@ -751,15 +759,19 @@ func (c *redisClient) takeTokens(key string, intervalUs, toleranceUs, n int64) (
 	if intervalUs < 1 || toleranceUs < 0 || n < 1 {
 		return 0, 0, 0, 0, fmt.Errorf("redis gcra: bad arguments interval=%d tolerance=%d n=%d", intervalUs, toleranceUs, n)
 	}
-	return c.takeGCRA(newGCRACall(intervalUs, toleranceUs), "", key, n)
+	return c.takeGCRA(newGCRACall(intervalUs, toleranceUs), "", key, n, 0)
 }
 
-// takeGCRA is takeTokens with g's settings, on the key prefix+key. When the
-// server does not have the script (NOSCRIPT: a restart, SCRIPT FLUSH, a
-// failover), it runs it through eval, which sends EVAL and so caches it.
-func (c *redisClient) takeGCRA(g *gcraCall, prefix, key string, n int64) (granted, waitUs, remaining, nowUs int64, err error) {
-	ns := strconv.FormatInt(n, 10)
-	cmd := g.head + "$" + strconv.Itoa(len(prefix)+len(key)) + "\r\n" + prefix + key + "\r\n" + g.tail + "$" + strconv.Itoa(len(ns)) + "\r\n" + ns + "\r\n"
+// takeGCRA is takeTokens with g's settings, on the key prefix+key, giving
+// back first the back tokens taken before and never spent. When the server
+// does not have the script (NOSCRIPT: a restart, SCRIPT FLUSH, a failover),
+// it sends EVAL, which also caches it. A reply out of the script's range is
+// an error: a server that lies never grants more than n tokens, nor makes a
+// wait or a remaining count that the request path cannot use.
+func (c *redisClient) takeGCRA(g *gcraCall, prefix, key string, n, back int64) (granted, waitUs, remaining, nowUs int64, err error) {
+	ns, bs := strconv.FormatInt(n, 10), strconv.FormatInt(back, 10)
+	cmd := g.head + "$" + strconv.Itoa(len(prefix)+len(key)) + "\r\n" + prefix + key + "\r\n" + g.tail +
+		"$" + strconv.Itoa(len(ns)) + "\r\n" + ns + "\r\n$" + strconv.Itoa(len(bs)) + "\r\n" + bs + "\r\n"
 	var serverErr error
 	for attempt := 0; ; attempt++ {
 		cn, err := c.get(attempt > 0)
@@ -779,20 +791,22 @@ func (c *redisClient) takeGCRA(g *gcraCall, prefix, key string, n int64) (grante
 			break
 		}
 	}
-	if serverErr == nil {
-		if granted < 0 || granted > n || waitUs < 0 || remaining < 0 {
-			return 0, 0, 0, 0, fmt.Errorf("redis gcra: reply out of range: granted %d of %d, wait %d, remaining %d", granted, n, waitUs, remaining)
+	if serverErr != nil {
+		if !isRedisServerError(serverErr, "NOSCRIPT") {
+			return 0, 0, 0, 0, serverErr
 		}
-		return granted, waitUs, remaining, nowUs, nil
+		reply, err := c.do("EVAL", redisGCRA.src, "1", prefix+key, g.interval, g.tolerance, ns, bs)
+		if err != nil {
+			return 0, 0, 0, 0, err
+		}
+		if granted, waitUs, remaining, nowUs, err = gcraReply(reply); err != nil {
+			return 0, 0, 0, 0, err
+		}
 	}
-	if !isRedisServerError(serverErr, "NOSCRIPT") {
-		return 0, 0, 0, 0, serverErr
+	if granted < 0 || granted > n || waitUs < 0 || waitUs > g.maxWaitUs || remaining < 0 || remaining > g.maxRemaining {
+		return 0, 0, 0, 0, fmt.Errorf("redis gcra: reply out of range: granted %d of %d, wait %dµs, remaining %d", granted, n, waitUs, remaining)
 	}
-	reply, err := c.eval(redisGCRA, []string{prefix + key}, []string{g.interval, g.tolerance, ns})
-	if err != nil {
-		return 0, 0, 0, 0, err
-	}
-	return gcraReply(reply)
+	return granted, waitUs, remaining, nowUs, nil
 }
 
 // readGCRAReply reads gcraScript's reply, an array of four integers of at

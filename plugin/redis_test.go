@@ -1098,3 +1098,28 @@ func TestRedisTakeTokensAfterScriptFlush(t *testing.T) {
 		t.Errorf("connections received: %s, then %s: the NOSCRIPT reply must leave the connection in step", connsBefore, conns)
 	}
 }
+
+// TestRedisGCRAGivesBackUnspentTokens: tokens given back with a call (the
+// rest of a replaced lease) are the bucket's again, never more than a full
+// bucket.
+func TestRedisGCRAGivesBackUnspentTokens(t *testing.T) {
+	srv := newTestRedis(t, false)
+	c := testRedisClient(t, redisOptions{Endpoints: []string{srv.addr()}})
+	g := newGCRACall(1000000000, 9000000000) // a burst of 10, no refill during the test
+	for _, step := range []struct {
+		key                      string
+		n, back                  int64
+		wantGranted, wantRemains int64
+	}{
+		{key: "back", n: 10, wantGranted: 10, wantRemains: 0},
+		{key: "back", n: 1, back: 4, wantGranted: 1, wantRemains: 3},  // 4 back, 1 taken
+		{key: "back", n: 5, back: 0, wantGranted: 3, wantRemains: 0},  // only the 3 left
+		{key: "back", n: 1, back: 2, wantGranted: 1, wantRemains: 1},  // given back with nothing else left
+		{key: "fresh", n: 1, back: 5, wantGranted: 1, wantRemains: 9}, // a full bucket takes nothing back
+	} {
+		granted, _, remaining, _, err := c.takeGCRA(g, "gcra:", step.key, step.n, step.back)
+		if err != nil || granted != step.wantGranted || remaining != step.wantRemains {
+			t.Errorf("%s: take %d giving back %d: %d granted, %d left, %v; want %d, %d", step.key, step.n, step.back, granted, remaining, err, step.wantGranted, step.wantRemains)
+		}
+	}
+}

@@ -376,8 +376,9 @@ func allowSharedConn(l *limiter, rw http.ResponseWriter, req *http.Request, now 
 
 // storeLease keeps a lease of granted tokens from the store, left of them
 // for the requests to come, taken at now; remaining: the store's tokens
-// after it. It is quiet (no refresh due) until a quarter of it is left or a
-// quarter of its life. Called with l.sem held.
+// after it. It replaces b's lease, whose rest joins the tokens to give back.
+// It is quiet (no refresh due) until a quarter of it is left or a quarter of
+// its life. Called with l.sem held.
 func storeLease(s *shared, b *bucket, granted, left, remaining, now int64) {
 	// What a server answers is clamped to what the script can return, so
 	// that leaseStep's q stays within the RateLimit table (fewer than burst
@@ -388,6 +389,7 @@ func storeLease(s *shared, b *bucket, granted, left, remaining, now int64) {
 	if remaining < 0 {
 		remaining = 0
 	}
+	b.unspent += b.leaseLeft // the rest of the lease it replaces, spent or ended: given back with the next call
 	b.leaseN, b.leaseLeft, b.leaseEnd, b.storeLeft = granted, left, now+s.life, remaining
 	b.quietLeft, b.quietUntil = granted/4, b.leaseEnd-s.life/4
 	atomic.AddUint64(&s.counters.leased, uint64(granted))
@@ -407,12 +409,12 @@ func startRefresh(l *limiter, b *bucket, key string, now int64) {
 	}
 	ch := make(chan struct{})
 	b.fetching = ch
-	n := nextLease(l.shared, b, now)
+	n, back := nextLease(l.shared, b, now)
 	// While the call is in flight, the rest of this lease is quiet to its
 	// end: leaseStep spends it, and no request takes the slow path for it.
 	b.quietLeft, b.quietUntil = 0, b.leaseEnd
 	<-l.sem
-	go refreshLease(l, b, ch, key, n, now)
+	go refreshLease(l, b, ch, key, n, back, now)
 }
 
 // allowSharedSlow is allowShared when the lease cannot answer: it waits for
@@ -450,21 +452,29 @@ func allowSharedSlow(l *limiter, rw http.ResponseWriter, req *http.Request, key 
 			now = int64(time.Since(epoch))
 			continue
 		}
-		n := nextLease(l.shared, b, now)
+		n, back := nextLease(l.shared, b, now)
 		ch := make(chan struct{})
 		b.fetching = ch
 		<-l.sem
-		return fetchLease(l, rw, req, b, ch, key, n, now)
+		return fetchLease(l, rw, req, b, ch, key, n, back, now)
 	}
 }
 
-// nextLease is the size of b's next lease, with the lock held: the tokens
+// nextLease is the size n of b's next lease, with the lock held: the tokens
 // the key would use in a whole life at the rate it used this lease, and half
-// again, plus the requests waiting, within 1 and lease. A lease used up at
-// once asks for the most; one that ended unused, or used once in a life,
-// for 1 or 2 (a client below its rate takes about a token per call).
-func nextLease(s *shared, b *bucket, now int64) int64 {
-	n := int64(1)
+// again, plus the requests waiting, within 1 and lease less what is left of
+// this lease. A lease used up at once asks for the most; one that ended
+// unused, or used once in a life, for 1 or 2 (a client below its rate takes
+// about a token per call). back is the tokens to give back with the call:
+// the rest of the leases replaced since the last call (see storeLease).
+//
+// So a replica never holds more than lease tokens of a key, counting those
+// it has yet to give back: the next lease, and the rest of this one, which
+// the new one replaces. A client that moves to another replica finds the
+// store's burst less at most one lease, and a client below its rate takes
+// from the store what it spends, give or take a lease.
+func nextLease(s *shared, b *bucket, now int64) (n, back int64) {
+	n = 1
 	if used, elapsed := b.leaseN-b.leaseLeft, now-(b.leaseEnd-s.life); used > 0 {
 		n = s.lease
 		if elapsed > 0 {
@@ -473,22 +483,23 @@ func nextLease(s *shared, b *bucket, now int64) int64 {
 	}
 	n += b.waiters
 	b.waiters = 0
-	if n > s.lease {
-		n = s.lease
+	if n > s.lease-b.leaseLeft {
+		n = s.lease - b.leaseLeft
 	}
 	if n < 1 {
 		n = 1
 	}
-	return n
+	back, b.unspent = b.unspent, 0
+	return n, back
 }
 
-// refreshLease takes b's next lease in the background. The new lease
-// replaces what is left of the old one, which requests spent meanwhile (the
-// rest is dropped: its tokens count as spent, for the bound's sake), and
-// lives from before the call.
-func refreshLease(l *limiter, b *bucket, ch chan struct{}, key string, n, now int64) {
+// refreshLease takes b's next lease in the background, giving back back
+// tokens. The new lease replaces what is left of the old one, which requests
+// spent meanwhile (the rest is given back with the next call), and lives
+// from before the call.
+func refreshLease(l *limiter, b *bucket, ch chan struct{}, key string, n, back, now int64) {
 	s := l.shared
-	granted, waitUs, remaining, _, err := s.client.takeGCRA(s.gcra, s.prefix, key, n)
+	granted, waitUs, remaining, _, err := s.client.takeGCRA(s.gcra, s.prefix, key, n, back)
 	l.sem <- struct{}{}
 	b.fetching = nil
 	if err == nil && granted > 0 {
@@ -503,13 +514,15 @@ func refreshLease(l *limiter, b *bucket, ch chan struct{}, key string, n, now in
 		s.failed(int64(time.Since(epoch)), err)
 	} else {
 		s.succeeded()
+		atomic.AddUint64(&s.counters.returned, uint64(back)) // a failed call may have run: those are lost, the safe side
 	}
 	close(ch)
 }
 
-// fetchLease takes up to n tokens of key from the store for b, keeps all but
-// the request's own as b's lease, and wakes the requests waiting on ch.
-func fetchLease(l *limiter, rw http.ResponseWriter, req *http.Request, b *bucket, ch chan struct{}, key string, n, now int64) int64 {
+// fetchLease takes up to n tokens of key from the store for b, giving back
+// back tokens, keeps all but the request's own as b's lease, and wakes the
+// requests waiting on ch.
+func fetchLease(l *limiter, rw http.ResponseWriter, req *http.Request, b *bucket, ch chan struct{}, key string, n, back, now int64) int64 {
 	s := l.shared
 	if !s.available(now) {
 		l.sem <- struct{}{}
@@ -518,7 +531,7 @@ func fetchLease(l *limiter, rw http.ResponseWriter, req *http.Request, b *bucket
 		close(ch)
 		return storeFailed(l, rw, req, key, now)
 	}
-	granted, waitUs, remaining, _, err := s.client.takeGCRA(s.gcra, s.prefix, key, n)
+	granted, waitUs, remaining, _, err := s.client.takeGCRA(s.gcra, s.prefix, key, n, back)
 	l.sem <- struct{}{}
 	b.fetching = nil
 	if err == nil && granted > 0 {
@@ -535,6 +548,7 @@ func fetchLease(l *limiter, rw http.ResponseWriter, req *http.Request, b *bucket
 		s.failed(int64(time.Since(epoch)), err)
 	} else {
 		s.succeeded()
+		atomic.AddUint64(&s.counters.returned, uint64(back)) // a failed call may have run: those are lost, the safe side
 	}
 	close(ch)
 	if err != nil {

@@ -390,7 +390,8 @@ func TestSharedLimitReserve(t *testing.T) {
 
 // TestSharedLimitNextLease: a lease is sized by the rate the key used the
 // last one at, for a whole life and half again, plus the requests waiting,
-// within 1 and lease.
+// within 1 and lease less what is left of the last one; the rest of
+// replaced leases is given back with the call.
 func TestSharedLimitNextLease(t *testing.T) {
 	s := &shared{lease: 100, life: int64(100 * time.Millisecond)}
 	t0 := int64(time.Hour)
@@ -405,10 +406,11 @@ func TestSharedLimitNextLease(t *testing.T) {
 		{desc: "one token in two lives: a client below its rate", leaseN: 2, leaseLeft: 1, elapsed: int64(200 * time.Millisecond), want: 1},
 		{desc: "the requests waiting are added", leaseN: 10, leaseLeft: 5, elapsed: int64(50 * time.Millisecond), waiters: 3, want: 19},
 		{desc: "at most lease", leaseN: 100, leaseLeft: 0, elapsed: int64(10 * time.Millisecond), waiters: 5, want: 100},
+		{desc: "at most lease less what is left of this one", leaseN: 100, leaseLeft: 30, elapsed: int64(10 * time.Millisecond), want: 70},
 	} {
-		b := &bucket{leaseN: tc.leaseN, leaseLeft: tc.leaseLeft, leaseEnd: t0 + s.life, waiters: tc.waiters}
-		if got := nextLease(s, b, t0+tc.elapsed); got != tc.want || b.waiters != 0 {
-			t.Errorf("%s: next lease %d (waiters left %d), want %d", tc.desc, got, b.waiters, tc.want)
+		b := &bucket{leaseN: tc.leaseN, leaseLeft: tc.leaseLeft, leaseEnd: t0 + s.life, waiters: tc.waiters, unspent: 7}
+		if got, back := nextLease(s, b, t0+tc.elapsed); got != tc.want || b.waiters != 0 || back != 7 || b.unspent != 0 {
+			t.Errorf("%s: next lease %d (waiters left %d), %d given back (%d left to give); want %d, 7 (0)", tc.desc, got, b.waiters, back, b.unspent, tc.want)
 		}
 	}
 }

@@ -395,6 +395,7 @@ func snapshot(st *mwStats) wire.Middleware {
 		m.RateLimitEvicted = atomic.LoadUint64(&l.counters.evictions)
 		m.RateLimitStoreErrors = atomic.LoadUint64(&l.counters.storeErrors)
 		m.RateLimitLeased = atomic.LoadUint64(&l.counters.leased)
+		m.RateLimitReturned = atomic.LoadUint64(&l.counters.returned)
 		if l.shared != nil {
 			m.RateLimitStore = "redis"
 			m.RateLimitStoreUp = atomic.LoadInt32(&l.shared.up) == 1
@@ -408,6 +409,7 @@ func snapshot(st *mwStats) wire.Middleware {
 		m.RateLimitEvicted = atomic.LoadUint64(&c.evictions)
 		m.RateLimitStoreErrors = atomic.LoadUint64(&c.storeErrors)
 		m.RateLimitLeased = atomic.LoadUint64(&c.leased)
+		m.RateLimitReturned = atomic.LoadUint64(&c.returned)
 	}
 	names := make([]string, 0, len(st.versions))
 	for n := range st.versions {

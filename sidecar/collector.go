@@ -30,7 +30,9 @@ var (
 	descStoreLease = prometheus.NewDesc(namespace+"_ratelimit_store_lease_tokens",
 		"How far a replica may run ahead of the shared rate-limit store (rateLimit.redis) for one client: the most tokens one lease holds (0: no lease, one store call per request). The largest of the fresh replicas.", []string{"middleware"}, nil)
 	descStoreLeased = prometheus.NewDesc(namespace+"_ratelimit_store_leased_tokens_total",
-		"Tokens the replicas took from the shared rate-limit store; against the requests admitted, what leases took and did not use.", []string{"middleware"}, nil)
+		"Tokens the replicas took from the shared rate-limit store (rateLimit.redis); less those given back and the requests admitted, what leases took and did not use.", []string{"middleware"}, nil)
+	descStoreReturned = prometheus.NewDesc(namespace+"_ratelimit_store_returned_tokens_total",
+		"Tokens of leases the replicas gave back to the shared rate-limit store (rateLimit.redis) unspent, with their next call for the client.", []string{"middleware"}, nil)
 	descCircuitState = prometheus.NewDesc(namespace+"_circuit_state",
 		"Circuit breaker state of a version: 0 closed, 1 half-open, 2 open.", []string{"middleware", "version"}, nil)
 	descTransitions = prometheus.NewDesc(namespace+"_circuit_transitions_total",
@@ -67,7 +69,7 @@ type collector struct {
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRequests, descDuration, descRLRejected, descRLDryRun, descRLEvictions, descStoreErrors, descStoreUp, descStoreLease, descStoreLeased,
+	for _, d := range []*prometheus.Desc{descRequests, descDuration, descRLRejected, descRLDryRun, descRLEvictions, descStoreErrors, descStoreUp, descStoreLease, descStoreLeased, descStoreReturned,
 		descCircuitState, descTransitions, descFallback, descWeight, descVersionInfo, descReports, descRejected, descLastReport,
 		descRolloutStep, descRolloutState, descRolloutChecks} {
 		ch <- d
@@ -108,6 +110,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descStoreUp, prometheus.GaugeValue, gauge, mw)
 			ch <- prometheus.MustNewConstMetric(descStoreLease, prometheus.GaugeValue, float64(v.lease[mw]), mw)
 			ch <- prometheus.MustNewConstMetric(descStoreLeased, prometheus.CounterValue, float64(t.storeLeased), mw)
+			ch <- prometheus.MustNewConstMetric(descStoreReturned, prometheus.CounterValue, float64(t.storeReturned), mw)
 		}
 		for k, n := range t.fallbacks {
 			ch <- prometheus.MustNewConstMetric(descFallback, prometheus.CounterValue, float64(n), mw, k.from, k.to)

@@ -732,18 +732,21 @@ func TestRateLimitStoreSeries(t *testing.T) {
 	if up, _ := metricOf(t, s, "edgecanary_ratelimit_store_up"); up != 1 {
 		t.Errorf("store_up %v with every replica up, want 1", up)
 	}
-	leasing := func(source string, sentAt int64, lease int64, leased uint64) *report {
+	leasing := func(source string, sentAt int64, lease int64, leased, returned uint64) *report {
 		r := withStore(source, sentAt, true, 3)
-		r.Middlewares[0].RateLimitLease, r.Middlewares[0].RateLimitLeased = lease, leased
+		r.Middlewares[0].RateLimitLease, r.Middlewares[0].RateLimitLeased, r.Middlewares[0].RateLimitReturned = lease, leased, returned
 		return r
 	}
-	s.merge(leasing("traefik-a", 4, 256, 1000), t0)
-	s.merge(leasing("traefik-b", 4, 128, 500), t0)
+	s.merge(leasing("traefik-a", 4, 256, 1000, 300), t0)
+	s.merge(leasing("traefik-b", 4, 128, 500, 100), t0)
 	if n, _ := metricOf(t, s, "edgecanary_ratelimit_store_lease_tokens"); n != 256 {
 		t.Errorf("lease %v, want the largest, 256", n)
 	}
 	if n, _ := metricOf(t, s, "edgecanary_ratelimit_store_leased_tokens_total"); n != 1500 {
 		t.Errorf("leased tokens %v, want 1000 + 500", n)
+	}
+	if n, _ := metricOf(t, s, "edgecanary_ratelimit_store_returned_tokens_total"); n != 400 {
+		t.Errorf("returned tokens %v, want 300 + 100", n)
 	}
 }
 

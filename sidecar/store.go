@@ -76,15 +76,16 @@ type histTotals struct {
 // mwTotals are one middleware's counters as one instance reported them (or,
 // in the retired totals, summed).
 type mwTotals struct {
-	requests    map[reqKey]uint64
-	hist        map[string]*histTotals
-	rlRejected  uint64
-	rlDryRun    uint64
-	rlEvictions uint64
-	storeErrors uint64
-	storeLeased uint64 // tokens taken from the store
-	fallbacks   map[fbKey]uint64
-	transitions map[string][3]uint64
+	requests      map[reqKey]uint64
+	hist          map[string]*histTotals
+	rlRejected    uint64
+	rlDryRun      uint64
+	rlEvictions   uint64
+	storeErrors   uint64
+	storeLeased   uint64 // tokens taken from the store
+	storeReturned uint64 // tokens given back to the store unspent
+	fallbacks     map[fbKey]uint64
+	transitions   map[string][3]uint64
 	// rolloutChecks are the rollout's checks by result: pass, fail, inconclusive.
 	rolloutChecks [3]uint64
 }
@@ -331,6 +332,7 @@ func (s *store) merge(r *report, now time.Time) bool {
 		t.rlEvictions = maxU(t.rlEvictions, m.RateLimitEvicted)
 		t.storeErrors = maxU(t.storeErrors, m.RateLimitStoreErrors)
 		t.storeLeased = maxU(t.storeLeased, m.RateLimitLeased)
+		t.storeReturned = maxU(t.storeReturned, m.RateLimitReturned)
 		if newer {
 			if m.RateLimitStore != "" {
 				inst.storeUp[m.Name] = m.RateLimitStoreUp
@@ -483,6 +485,7 @@ func addTotals(dst, src *mwTotals) {
 	dst.rlEvictions += src.rlEvictions
 	dst.storeErrors += src.storeErrors
 	dst.storeLeased += src.storeLeased
+	dst.storeReturned += src.storeReturned
 	for i, n := range src.rolloutChecks {
 		dst.rolloutChecks[i] += n
 	}

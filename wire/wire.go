@@ -34,12 +34,14 @@ type Middleware struct {
 	RateLimitStoreErrors uint64 `json:"rateLimitStoreErrors"`
 	// How far a lease lets this replica run ahead of the store: the most
 	// tokens one client's lease holds (0: no lease, a call per request),
-	// and the tokens taken from the store so far, cumulative.
-	RateLimitLease  int64      `json:"rateLimitLease,omitempty"`
-	RateLimitLeased uint64     `json:"rateLimitLeasedTokens"`
-	Fallbacks       []Fallback `json:"fallbacks"`
-	Buckets         []float64  `json:"buckets"`           // the latency histogram's upper bounds, in seconds
-	Rollout         *Rollout   `json:"rollout,omitempty"` // nil when no rollout is configured
+	// the tokens taken from the store so far, and those given back unspent,
+	// cumulative.
+	RateLimitLease    int64      `json:"rateLimitLease,omitempty"`
+	RateLimitLeased   uint64     `json:"rateLimitLeasedTokens"`
+	RateLimitReturned uint64     `json:"rateLimitReturnedTokens"`
+	Fallbacks         []Fallback `json:"fallbacks"`
+	Buckets           []float64  `json:"buckets"`           // the latency histogram's upper bounds, in seconds
+	Rollout           *Rollout   `json:"rollout,omitempty"` // nil when no rollout is configured
 }
 
 // Rollout states, as Rollout.State and the metric edgecanary_rollout_state.

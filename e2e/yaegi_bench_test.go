@@ -390,6 +390,14 @@ func BenchmarkYaegiFloorLimit(b *testing.B) {
 	runServe(b, floorHandler(b, "limit"), req)
 }
 
+// BenchmarkYaegiFloorPick: the reference plugin that calls the handler its
+// request's cookie names, and does nothing else.
+func BenchmarkYaegiFloorPick(b *testing.B) {
+	req := httptest.NewRequest(http.MethodGet, "http://bench.test/", nil)
+	req.AddCookie(&http.Cookie{Name: "floor", Value: "stable"})
+	runServe(b, floorHandler(b, "pick"), req)
+}
+
 // BenchmarkYaegiRedisLease: the rate limit shared through a real
 // redis-server, one client: the request is admitted from this replica's
 // lease, and a round trip is made in the background once per lease (the

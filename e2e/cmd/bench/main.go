@@ -54,6 +54,8 @@ type router struct {
 	label string
 	// cookie names the sticky cookie a returning client sends, if any.
 	cookie string
+	// fixedCookie is a Cookie header sent as it is (the pick floor's).
+	fixedCookie string
 }
 
 var routers = []router{
@@ -67,6 +69,7 @@ var routers = []router{
 	{name: "floor-next", label: "5a. reference Yaegi plugin that only calls next (the interpreter's floor)"},
 	{name: "floor-observe", label: "5b. reference Yaegi plugin that reads the status code and times the request (the floor of 3c, 3d and 4)"},
 	{name: "floor-limit", label: "5c. reference Yaegi plugin that reads the clock, takes a lock, stores the instant by peer and writes the two RateLimit fields (the floor of 3b)"},
+	{name: "floor-pick", label: "5d. reference Yaegi plugin that calls the handler its request's cookie names (the floor of 3a)", fixedCookie: "floor=stable"},
 	{name: "native-redis", label: "6a. Traefik native RateLimit shared through Redis (compiled: one Redis script per request)"},
 	{name: "redis", label: "6b. edgecanary: rate limit shared through Redis (tokens leased to each replica by its clients' rate, refreshed in the background)"},
 	{name: "all-redis", label: "6c. edgecanary: everything on, with the rate limit shared through Redis", cookie: "edgecanary"},
@@ -251,6 +254,9 @@ func bench(o options) error {
 
 	cookies := map[string]string{}
 	for _, r := range selected {
+		if r.fixedCookie != "" {
+			cookies[r.name] = r.fixedCookie
+		}
 		if r.cookie != "" {
 			c, err := primaryCookie(web, r)
 			if err != nil {

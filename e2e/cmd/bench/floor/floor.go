@@ -20,7 +20,8 @@ type Config struct {
 	// router's own service can do; or "limit": read the clock, take a lock,
 	// store the instant under the client's address, and write the two
 	// RateLimit fields, which is the least a rate limiter keyed by the peer
-	// does before it decides anything.
+	// does before it decides anything; or "pick": call the handler that
+	// the request's cookie names, the least a sticky canary router does.
 	Mode string `json:"mode,omitempty"`
 }
 
@@ -49,6 +50,20 @@ func New(_ context.Context, next http.Handler, cfg *Config, name string) (http.H
 				log.Printf("%s: no status or the clock went back", name)
 			}
 		}), nil
+	case "pick":
+		// A returning client's cookie picks the handler of its version: the
+		// least a sticky canary router does (edgecanary's signed values
+		// are one map lookup too).
+		byValue := map[string]http.Handler{"stable": next, "canary": next}
+		return http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
+			if ck, err := req.Cookie("floor"); err == nil {
+				if h, ok := byValue[ck.Value]; ok {
+					h.ServeHTTP(rw, req)
+					return
+				}
+			}
+			next.ServeHTTP(rw, req)
+		}), nil
 	case "limit":
 		sem := make(chan struct{}, 1)
 		last := map[string]int64{} // RemoteAddr -> the instant of its last request
@@ -68,5 +83,5 @@ func New(_ context.Context, next http.Handler, cfg *Config, name string) (http.H
 			next.ServeHTTP(rw, req)
 		}), nil
 	}
-	return nil, fmt.Errorf("mode: %q: want next, observe or limit", cfg.Mode)
+	return nil, fmt.Errorf("mode: %q: want next, observe, limit or pick", cfg.Mode)
 }

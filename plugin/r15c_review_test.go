@@ -32,16 +32,19 @@ func TestR15cGiveBackAfterRefillOverfills(t *testing.T) {
 	const intervalUs = 10000                   // 10 ms
 	g := newGCRACall(intervalUs, 9*intervalUs) // burst 10
 	// A leases 5 and keeps them (a lease never spent).
-	if granted, _, _, _, err := c.takeGCRA(g, "r15c:", "k", 5, 0); err != nil || granted != 5 {
-		t.Fatalf("A's lease: %d, %v", granted, err)
+	rA, err := c.takeGCRA(g, "r15c:", "k", 5, 0, 0)
+	if err != nil || rA.granted != 5 {
+		t.Fatalf("A's lease: %d, %v", rA.granted, err)
 	}
 	time.Sleep(6 * intervalUs * time.Microsecond) // the bucket is full again: A's 5 came back with time
 	start := time.Now()
-	gotB, _, _, _, err := c.takeGCRA(g, "r15c:", "k", 10, 0) // B: the whole burst
+	rB, err := c.takeGCRA(g, "r15c:", "k", 10, 0, 0) // B: the whole burst
+	gotB := rB.granted
 	if err != nil {
 		t.Fatal(err)
 	}
-	gotA, _, _, _, err := c.takeGCRA(g, "r15c:", "k", 10, 5) // A gives back its 5 with its next call
+	rA2, err := c.takeGCRA(g, "r15c:", "k", 10, 5, rA.tatUs) // A gives back its 5 with its next call
+	gotA := rA2.granted
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,11 +193,13 @@ func TestR15cRetryGivesBackTwice(t *testing.T) {
 	p := r15cNewDropProxy(t, srv.addr())
 	c := testRedisClient(t, redisOptions{Endpoints: []string{p.ln.Addr().String()}, PoolSize: 1, ReadTimeout: time.Second})
 	g := newGCRACall(1000000000, 9000000000) // a burst of 10, one token a second more
-	if granted, _, _, _, err := c.takeGCRA(g, "r15c:", "twice", 10, 0); err != nil || granted != 10 {
-		t.Fatalf("the burst: %d, %v", granted, err)
+	r0, err := c.takeGCRA(g, "r15c:", "twice", 10, 0, 0)
+	if err != nil || r0.granted != 10 {
+		t.Fatalf("the burst: %d, %v", r0.granted, err)
 	}
 	atomic.StoreInt32(&p.armed, 1)
-	granted, _, remaining, _, err := c.takeGCRA(g, "r15c:", "twice", 1, 4)
+	r1, err := c.takeGCRA(g, "r15c:", "twice", 1, 4, r0.tatUs)
+	granted, remaining := r1.granted, r1.remaining
 	if atomic.LoadInt32(&p.drops) != 1 {
 		t.Fatalf("the proxy dropped %d replies, want 1", p.drops)
 	}

@@ -166,6 +166,7 @@ type bucket struct {
 	waiters               int64         // requests waiting for it
 	emptyUntil            int64         // the store has no token for the key before then
 	unspent               int64         // the rest of replaced leases, to give back with the next call
+	leaseTat, unspentTat  int64         // the store's tat after the lease's call, and after the earliest of the unspent's (µs, Redis's clock)
 }
 
 // deadTat is the tat of an evicted bucket, and of noBucket: so far in the

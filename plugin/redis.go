@@ -225,12 +225,13 @@ func (c *redisClient) pipeline(cmds [][]string) ([]interface{}, error) {
 // exec runs cmds on a pooled connection, tried once more on a new one when
 // the pooled connection turns out stale (see redisClient and finish).
 func (c *redisClient) exec(cmds [][]string) ([]interface{}, error) {
+	deadline := time.Now().Add(c.opts.ReadTimeout) // the whole call, the wait for a connection included
 	for attempt := 0; ; attempt++ {
-		cn, err := c.get(attempt > 0)
+		cn, err := c.get(attempt > 0, deadline)
 		if err != nil {
 			return nil, err
 		}
-		replies, stale, err := c.roundTrip(cn, cmds)
+		replies, stale, err := c.roundTrip(cn, cmds, deadline)
 		if c.finish(cn, attempt, stale, err) {
 			return replies, err
 		}
@@ -260,7 +261,7 @@ func (c *redisClient) finish(cn *redisConn, attempt int, stale bool, err error) 
 // dialed in its place. The common case, an idle connection, is this
 // function (under Yaegi a call costs about 30 allocations); the rest is
 // getSlow's.
-func (c *redisClient) get(fresh bool) (*redisConn, error) {
+func (c *redisClient) get(fresh bool, deadline time.Time) (*redisConn, error) {
 	if atomic.LoadInt32(&c.closed) != 0 {
 		return nil, errRedisClosed
 	}
@@ -273,11 +274,11 @@ func (c *redisClient) get(fresh bool) (*redisConn, error) {
 		return cn, nil
 	}
 	c.mu.Unlock()
-	return c.getSlow(fresh)
+	return c.getSlow(fresh, deadline)
 }
 
 // getSlow is get when no idle connection is at hand, or with fresh.
-func (c *redisClient) getSlow(fresh bool) (*redisConn, error) {
+func (c *redisClient) getSlow(fresh bool, deadline time.Time) (*redisConn, error) {
 	c.mu.Lock()
 	if atomic.LoadInt32(&c.closed) != 0 { // under the lock: close serves only the waiters it sees
 		c.mu.Unlock()
@@ -287,10 +288,10 @@ func (c *redisClient) getSlow(fresh bool) (*redisConn, error) {
 	if !ok {
 		c.waiting++
 		c.mu.Unlock()
-		return c.getWait(fresh)
+		return c.getWait(fresh, deadline)
 	}
 	c.mu.Unlock()
-	return c.ready(cn, fresh)
+	return c.ready(cn, fresh, deadline)
 }
 
 // take, with c.mu held, pops an idle connection (ok, cn set), or counts a
@@ -312,7 +313,7 @@ func (c *redisClient) take() (cn *redisConn, ok bool) {
 // ready makes what take (or a handoff) gave a connection to use: an idle
 // one as it is (or, with fresh, closed and replaced), else a new one dialed.
 // A failed dial, or a closed client, frees its place.
-func (c *redisClient) ready(cn *redisConn, fresh bool) (*redisConn, error) {
+func (c *redisClient) ready(cn *redisConn, fresh bool, deadline time.Time) (*redisConn, error) {
 	if atomic.LoadInt32(&c.closed) != 0 {
 		if cn != nil {
 			_ = cn.nc.Close()
@@ -326,7 +327,7 @@ func (c *redisClient) ready(cn *redisConn, fresh bool) (*redisConn, error) {
 		}
 		_ = cn.nc.Close()
 	}
-	cn, err := c.dial()
+	cn, err := c.dial(deadline)
 	if err != nil {
 		c.release()
 		return nil, err
@@ -339,13 +340,13 @@ func (c *redisClient) ready(cn *redisConn, fresh bool) (*redisConn, error) {
 // waiter that gives up (its time is over, or the client closed) while no
 // waiter is left uncounted was counted out by a handoff already on its way:
 // it takes that one, so that no handoff is left behind.
-func (c *redisClient) getWait(fresh bool) (*redisConn, error) {
-	timer := time.NewTimer(c.opts.ReadTimeout)
+func (c *redisClient) getWait(fresh bool, deadline time.Time) (*redisConn, error) {
+	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
 	giveUp := errRedisPoolTimeout
 	select {
 	case got := <-c.handoff:
-		return c.ready(got, fresh)
+		return c.ready(got, fresh, deadline)
 	case <-timer.C:
 	case <-c.done:
 		giveUp = errRedisClosed
@@ -357,7 +358,7 @@ func (c *redisClient) getWait(fresh bool) (*redisConn, error) {
 		return nil, giveUp
 	}
 	c.mu.Unlock()
-	return c.ready(<-c.handoff, fresh) // after close, ready frees the place
+	return c.ready(<-c.handoff, fresh, deadline) // after close, ready frees the place
 }
 
 // put gives back a healthy connection: to a waiting caller, or idle; after
@@ -405,13 +406,13 @@ func (c *redisClient) release() {
 // when it cannot connect. So the client stays on one endpoint until it
 // fails. The server's refusal of AUTH or SELECT is a configuration error
 // and is returned at once, without trying other endpoints.
-func (c *redisClient) dial() (*redisConn, error) {
+func (c *redisClient) dial(deadline time.Time) (*redisConn, error) {
 	n := len(c.opts.Endpoints)
 	first := int(atomic.LoadInt32(&c.next))
 	var errs []error
 	for i := 0; i < n; i++ {
 		idx := (first + i) % n
-		cn, refused, err := c.dialEndpoint(c.opts.Endpoints[idx])
+		cn, refused, err := c.dialEndpoint(c.opts.Endpoints[idx], deadline)
 		if err == nil {
 			atomic.StoreInt32(&c.next, int32(idx))
 			return cn, nil
@@ -427,7 +428,7 @@ func (c *redisClient) dial() (*redisConn, error) {
 // dialEndpoint connects to addr within DialTimeout (TLS handshake included)
 // and sends AUTH and SELECT, pipelined. refused reports that the server
 // answered AUTH or SELECT with an error.
-func (c *redisClient) dialEndpoint(addr string) (cn *redisConn, refused bool, err error) {
+func (c *redisClient) dialEndpoint(addr string, deadline time.Time) (cn *redisConn, refused bool, err error) {
 	netDialer := &net.Dialer{Timeout: c.opts.DialTimeout}
 	var nc net.Conn
 	if c.opts.TLS != nil {
@@ -443,7 +444,7 @@ func (c *redisClient) dialEndpoint(addr string) (cn *redisConn, refused bool, er
 	if len(c.init) == 0 {
 		return cn, false, nil
 	}
-	replies, _, err := c.roundTrip(cn, c.init)
+	replies, _, err := c.roundTrip(cn, c.init, deadline)
 	if err != nil {
 		_ = nc.Close()
 		return nil, false, fmt.Errorf("redis %s: %s: %w", addr, c.init[0][0], err)
@@ -459,13 +460,13 @@ func (c *redisClient) dialEndpoint(addr string) (cn *redisConn, refused bool, er
 
 // roundTrip writes cmds and reads one reply for each. stale reports a failure
 // before any byte of a reply: a write error, or an orderly close.
-func (c *redisClient) roundTrip(cn *redisConn, cmds [][]string) (replies []interface{}, stale bool, err error) {
+func (c *redisClient) roundTrip(cn *redisConn, cmds [][]string, deadline time.Time) (replies []interface{}, stale bool, err error) {
 	buf := cn.wbuf[:0]
 	for _, cmd := range cmds {
 		buf = appendRedisCommand(buf, cmd)
 	}
 	cn.wbuf = buf
-	if stale, err = c.send(cn, buf); err != nil {
+	if stale, err = c.send(cn, buf, deadline); err != nil {
 		return nil, stale, err
 	}
 	replies = make([]interface{}, len(cmds))
@@ -478,15 +479,14 @@ func (c *redisClient) roundTrip(cn *redisConn, cmds [][]string) (replies []inter
 	return replies, false, nil
 }
 
-// send sets cn's deadlines for a call (WriteTimeout to write, ReadTimeout
-// to read the replies) and writes buf. stale reports a write that failed
-// other than by its deadline.
-func (c *redisClient) send(cn *redisConn, buf []byte) (stale bool, err error) {
-	now := time.Now()
-	if err = cn.nc.SetWriteDeadline(now.Add(c.opts.WriteTimeout)); err != nil {
+// send sets cn's deadlines for a call (WriteTimeout to write; the call's
+// deadline, its start plus ReadTimeout, to read the replies) and writes buf.
+// stale reports a write that failed other than by its deadline.
+func (c *redisClient) send(cn *redisConn, buf []byte, deadline time.Time) (stale bool, err error) {
+	if err = cn.nc.SetWriteDeadline(time.Now().Add(c.opts.WriteTimeout)); err != nil {
 		return true, err
 	}
-	if err = cn.nc.SetReadDeadline(now.Add(c.opts.ReadTimeout)); err != nil {
+	if err = cn.nc.SetReadDeadline(deadline); err != nil {
 		return true, err
 	}
 	if _, err = cn.nc.Write(buf); err != nil {
@@ -648,13 +648,15 @@ func (c *redisClient) eval(s *redisScript, keys, args []string) (interface{}, er
 }
 
 // gcraScript takes up to n tokens from the bucket KEYS[1], atomically, on
-// Redis's own clock (TIME), which every replica shares, after giving back b
-// tokens taken earlier and never spent. ARGV: the interval I (microseconds
-// per token), the tolerance τ = I*(burst-1) (microseconds), n >= 1 and
-// b >= 0. The key holds the bucket's theoretical arrival time, tat, in
-// microseconds; a missing key is a full bucket. With now from TIME:
+// Redis's own clock (TIME), which every replica shares, after giving back up
+// to b tokens taken earlier and never spent. ARGV: the interval I
+// (microseconds per token), the tolerance τ = I*(burst-1) (microseconds),
+// n >= 1, b >= 0, and u, the bucket's tat right after the call that took
+// those b tokens. The key holds the bucket's theoretical arrival time, tat,
+// in microseconds; a missing key is a full bucket. With now from TIME:
 //
-//	tat       = the later of (stored tat - b*I) and now
+//	returned  = clamp(floor((u - now) / I), 0, b), 0 for a missing key
+//	tat       = the later of (stored tat - returned*I) and now
 //	granted   = clamp(floor((τ + I - (tat - now)) / I), 0, n)
 //	tat'      = tat + granted*I, stored when it changed
 //	remaining = floor((τ + I - (tat' - now)) / I), at least 0
@@ -663,18 +665,24 @@ func (c *redisClient) eval(s *redisScript, keys, args []string) (interface{}, er
 // So k tokens are admitted when tat + k*I - now <= τ + I: a full bucket gives
 // burst at once, then one per I. remaining is what a next call could take at
 // now; wait is the time until one more token can be taken (0 when remaining
-// > 0, at most I while TIME goes forward). Giving back unspent tokens keeps the bound: at every
-// instant tat is at least what it would be had they never been taken, so
-// the tokens spent conform to the same GCRA. The key expires at tat'
-// rounded up to the millisecond, the time the bucket is full again, so
-// Redis holds no idle state. It is set with PEXPIREAT rather than a
-// relative PEXPIRE: Redis compares expiry times with the script's start
-// time, in milliseconds, which may be up to a millisecond behind TIME, and a
-// relative TTL could drop the key before tat'. Numbers are written with %d,
-// because Lua's tostring would round a 16-digit timestamp.
+// > 0, at most I while TIME goes forward).
+//
+// A token given back is one whose slot is still ahead of now: the b tokens
+// were the last of their call's slots, which end at u, and a slot now past
+// came back with time already (giving it back again would hand it out twice).
+// Taking a slot still ahead of now out of tat leaves tat where it would be
+// had the token never been taken, and the grants made meanwhile were made
+// against a later tat: the tokens spent still conform to the same GCRA.
+//
+// The key expires at tat' rounded up to the millisecond, the time the bucket
+// is full again, so Redis holds no idle state. It is set with PEXPIREAT
+// rather than a relative PEXPIRE: Redis compares expiry times with the
+// script's start time, in milliseconds, which may be up to a millisecond
+// behind TIME, and a relative TTL could drop the key before tat'. Numbers are
+// written with %d, because Lua's tostring would round a 16-digit timestamp.
 // replicate_commands lets Redis 3.2 to 4 write after TIME; from Redis 5 on it
 // is the default and the call does nothing. It returns {granted, wait,
-// remaining, now}.
+// remaining, now, tat', returned}.
 const gcraScript = `
 redis.replicate_commands()
 local key = KEYS[1]
@@ -682,12 +690,23 @@ local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
 local back = tonumber(ARGV[4]) or 0
+local backUntil = tonumber(ARGV[5]) or 0
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local tat = now
+local returned = 0
 local stored = tonumber(redis.call('GET', key))
 if stored then
-  stored = stored - back * interval
+  if back > 0 then
+    returned = math.floor((backUntil - now) / interval)
+    if returned > back then
+      returned = back
+    end
+    if returned < 0 then
+      returned = 0
+    end
+    stored = stored - returned * interval
+  end
   if stored > now then
     tat = stored
   end
@@ -699,7 +718,7 @@ end
 if granted < 0 then
   granted = 0
 end
-if granted > 0 or (stored and back > 0) then
+if granted > 0 or returned > 0 then
   tat = tat + granted * interval
   redis.call('SET', key, string.format('%d', tat))
   redis.call('PEXPIREAT', key, string.format('%d', math.ceil(tat / 1000)))
@@ -712,7 +731,7 @@ local wait = tat - tolerance - now
 if wait < 0 then
   wait = 0
 end
-return {granted, wait, remaining, now}
+return {granted, wait, remaining, now, tat, returned}
 `
 
 var redisGCRA = newRedisScript(gcraScript)
@@ -745,9 +764,17 @@ type gcraCall struct {
 func newGCRACall(intervalUs, toleranceUs int64) *gcraCall {
 	g := &gcraCall{interval: strconv.FormatInt(intervalUs, 10), tolerance: strconv.FormatInt(toleranceUs, 10),
 		maxRemaining: toleranceUs/intervalUs + 1, maxWaitUs: toleranceUs + intervalUs + int64(24*time.Hour/time.Microsecond)}
-	g.head = "*8\r\n" + string(appendRedisCommand(nil, []string{"EVALSHA", redisGCRA.sha, "1"})[4:])
+	g.head = "*9\r\n" + string(appendRedisCommand(nil, []string{"EVALSHA", redisGCRA.sha, "1"})[4:])
 	g.tail = string(appendRedisBulk(appendRedisBulk(nil, g.interval), g.tolerance))
 	return g
+}
+
+// gcraTake is what one call of gcraScript did (see gcraScript): the tokens
+// granted, the wait in microseconds until one more can be taken, the tokens
+// left, Redis's clock and the bucket's tat after the call (microseconds),
+// and the tokens it took back.
+type gcraTake struct {
+	granted, waitUs, remaining, nowUs, tatUs, returned int64
 }
 
 // takeTokens runs gcraScript on key: it takes up to n tokens and returns how
@@ -759,73 +786,85 @@ func (c *redisClient) takeTokens(key string, intervalUs, toleranceUs, n int64) (
 	if intervalUs < 1 || toleranceUs < 0 || n < 1 {
 		return 0, 0, 0, 0, fmt.Errorf("redis gcra: bad arguments interval=%d tolerance=%d n=%d", intervalUs, toleranceUs, n)
 	}
-	return c.takeGCRA(newGCRACall(intervalUs, toleranceUs), "", key, n, 0)
+	r, err := c.takeGCRA(newGCRACall(intervalUs, toleranceUs), "", key, n, 0, 0)
+	return r.granted, r.waitUs, r.remaining, r.nowUs, err
 }
 
 // takeGCRA is takeTokens with g's settings, on the key prefix+key, giving
-// back first the back tokens taken before and never spent. When the server
-// does not have the script (NOSCRIPT: a restart, SCRIPT FLUSH, a failover),
-// it sends EVAL, which also caches it. A reply out of the script's range is
-// an error: a server that lies never grants more than n tokens, nor makes a
-// wait or a remaining count that the request path cannot use.
-func (c *redisClient) takeGCRA(g *gcraCall, prefix, key string, n, back int64) (granted, waitUs, remaining, nowUs int64, err error) {
-	ns, bs := strconv.FormatInt(n, 10), strconv.FormatInt(back, 10)
-	cmd := g.head + "$" + strconv.Itoa(len(prefix)+len(key)) + "\r\n" + prefix + key + "\r\n" + g.tail +
-		"$" + strconv.Itoa(len(ns)) + "\r\n" + ns + "\r\n$" + strconv.Itoa(len(bs)) + "\r\n" + bs + "\r\n"
+// back first up to back tokens taken by a call that left the bucket's tat at
+// backUntil and never spent. When the server does not have the script
+// (NOSCRIPT: a restart, SCRIPT FLUSH, a failover), it sends EVAL, which also
+// caches it. A reply out of the script's range is an error: a server that
+// lies never grants more than n tokens, nor makes a wait or a remaining
+// count that the request path cannot use.
+//
+// The whole call waits at most ReadTimeout, from its start to its reply,
+// for a connection from the pool included. A call on a stale connection is
+// sent again (see redisClient) without giving anything back: giving back is
+// not idempotent, and the first try may have run.
+func (c *redisClient) takeGCRA(g *gcraCall, prefix, key string, n, back, backUntil int64) (r gcraTake, err error) {
+	deadline := time.Now().Add(c.opts.ReadTimeout)
+	ns := strconv.FormatInt(n, 10)
 	var serverErr error
 	for attempt := 0; ; attempt++ {
-		cn, err := c.get(attempt > 0)
+		bs, us := strconv.FormatInt(back, 10), strconv.FormatInt(backUntil, 10)
+		cmd := g.head + "$" + strconv.Itoa(len(prefix)+len(key)) + "\r\n" + prefix + key + "\r\n" + g.tail +
+			"$" + strconv.Itoa(len(ns)) + "\r\n" + ns + "\r\n$" + strconv.Itoa(len(bs)) + "\r\n" + bs + "\r\n$" + strconv.Itoa(len(us)) + "\r\n" + us + "\r\n"
+		cn, err := c.get(attempt > 0, deadline)
 		if err != nil {
-			return 0, 0, 0, 0, err
+			return gcraTake{}, err
 		}
 		cn.wbuf = append(cn.wbuf[:0], cmd...)
-		stale, err := c.send(cn, cn.wbuf)
+		stale, err := c.send(cn, cn.wbuf, deadline)
 		if err == nil {
-			granted, waitUs, remaining, nowUs, serverErr, err = readGCRAReply(cn.br)
+			r, serverErr, err = readGCRAReply(cn.br)
 			stale = errors.Is(err, io.EOF) // io.EOF only before the reply's first byte
 		}
 		if c.finish(cn, attempt, stale, err) {
 			if err != nil {
-				return 0, 0, 0, 0, err
+				return gcraTake{}, err
 			}
 			break
 		}
+		back, backUntil = 0, 0
 	}
 	if serverErr != nil {
 		if !isRedisServerError(serverErr, "NOSCRIPT") {
-			return 0, 0, 0, 0, serverErr
+			return gcraTake{}, serverErr
 		}
-		reply, err := c.do("EVAL", redisGCRA.src, "1", prefix+key, g.interval, g.tolerance, ns, bs)
+		reply, err := c.do("EVAL", redisGCRA.src, "1", prefix+key, g.interval, g.tolerance, ns, strconv.FormatInt(back, 10), strconv.FormatInt(backUntil, 10))
 		if err != nil {
-			return 0, 0, 0, 0, err
+			return gcraTake{}, err
 		}
-		if granted, waitUs, remaining, nowUs, err = gcraReply(reply); err != nil {
-			return 0, 0, 0, 0, err
+		if r, err = parseGCRAReply(reply); err != nil {
+			return gcraTake{}, err
 		}
 	}
-	if granted < 0 || granted > n || waitUs < 0 || waitUs > g.maxWaitUs || remaining < 0 || remaining > g.maxRemaining {
-		return 0, 0, 0, 0, fmt.Errorf("redis gcra: reply out of range: granted %d of %d, wait %dµs, remaining %d", granted, n, waitUs, remaining)
+	if r.granted < 0 || r.granted > n || r.waitUs < 0 || r.waitUs > g.maxWaitUs || r.remaining < 0 || r.remaining > g.maxRemaining ||
+		r.returned < 0 || r.returned > back {
+		return gcraTake{}, fmt.Errorf("redis gcra: reply out of range: granted %d of %d, wait %dµs, remaining %d, returned %d of %d",
+			r.granted, n, r.waitUs, r.remaining, r.returned, back)
 	}
-	return granted, waitUs, remaining, nowUs, nil
+	return r, nil
 }
 
-// readGCRAReply reads gcraScript's reply, an array of four integers of at
+// readGCRAReply reads gcraScript's reply, an array of six integers of at
 // most 18 digits each, the reader of takeGCRA (see gcraCall): one function,
 // with no call per element. An error reply is returned as serverErr, read
 // whole: the connection stays in step. Any other shape is a protocol error.
 // io.EOF means the stream ended before the reply's first byte.
-func readGCRAReply(br *bufio.Reader) (granted, waitUs, remaining, nowUs int64, serverErr, err error) {
+func readGCRAReply(br *bufio.Reader) (r gcraTake, serverErr, err error) {
 	line, err := br.ReadSlice('\n')
 	if err != nil || len(line) < 3 || line[len(line)-2] != '\r' {
-		return 0, 0, 0, 0, nil, redisLineError(line, err)
+		return gcraTake{}, nil, redisLineError(line, err)
 	}
 	if line[0] == '-' {
-		return 0, 0, 0, 0, redisServerError(string(line[1 : len(line)-2])), nil
+		return gcraTake{}, redisServerError(string(line[1 : len(line)-2])), nil
 	}
-	if string(line) != "*4\r\n" {
-		return 0, 0, 0, 0, nil, fmt.Errorf("redis gcra: unexpected reply %.32q", line)
+	if string(line) != "*6\r\n" {
+		return gcraTake{}, nil, fmt.Errorf("redis gcra: unexpected reply %.32q", line)
 	}
-	var out [4]int64
+	var out [6]int64
 	for i := range out {
 		line, err = br.ReadSlice('\n')
 		n := len(line)
@@ -846,7 +885,7 @@ func readGCRAReply(br *bufio.Reader) (granted, waitUs, remaining, nowUs int64, s
 			v = v*10 + int64(d-'0')
 		}
 		if v < 0 || len(digits) == 0 || len(digits) > 18 {
-			return 0, 0, 0, 0, nil, redisIntError(line[1 : n-2])
+			return gcraTake{}, nil, redisIntError(line[1 : n-2])
 		}
 		if neg {
 			v = -v
@@ -860,26 +899,26 @@ func readGCRAReply(br *bufio.Reader) (granted, waitUs, remaining, nowUs int64, s
 		} else if err == nil {
 			err = fmt.Errorf("redis gcra: unexpected reply %.32q", line)
 		}
-		return 0, 0, 0, 0, nil, err
+		return gcraTake{}, nil, err
 	}
-	return out[0], out[1], out[2], out[3], nil, nil
+	return gcraTake{granted: out[0], waitUs: out[1], remaining: out[2], nowUs: out[3], tatUs: out[4], returned: out[5]}, nil, nil
 }
 
-// gcraReply is the four integers of gcraScript's reply through eval.
-func gcraReply(reply interface{}) (granted, waitUs, remaining, nowUs int64, err error) {
+// parseGCRAReply is gcraScript's reply through the generic reader (eval).
+func parseGCRAReply(reply interface{}) (gcraTake, error) {
 	arr, ok := reply.([]interface{})
-	if !ok || len(arr) != 4 {
-		return 0, 0, 0, 0, fmt.Errorf("redis gcra: unexpected reply %v", reply)
+	if !ok || len(arr) != 6 {
+		return gcraTake{}, fmt.Errorf("redis gcra: unexpected reply %v", reply)
 	}
-	var out [4]int64
+	var out [6]int64
 	for i, v := range arr {
 		x, isInt := v.(int64)
 		if !isInt {
-			return 0, 0, 0, 0, fmt.Errorf("redis gcra: unexpected reply %v", reply)
+			return gcraTake{}, fmt.Errorf("redis gcra: unexpected reply %v", reply)
 		}
 		out[i] = x
 	}
-	return out[0], out[1], out[2], out[3], nil
+	return gcraTake{granted: out[0], waitUs: out[1], remaining: out[2], nowUs: out[3], tatUs: out[4], returned: out[5]}, nil
 }
 
 // redisBucketKey is the key of a client's bucket: namespaced by the

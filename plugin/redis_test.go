@@ -629,7 +629,7 @@ func TestRedisPoolWaitIsBounded(t *testing.T) {
 	srv := newTestRedis(t, false)
 	c := testRedisClient(t, redisOptions{Endpoints: []string{srv.addr()}, PoolSize: 1, ReadTimeout: 200 * time.Millisecond})
 	mustDo(t, c, "PING")
-	held, err := c.get(false)
+	held, err := c.get(false, time.Now().Add(c.opts.ReadTimeout))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1036,21 +1036,23 @@ func BenchmarkRedisTakeTokens(b *testing.B) {
 }
 
 // TestRedisTakeTokensHostileServer: takeTokens reads the script's reply
-// with its own reader (readGCRAReply); every reply that is not four integers
+// with its own reader (readGCRAReply); every reply that is not six integers
 // in range is an error, never a panic or a lease out of bounds.
 func TestRedisTakeTokensHostileServer(t *testing.T) {
 	tests := []struct {
 		desc, reply, wantErr string
 	}{
 		{desc: "garbage", reply: "HTTP/1.1 400 Bad Request\r\n\r\n", wantErr: "unexpected reply"},
-		{desc: "three integers", reply: "*3\r\n:1\r\n:0\r\n:9\r\n", wantErr: "unexpected reply"},
-		{desc: "a bulk string among them", reply: "*4\r\n$1\r\n1\r\n:0\r\n:9\r\n:1\r\n", wantErr: "unexpected reply"},
-		{desc: "more granted than asked", reply: "*4\r\n:5\r\n:0\r\n:9\r\n:1\r\n", wantErr: "out of range"},
-		{desc: "negative granted", reply: "*4\r\n:-1\r\n:0\r\n:9\r\n:1\r\n", wantErr: "out of range"},
-		{desc: "negative remaining", reply: "*4\r\n:1\r\n:0\r\n:-9\r\n:1\r\n", wantErr: "out of range"},
-		{desc: "an integer too long", reply: "*4\r\n:1\r\n:0\r\n:9\r\n:99999999999999999999\r\n", wantErr: "unexpected reply"},
-		{desc: "not a number", reply: "*4\r\n:1\r\n:x\r\n:9\r\n:1\r\n", wantErr: "bad integer"},
-		{desc: "closes mid-array", reply: "*4\r\n:1\r\n", wantErr: "unexpected EOF"},
+		{desc: "four integers, the script of an older version", reply: "*4\r\n:1\r\n:0\r\n:9\r\n:1\r\n", wantErr: "unexpected reply"},
+		{desc: "a bulk string among them", reply: "*6\r\n$1\r\n1\r\n:0\r\n:9\r\n:1\r\n:1\r\n:0\r\n", wantErr: "unexpected reply"},
+		{desc: "more granted than asked", reply: "*6\r\n:5\r\n:0\r\n:9\r\n:1\r\n:1\r\n:0\r\n", wantErr: "out of range"},
+		{desc: "negative granted", reply: "*6\r\n:-1\r\n:0\r\n:9\r\n:1\r\n:1\r\n:0\r\n", wantErr: "out of range"},
+		{desc: "negative remaining", reply: "*6\r\n:1\r\n:0\r\n:-9\r\n:1\r\n:1\r\n:0\r\n", wantErr: "out of range"},
+		{desc: "more given back than asked", reply: "*6\r\n:1\r\n:0\r\n:9\r\n:1\r\n:1\r\n:3\r\n", wantErr: "out of range"},
+		{desc: "a wait of centuries", reply: "*6\r\n:0\r\n:9223372036854775\r\n:0\r\n:1\r\n:1\r\n:0\r\n", wantErr: "out of range"},
+		{desc: "an integer too long", reply: "*6\r\n:1\r\n:0\r\n:9\r\n:99999999999999999999\r\n:1\r\n:0\r\n", wantErr: "unexpected reply"},
+		{desc: "not a number", reply: "*6\r\n:1\r\n:x\r\n:9\r\n:1\r\n:1\r\n:0\r\n", wantErr: "bad integer"},
+		{desc: "closes mid-array", reply: "*6\r\n:1\r\n", wantErr: "unexpected EOF"},
 		{desc: "closes without a reply", reply: "", wantErr: "EOF"},
 		{desc: "an error reply", reply: "-BUSY Redis is busy running a script\r\n", wantErr: "redis: BUSY"},
 		{desc: "endless line", reply: strings.Repeat(":", 1<<16), wantErr: "line too long"},
@@ -1062,7 +1064,7 @@ func TestRedisTakeTokensHostileServer(t *testing.T) {
 			t.Errorf("%s: got %d %d %d %v, want an error with %q", test.desc, g, w, r, err, test.wantErr)
 		}
 	}
-	c := testRedisClient(t, redisOptions{Endpoints: []string{fakeRedis(t, "*4\r\n:2\r\n:0\r\n:7\r\n:-5\r\n")}})
+	c := testRedisClient(t, redisOptions{Endpoints: []string{fakeRedis(t, "*6\r\n:2\r\n:0\r\n:7\r\n:-5\r\n:15\r\n:0\r\n")}})
 	if g, w, r, now, err := c.takeTokens("k", 10, 100, 2); err != nil || g != 2 || w != 0 || r != 7 || now != -5 {
 		t.Errorf("the fake server's sane reply: %d %d %d %d %v", g, w, r, now, err)
 	}
@@ -1100,26 +1102,40 @@ func TestRedisTakeTokensAfterScriptFlush(t *testing.T) {
 }
 
 // TestRedisGCRAGivesBackUnspentTokens: tokens given back with a call (the
-// rest of a replaced lease) are the bucket's again, never more than a full
-// bucket.
+// rest of a replaced lease) are the bucket's again, as long as their slots
+// are still ahead of Redis's clock, never more than a full bucket.
 func TestRedisGCRAGivesBackUnspentTokens(t *testing.T) {
 	srv := newTestRedis(t, false)
 	c := testRedisClient(t, redisOptions{Endpoints: []string{srv.addr()}})
 	g := newGCRACall(1000000000, 9000000000) // a burst of 10, no refill during the test
+	until := map[string]int64{}              // the tat after each key's last call
 	for _, step := range []struct {
-		key                      string
-		n, back                  int64
-		wantGranted, wantRemains int64
+		key                                    string
+		n, back                                int64
+		wantGranted, wantRemains, wantReturned int64
 	}{
 		{key: "back", n: 10, wantGranted: 10, wantRemains: 0},
-		{key: "back", n: 1, back: 4, wantGranted: 1, wantRemains: 3},  // 4 back, 1 taken
-		{key: "back", n: 5, back: 0, wantGranted: 3, wantRemains: 0},  // only the 3 left
-		{key: "back", n: 1, back: 2, wantGranted: 1, wantRemains: 1},  // given back with nothing else left
-		{key: "fresh", n: 1, back: 5, wantGranted: 1, wantRemains: 9}, // a full bucket takes nothing back
+		{key: "back", n: 1, back: 4, wantGranted: 1, wantRemains: 3, wantReturned: 4}, // 4 back, 1 taken
+		{key: "back", n: 5, back: 0, wantGranted: 3, wantRemains: 0},                  // only the 3 left
+		{key: "back", n: 1, back: 2, wantGranted: 1, wantRemains: 1, wantReturned: 2}, // given back with nothing else left
+		{key: "fresh", n: 1, back: 5, wantGranted: 1, wantRemains: 9},                 // a full bucket takes nothing back
 	} {
-		granted, _, remaining, _, err := c.takeGCRA(g, "gcra:", step.key, step.n, step.back)
-		if err != nil || granted != step.wantGranted || remaining != step.wantRemains {
-			t.Errorf("%s: take %d giving back %d: %d granted, %d left, %v; want %d, %d", step.key, step.n, step.back, granted, remaining, err, step.wantGranted, step.wantRemains)
+		r, err := c.takeGCRA(g, "gcra:", step.key, step.n, step.back, until[step.key])
+		if err != nil || r.granted != step.wantGranted || r.remaining != step.wantRemains || r.returned != step.wantReturned {
+			t.Errorf("%s: take %d giving back %d: %d granted, %d left, %d returned, %v; want %d, %d, %d", step.key, step.n, step.back, r.granted, r.remaining, r.returned, err,
+				step.wantGranted, step.wantRemains, step.wantReturned)
 		}
+		until[step.key] = r.tatUs
+	}
+	// Tokens whose slots time has passed came back with it: giving them
+	// back again would hand them out twice.
+	fast := newGCRACall(10000, 90000) // a burst of 10, a token every 10 ms
+	r, err := c.takeGCRA(fast, "gcra:", "lapsed", 5, 0, 0)
+	if err != nil || r.granted != 5 {
+		t.Fatalf("lapsed: %+v %v", r, err)
+	}
+	time.Sleep(80 * time.Millisecond)
+	if r2, err := c.takeGCRA(fast, "gcra:", "lapsed", 10, 5, r.tatUs); err != nil || r2.returned != 0 || r2.granted != 10 {
+		t.Errorf("lapsed: giving back 5 whose slots have passed: %+v %v; want 0 returned, the 10 of a full bucket", r2, err)
 	}
 }

@@ -375,22 +375,28 @@ func allowSharedConn(l *limiter, rw http.ResponseWriter, req *http.Request, now 
 }
 
 // storeLease keeps a lease of granted tokens from the store, left of them
-// for the requests to come, taken at now; remaining: the store's tokens
-// after it. It replaces b's lease, whose rest joins the tokens to give back.
-// It is quiet (no refresh due) until a quarter of it is left or a quarter of
-// its life. Called with l.sem held.
-func storeLease(s *shared, b *bucket, granted, left, remaining, now int64) {
+// for the requests to come, taken at now by the call r. It replaces b's
+// lease, whose rest joins the tokens to give back (with the store's tat
+// after the earliest of their calls). It is quiet (no refresh due) until a
+// quarter of it is left or a quarter of its life. Called with l.sem held.
+func storeLease(s *shared, b *bucket, granted, left int64, r gcraTake, now int64) {
 	// What a server answers is clamped to what the script can return, so
 	// that leaseStep's q stays within the RateLimit table (fewer than burst
 	// tokens left) whatever it says.
+	remaining := r.remaining
 	if remaining > s.burst-1-left {
 		remaining = s.burst - 1 - left
 	}
 	if remaining < 0 {
 		remaining = 0
 	}
-	b.unspent += b.leaseLeft // the rest of the lease it replaces, spent or ended: given back with the next call
-	b.leaseN, b.leaseLeft, b.leaseEnd, b.storeLeft = granted, left, now+s.life, remaining
+	if b.leaseLeft > 0 {
+		if b.unspent == 0 || b.leaseTat < b.unspentTat {
+			b.unspentTat = b.leaseTat
+		}
+		b.unspent += b.leaseLeft
+	}
+	b.leaseN, b.leaseLeft, b.leaseEnd, b.storeLeft, b.leaseTat = granted, left, now+s.life, remaining, r.tatUs
 	b.quietLeft, b.quietUntil = granted/4, b.leaseEnd-s.life/4
 	atomic.AddUint64(&s.counters.leased, uint64(granted))
 }
@@ -409,12 +415,12 @@ func startRefresh(l *limiter, b *bucket, key string, now int64) {
 	}
 	ch := make(chan struct{})
 	b.fetching = ch
-	n, back := nextLease(l.shared, b, now)
+	n, back, backUntil := nextLease(l.shared, b, now)
 	// While the call is in flight, the rest of this lease is quiet to its
 	// end: leaseStep spends it, and no request takes the slow path for it.
 	b.quietLeft, b.quietUntil = 0, b.leaseEnd
 	<-l.sem
-	go refreshLease(l, b, ch, key, n, back, now)
+	go refreshLease(l, b, ch, key, n, back, backUntil, now)
 }
 
 // allowSharedSlow is allowShared when the lease cannot answer: it waits for
@@ -452,11 +458,11 @@ func allowSharedSlow(l *limiter, rw http.ResponseWriter, req *http.Request, key 
 			now = int64(time.Since(epoch))
 			continue
 		}
-		n, back := nextLease(l.shared, b, now)
+		n, back, backUntil := nextLease(l.shared, b, now)
 		ch := make(chan struct{})
 		b.fetching = ch
 		<-l.sem
-		return fetchLease(l, rw, req, b, ch, key, n, back, now)
+		return fetchLease(l, rw, req, b, ch, key, n, back, backUntil, now)
 	}
 }
 
@@ -466,14 +472,15 @@ func allowSharedSlow(l *limiter, rw http.ResponseWriter, req *http.Request, key 
 // this lease. A lease used up at once asks for the most; one that ended
 // unused, or used once in a life, for 1 or 2 (a client below its rate takes
 // about a token per call). back is the tokens to give back with the call:
-// the rest of the leases replaced since the last call (see storeLease).
+// the rest of the leases replaced since the last call (see storeLease), and
+// backUntil the store's tat after the earliest of them (see gcraScript).
 //
 // So a replica never holds more than lease tokens of a key, counting those
 // it has yet to give back: the next lease, and the rest of this one, which
 // the new one replaces. A client that moves to another replica finds the
 // store's burst less at most one lease, and a client below its rate takes
 // from the store what it spends, give or take a lease.
-func nextLease(s *shared, b *bucket, now int64) (n, back int64) {
+func nextLease(s *shared, b *bucket, now int64) (n, back, backUntil int64) {
 	n = 1
 	if used, elapsed := b.leaseN-b.leaseLeft, now-(b.leaseEnd-s.life); used > 0 {
 		n = s.lease
@@ -489,23 +496,23 @@ func nextLease(s *shared, b *bucket, now int64) (n, back int64) {
 	if n < 1 {
 		n = 1
 	}
-	back, b.unspent = b.unspent, 0
-	return n, back
+	back, backUntil, b.unspent = b.unspent, b.unspentTat, 0
+	return n, back, backUntil
 }
 
 // refreshLease takes b's next lease in the background, giving back back
 // tokens. The new lease replaces what is left of the old one, which requests
 // spent meanwhile (the rest is given back with the next call), and lives
 // from before the call.
-func refreshLease(l *limiter, b *bucket, ch chan struct{}, key string, n, back, now int64) {
+func refreshLease(l *limiter, b *bucket, ch chan struct{}, key string, n, back, backUntil, now int64) {
 	s := l.shared
-	granted, waitUs, remaining, _, err := s.client.takeGCRA(s.gcra, s.prefix, key, n, back)
+	r, err := s.client.takeGCRA(s.gcra, s.prefix, key, n, back, backUntil)
 	l.sem <- struct{}{}
 	b.fetching = nil
-	if err == nil && granted > 0 {
-		storeLease(s, b, granted, granted, remaining, now)
+	if err == nil && r.granted > 0 {
+		storeLease(s, b, r.granted, r.granted, r, now)
 	} else if err == nil {
-		b.emptyUntil = now + waitUs*int64(time.Microsecond)
+		b.emptyUntil = now + r.waitUs*int64(time.Microsecond)
 	}
 	<-l.sem
 	// The outcome is recorded before the waiters wake: else a waiter could
@@ -514,7 +521,7 @@ func refreshLease(l *limiter, b *bucket, ch chan struct{}, key string, n, back, 
 		s.failed(int64(time.Since(epoch)), err)
 	} else {
 		s.succeeded()
-		atomic.AddUint64(&s.counters.returned, uint64(back)) // a failed call may have run: those are lost, the safe side
+		atomic.AddUint64(&s.counters.returned, uint64(r.returned)) // a failed call may have run: those are lost, the safe side
 	}
 	close(ch)
 }
@@ -522,7 +529,7 @@ func refreshLease(l *limiter, b *bucket, ch chan struct{}, key string, n, back, 
 // fetchLease takes up to n tokens of key from the store for b, giving back
 // back tokens, keeps all but the request's own as b's lease, and wakes the
 // requests waiting on ch.
-func fetchLease(l *limiter, rw http.ResponseWriter, req *http.Request, b *bucket, ch chan struct{}, key string, n, back, now int64) int64 {
+func fetchLease(l *limiter, rw http.ResponseWriter, req *http.Request, b *bucket, ch chan struct{}, key string, n, back, backUntil, now int64) int64 {
 	s := l.shared
 	if !s.available(now) {
 		l.sem <- struct{}{}
@@ -531,13 +538,13 @@ func fetchLease(l *limiter, rw http.ResponseWriter, req *http.Request, b *bucket
 		close(ch)
 		return storeFailed(l, rw, req, key, now)
 	}
-	granted, waitUs, remaining, _, err := s.client.takeGCRA(s.gcra, s.prefix, key, n, back)
+	r, err := s.client.takeGCRA(s.gcra, s.prefix, key, n, back, backUntil)
 	l.sem <- struct{}{}
 	b.fetching = nil
-	if err == nil && granted > 0 {
-		storeLease(s, b, granted, granted-1, remaining, now)
+	if err == nil && r.granted > 0 {
+		storeLease(s, b, r.granted, r.granted-1, r, now)
 	} else if err == nil {
-		b.emptyUntil = now + waitUs*int64(time.Microsecond) // tokens come back with time only: exact
+		b.emptyUntil = now + r.waitUs*int64(time.Microsecond) // tokens come back with time only: exact
 	}
 	<-l.sem
 	// The outcome is recorded before the waiters wake: else a waiter could
@@ -548,16 +555,16 @@ func fetchLease(l *limiter, rw http.ResponseWriter, req *http.Request, b *bucket
 		s.failed(int64(time.Since(epoch)), err)
 	} else {
 		s.succeeded()
-		atomic.AddUint64(&s.counters.returned, uint64(back)) // a failed call may have run: those are lost, the safe side
+		atomic.AddUint64(&s.counters.returned, uint64(r.returned)) // a failed call may have run: those are lost, the safe side
 	}
 	close(ch)
 	if err != nil {
 		return storeFailed(l, rw, req, key, now)
 	}
-	if granted == 0 {
-		return sharedRejected(l, rw, waitUs*int64(time.Microsecond), now)
+	if r.granted == 0 {
+		return sharedRejected(l, rw, r.waitUs*int64(time.Microsecond), now)
 	}
-	return sharedAdmit(l, rw, granted-1+remaining, now)
+	return sharedAdmit(l, rw, r.granted-1+r.remaining, now)
 }
 
 // sharedRejected answers a request the store has no token for before wait.

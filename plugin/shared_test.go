@@ -100,23 +100,34 @@ func TestSharedLimitBoundAcrossReplicas(t *testing.T) {
 	}
 }
 
-// TestSharedLimitBelowRateIsNeverRejected: a client at 70% of its rate,
-// spread round-robin over three replicas, is never rejected, and its tokens
-// are taken one per request (no lease wasted).
+// TestSharedLimitBelowRateIsNeverRejected: a client at 70% or 80% of its
+// rate, spread round-robin over three replicas, is never rejected: the
+// leases take from the store what the client spends (the rest of a replaced
+// lease goes back with the next call).
 func TestSharedLimitBelowRateIsNeverRejected(t *testing.T) {
 	srv := newTestRedis(t, false)
-	ls := replicas(t, 3, "below@file", sharedConfig(srv.addr(), 50, "1s", 32)) // interval 20ms, lease 8
-	n := 60
-	if testing.Short() {
-		n = 30
-	}
-	tick := 20 * time.Millisecond * 10 / 7
-	for i := 0; i < n; i++ {
-		at := time.Now()
-		if code, _ := sharedRequest(ls[i%3], "bob"); code != http.StatusOK {
-			t.Fatalf("request %d at 70%% of the rate: %d", i, code)
+	for _, tc := range []struct {
+		name           string
+		average, burst int64
+		percent        int64
+		n              int
+	}{
+		{name: "below@file", average: 50, burst: 32, percent: 70, n: 60},          // interval 20ms, lease 8
+		{name: "below-fast@file", average: 1000, burst: 64, percent: 80, n: 1200}, // interval 1ms, lease 16, life 20ms
+	} {
+		ls := replicas(t, 3, tc.name, sharedConfig(srv.addr(), tc.average, "1s", tc.burst))
+		n := tc.n
+		if testing.Short() {
+			n /= 2
 		}
-		time.Sleep(tick - time.Since(at))
+		tick := time.Second / time.Duration(tc.average) * 100 / time.Duration(tc.percent)
+		start := time.Now()
+		for i := 0; i < n; i++ {
+			time.Sleep(time.Until(start.Add(time.Duration(i) * tick)))
+			if code, _ := sharedRequest(ls[i%3], "bob"); code != http.StatusOK {
+				t.Fatalf("%s: request %d at %d%% of the rate: %d", tc.name, i, tc.percent, code)
+			}
+		}
 	}
 }
 
@@ -408,9 +419,9 @@ func TestSharedLimitNextLease(t *testing.T) {
 		{desc: "at most lease", leaseN: 100, leaseLeft: 0, elapsed: int64(10 * time.Millisecond), waiters: 5, want: 100},
 		{desc: "at most lease less what is left of this one", leaseN: 100, leaseLeft: 30, elapsed: int64(10 * time.Millisecond), want: 70},
 	} {
-		b := &bucket{leaseN: tc.leaseN, leaseLeft: tc.leaseLeft, leaseEnd: t0 + s.life, waiters: tc.waiters, unspent: 7}
-		if got, back := nextLease(s, b, t0+tc.elapsed); got != tc.want || b.waiters != 0 || back != 7 || b.unspent != 0 {
-			t.Errorf("%s: next lease %d (waiters left %d), %d given back (%d left to give); want %d, 7 (0)", tc.desc, got, b.waiters, back, b.unspent, tc.want)
+		b := &bucket{leaseN: tc.leaseN, leaseLeft: tc.leaseLeft, leaseEnd: t0 + s.life, waiters: tc.waiters, unspent: 7, unspentTat: 99}
+		if got, back, until := nextLease(s, b, t0+tc.elapsed); got != tc.want || b.waiters != 0 || back != 7 || until != 99 || b.unspent != 0 {
+			t.Errorf("%s: next lease %d (waiters left %d), %d given back until %d (%d left to give); want %d, 7 until 99 (0)", tc.desc, got, b.waiters, back, until, b.unspent, tc.want)
 		}
 	}
 }
@@ -482,7 +493,7 @@ func TestSharedPathsRateLimitFieldFromTheLease(t *testing.T) {
 				l.sem <- struct{}{}
 				b := insertBucket(l, "192.0.2.9", now)
 				rememberPeer(l, "192.0.2.9:1000", b)
-				storeLease(l.shared, b, 10, 10, 25, now) // 10 tokens here, 25 left in the store
+				storeLease(l.shared, b, 10, 10, gcraTake{granted: 10, remaining: 25}, now) // 10 tokens here, 25 left in the store
 				b.leaseEnd, b.quietUntil = now+int64(time.Hour), now+int64(time.Hour)
 				<-l.sem
 				for j := 0; j < 9; j++ { // 8 quiet tokens, then the one that starts a refresh

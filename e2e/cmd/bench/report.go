@@ -312,6 +312,9 @@ func writeReport(o options, selected []router, results, latency map[string][]res
 		float64(rssStart)/(1<<20), float64(rssEnd)/(1<<20))
 	var calls []string
 	for _, r := range selected {
+		if !strings.Contains(r.name, "redis") {
+			continue
+		}
 		var v []float64
 		for _, x := range results[r.name] {
 			if x.storeCalls > 0 {

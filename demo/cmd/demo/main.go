@@ -194,7 +194,7 @@ func setWeight(w int) error {
 	if err := writeDynamic(dynamicConfig(w)); err != nil {
 		return err
 	}
-	fmt.Printf("canary weight %d%%: Traefik reloads the file within a second; canary users stay on the canary\n", w)
+	fmt.Printf("canary weight %d%%: Traefik reloads the file within a second; a raise only adds users to the canary, a cut sends the last ones added back to stable\n", w)
 	return nil
 }
 

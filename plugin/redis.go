@@ -747,8 +747,9 @@ var redisGCRA = newRedisScript(gcraScript)
 // as one string concatenation (18 allocations under Yaegi where the appends
 // took 77) and reads the one reply shape the script returns with
 // readGCRAReply, in one function: under Yaegi every function call (about 30
-// allocations), variable, append and boxed value allocates. A call now
-// costs 560 allocations and 130 µs.
+// allocations), variable, append and boxed value allocates. That took a
+// call to 560 allocations; the call's deadline and the give-back arguments
+// (see gcraScript) brought it to 675.
 type gcraCall struct {
 	head string // the array header, EVALSHA, the SHA and numkeys 1
 	tail string // the interval and the tolerance
@@ -768,6 +769,10 @@ func newGCRACall(intervalUs, toleranceUs int64) *gcraCall {
 	g.tail = string(appendRedisBulk(appendRedisBulk(nil, g.interval), g.tolerance))
 	return g
 }
+
+// gcraNothingBack is the last two arguments of a call that gives nothing
+// back: b = 0, u = 0.
+const gcraNothingBack = "$1\r\n0\r\n$1\r\n0\r\n"
 
 // gcraTake is what one call of gcraScript did (see gcraScript): the tokens
 // granted, the wait in microseconds until one more can be taken, the tokens
@@ -805,11 +810,13 @@ func (c *redisClient) takeTokens(key string, intervalUs, toleranceUs, n int64) (
 func (c *redisClient) takeGCRA(g *gcraCall, prefix, key string, n, back, backUntil int64) (r gcraTake, err error) {
 	deadline := time.Now().Add(c.opts.ReadTimeout)
 	ns := strconv.FormatInt(n, 10)
+	base := g.head + "$" + strconv.Itoa(len(prefix)+len(key)) + "\r\n" + prefix + key + "\r\n" + g.tail + "$" + strconv.Itoa(len(ns)) + "\r\n" + ns + "\r\n"
+	cmd := base + gcraNothingBack
+	if back > 0 {
+		cmd = base + string(appendRedisBulk(appendRedisBulk(nil, strconv.FormatInt(back, 10)), strconv.FormatInt(backUntil, 10)))
+	}
 	var serverErr error
 	for attempt := 0; ; attempt++ {
-		bs, us := strconv.FormatInt(back, 10), strconv.FormatInt(backUntil, 10)
-		cmd := g.head + "$" + strconv.Itoa(len(prefix)+len(key)) + "\r\n" + prefix + key + "\r\n" + g.tail +
-			"$" + strconv.Itoa(len(ns)) + "\r\n" + ns + "\r\n$" + strconv.Itoa(len(bs)) + "\r\n" + bs + "\r\n$" + strconv.Itoa(len(us)) + "\r\n" + us + "\r\n"
 		cn, err := c.get(attempt > 0, deadline)
 		if err != nil {
 			return gcraTake{}, err
@@ -826,7 +833,7 @@ func (c *redisClient) takeGCRA(g *gcraCall, prefix, key string, n, back, backUnt
 			}
 			break
 		}
-		back, backUntil = 0, 0
+		back, backUntil, cmd = 0, 0, base+gcraNothingBack // sent again without giving back
 	}
 	if serverErr != nil {
 		if !isRedisServerError(serverErr, "NOSCRIPT") {

@@ -73,8 +73,8 @@ const minLeaseLife = 20 * time.Millisecond
 // and its settings (redisBucketKey), each key expiring when its bucket is
 // full again.
 //
-// A round trip costs a Yaegi plugin far more than a request (about 550
-// allocations and 130 µs, measured), so a replica leases tokens: a call takes
+// A round trip costs a Yaegi plugin far more than a request (about 680
+// allocations, measured), so a replica leases tokens: a call takes
 // n of them, and the replica admits the next n - 1 requests of that key by
 // itself (leaseStep), within the lease's life. n is what the key would use
 // in a whole life at the rate it used the last lease, and half again, plus

@@ -458,8 +458,8 @@ cost follows them:
   That is line 5c, a plugin that does only this and decides nothing: 35 allocations with the entry's 12. The
   limiter's own path (line 3b) adds the GCRA step, the check that the bucket is live and the override header's
   check. Line 5c kept %.3f in this run: a limiter under Yaegi lands near it at best.
-- **The limit shared through Redis** costs a store call, which costs a Yaegi plugin about 560 allocations and
-  130 µs in isolation (RedisPerRequest against RateLimit above), and in a saturated Traefik its reply waits 2 to
+- **The limit shared through Redis** costs a store call, which costs a Yaegi plugin about 680 allocations
+  (RedisPerRequest against RateLimit above), and in a saturated Traefik its reply waits 2 to
   3 ms behind the requests ready to run. Traefik's native limiter (line 6a) makes that call, compiled, in every
   request. edgecanary leases tokens to each replica (line 6b): the request path spends them inline, as it does the
   local GCRA step, and the next lease is taken in the background; the Redis calls per request are in the line

@@ -632,21 +632,6 @@ func newRedisScript(src string) *redisScript {
 	return &redisScript{src: src, sha: hex.EncodeToString(sum[:])}
 }
 
-// eval runs s with EVALSHA and, when the server does not have it (NOSCRIPT:
-// a restart, SCRIPT FLUSH, a failover), with EVAL, which also caches it.
-func (c *redisClient) eval(s *redisScript, keys, args []string) (interface{}, error) {
-	cmd := make([]string, 0, 3+len(keys)+len(args))
-	cmd = append(cmd, "EVALSHA", s.sha, strconv.Itoa(len(keys)))
-	cmd = append(cmd, keys...)
-	cmd = append(cmd, args...)
-	reply, err := c.do(cmd...)
-	if !isRedisServerError(err, "NOSCRIPT") {
-		return reply, err
-	}
-	cmd[0], cmd[1] = "EVAL", s.src
-	return c.do(cmd...)
-}
-
 // gcraScript takes up to n tokens from the bucket KEYS[1], atomically, on
 // Redis's own clock (TIME), which every replica shares, after giving back up
 // to b tokens taken earlier and never spent. ARGV: the interval I
@@ -782,22 +767,10 @@ type gcraTake struct {
 	granted, waitUs, remaining, nowUs, tatUs, returned int64
 }
 
-// takeTokens runs gcraScript on key: it takes up to n tokens and returns how
-// many it granted, the wait in microseconds until one more can be taken, the
-// tokens left at nowUs, and nowUs, Redis's clock. See gcraScript for the
-// formulas. intervalUs must be at least 1, toleranceUs at least 0, n at
-// least 1.
-func (c *redisClient) takeTokens(key string, intervalUs, toleranceUs, n int64) (granted, waitUs, remaining, nowUs int64, err error) {
-	if intervalUs < 1 || toleranceUs < 0 || n < 1 {
-		return 0, 0, 0, 0, fmt.Errorf("redis gcra: bad arguments interval=%d tolerance=%d n=%d", intervalUs, toleranceUs, n)
-	}
-	r, err := c.takeGCRA(newGCRACall(intervalUs, toleranceUs), "", key, n, 0, 0)
-	return r.granted, r.waitUs, r.remaining, r.nowUs, err
-}
-
-// takeGCRA is takeTokens with g's settings, on the key prefix+key, giving
-// back first up to back tokens taken by a call that left the bucket's tat at
-// backUntil and never spent. When the server does not have the script
+// takeGCRA runs gcraScript (see there for the formulas) with g's settings
+// on the key prefix+key: it takes up to n tokens, giving back first up to
+// back tokens taken by a call that left the bucket's tat at backUntil and
+// never spent. When the server does not have the script
 // (NOSCRIPT: a restart, SCRIPT FLUSH, a failover), it sends EVAL, which also
 // caches it. A reply out of the script's range is an error: a server that
 // lies never grants more than n tokens, nor makes a wait or a remaining
@@ -911,7 +884,8 @@ func readGCRAReply(br *bufio.Reader) (r gcraTake, serverErr, err error) {
 	return gcraTake{granted: out[0], waitUs: out[1], remaining: out[2], nowUs: out[3], tatUs: out[4], returned: out[5]}, nil, nil
 }
 
-// parseGCRAReply is gcraScript's reply through the generic reader (eval).
+// parseGCRAReply is gcraScript's reply through the generic reader (the
+// EVAL of takeGCRA).
 func parseGCRAReply(reply interface{}) (gcraTake, error) {
 	arr, ok := reply.([]interface{})
 	if !ok || len(arr) != 6 {

@@ -1139,3 +1139,31 @@ func TestRedisGCRAGivesBackUnspentTokens(t *testing.T) {
 		t.Errorf("lapsed: giving back 5 whose slots have passed: %+v %v; want 0 returned, the 10 of a full bucket", r2, err)
 	}
 }
+
+// eval, a test helper, runs s with EVALSHA and, when the server does not have it (NOSCRIPT:
+// a restart, SCRIPT FLUSH, a failover), with EVAL, which also caches it.
+func (c *redisClient) eval(s *redisScript, keys, args []string) (interface{}, error) {
+	cmd := make([]string, 0, 3+len(keys)+len(args))
+	cmd = append(cmd, "EVALSHA", s.sha, strconv.Itoa(len(keys)))
+	cmd = append(cmd, keys...)
+	cmd = append(cmd, args...)
+	reply, err := c.do(cmd...)
+	if !isRedisServerError(err, "NOSCRIPT") {
+		return reply, err
+	}
+	cmd[0], cmd[1] = "EVAL", s.src
+	return c.do(cmd...)
+}
+
+// takeTokens, a test helper, runs gcraScript on key: it takes up to n tokens and returns how
+// many it granted, the wait in microseconds until one more can be taken, the
+// tokens left at nowUs, and nowUs, Redis's clock. See gcraScript for the
+// formulas. intervalUs must be at least 1, toleranceUs at least 0, n at
+// least 1.
+func (c *redisClient) takeTokens(key string, intervalUs, toleranceUs, n int64) (granted, waitUs, remaining, nowUs int64, err error) {
+	if intervalUs < 1 || toleranceUs < 0 || n < 1 {
+		return 0, 0, 0, 0, fmt.Errorf("redis gcra: bad arguments interval=%d tolerance=%d n=%d", intervalUs, toleranceUs, n)
+	}
+	r, err := c.takeGCRA(newGCRACall(intervalUs, toleranceUs), "", key, n, 0, 0)
+	return r.granted, r.waitUs, r.remaining, r.nowUs, err
+}

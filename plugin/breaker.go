@@ -393,15 +393,17 @@ func after(b *breaker, gen uint64, outcome int, now int64) {
 // enter is before's step for a closed breaker whose window has not ended: it
 // counts the request and returns its generation. In every other case it
 // calls otherwise, with the lock released, for admit to decide (the
-// generation stays 0, never a generation).
-func enter(b *breaker, now int64, otherwise func()) (gen uint64) {
-	b.sem <- struct{}{}
+// generation stays 0, never a generation). sem is b.sem, which a request
+// path that always serves one version captures: under Yaegi each selection
+// of b.sem costs an allocation.
+func enter(b *breaker, sem chan struct{}, now int64, otherwise func()) (gen uint64) {
+	sem <- struct{}{}
 	if b.closedUntil >= now {
 		b.requests++
 		gen = b.generation
-		<-b.sem
+		<-sem
 	} else {
-		<-b.sem
+		<-sem
 		otherwise()
 	}
 	return
@@ -410,54 +412,42 @@ func enter(b *breaker, now int64, otherwise func()) (gen uint64) {
 // noop is the otherwise of enter's callers that test the generation instead.
 func noop() {}
 
-// leave is after's step for a success while closed, in the same generation,
-// the request having been sent at sent: it only ends a run of failures (the
-// count of successes in a row matters only while half-open, and every state
-// change resets it). Such a success needs no clock: had the window ended
-// meanwhile, the next request starts a new one, which clears the counts
-// anyway. ok200 is set when a 200 is a success whatever its duration (no
-// slowThreshold). Every other outcome goes to otherwise, which calls
-// leaveSlow.
-func leave(b *breaker, gen uint64, code int, ok200 bool, sent int64, otherwise func()) {
-	done := false
-	if code == 200 && ok200 {
-		b.sem <- struct{}{}
-		if b.closedUntil >= sent && gen == b.generation {
-			b.consecFailures = 0
-			done = true
-		}
-		<-b.sem
-	}
-	if !done {
+// leave is after's step for a success of a request that enter let through
+// (gen is a generation of the closed breaker): while the generation is the
+// same, the breaker is still closed, and a success only ends a run of
+// failures (the count of successes in a row matters only while half-open,
+// and every state change resets it). Such a success needs no clock: had the
+// window ended meanwhile, the next request starts a new one, which clears
+// the counts anyway. okCode is 200 when a 200 is a success whatever its
+// duration (no slowThreshold), else -1, which no response has. Every other
+// outcome goes to otherwise, which calls leaveSlow. A generation from admit
+// may be half-open's, whose successes count: it goes to leaveSlow directly.
+func leave(b *breaker, sem chan struct{}, gen uint64, code, okCode int, otherwise func()) {
+	sem <- struct{}{}
+	if code == okCode && gen == b.generation {
+		b.consecFailures = 0
+		<-sem
+	} else {
+		<-sem
 		otherwise()
 	}
 }
 
-// leaveSlow records, at end, the outcome of a request whose version took end
-// - start to answer; end is start or earlier when the request was not timed.
-// slowThreshold judges end - start, so with it the request paths pass start =
-// end - (headers - sent): the time from the request leaving the plugin to
-// the response headers, what the backend controls, not the limiter's delay
-// nor a slow client reading the body (see headersStart). The outcome itself
-// is recorded at end, so a breaker opened by it stays open openDuration from
-// then.
-func leaveSlow(c *canary, b *breaker, gen uint64, code int, start, end int64) {
-	if end <= start {
+// leaveSlow records the outcome of w's request, which left the plugin at
+// sent, at end (0: now, read here). The outcome is recorded at end, so a
+// breaker opened by it stays open openDuration from then. slowThreshold
+// judges the time from sent to the response headers (w.headers, recorded
+// when timed), what the backend controls, not the limiter's delay nor a slow
+// client reading the body; without the headers' time, end - sent.
+func leaveSlow(w *statusWriter, sent, end int64) {
+	if end == 0 {
 		end = int64(time.Since(epoch))
 	}
-	after(b, gen, outcomeOf(c.bs, code, end-start), end)
-}
-
-// headersStart is the start that leaveSlow judges slowThreshold from: end -
-// (headers - sent), or sent when the headers' time was not recorded. It
-// reads sent once, first: the request paths assign its result to sent
-// itself, which internal/gen allows only so (see checkAlias).
-func headersStart(w *statusWriter, sent, end int64) (start int64) {
-	start = sent
+	d := end - sent
 	if w.headers != 0 {
-		start = end - (w.headers - start)
+		d = w.headers - sent
 	}
-	return
+	after(w.r.br, w.gen, outcomeOf(w.c.bs, w.code, d), end)
 }
 
 // admit asks r's breaker, which is not simply closed, to let a request

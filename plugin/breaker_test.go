@@ -98,26 +98,26 @@ func TestBreakerIntervalResetsCounts(t *testing.T) {
 // so an outcome from the old window is discarded, as gobreaker does.
 func TestInlineStepsRespectTheWindow(t *testing.T) {
 	b := testBreaker(t, func(c *CircuitBreakerConfig) { c.ConsecutiveFailures = 2; c.Interval = "10s" })
-	path := &canary{bs: b.s, ok200: true}
+	path := &canary{bs: b.s, okCode: http.StatusOK}
 	do(b, 1*sec, outcomeSuccess) // starts the window [1s, 11s]
-	gen := enter(b, 2*sec, noop)
+	gen := enter(b, b.sem, 2*sec, noop)
 	if gen == 0 {
 		t.Fatal("enter refused a closed breaker inside its window")
 	}
 	do(b, 3*sec, outcomeFailure)
-	if enter(b, 12*sec, noop) != 0 {
+	if enter(b, b.sem, 12*sec, noop) != 0 {
 		t.Fatal("enter let a request through after the window ended: before must start a new one")
 	}
 	// The request that began at 2s fails at 12s, after the window ended:
 	// with the failure at 3s it would trip the breaker, but it is discarded.
-	leaveRef(path, b, gen, http.StatusInternalServerError, 2*sec, 12*sec)
+	leaveRef(path, b, gen, true, http.StatusInternalServerError, 2*sec, 12*sec)
 	if b.state != stateClosed || b.consecFailures != 0 {
 		t.Fatalf("an outcome from an ended window counted: state %s, %d failures in a row", stateNames[b.state], b.consecFailures)
 	}
 	// A success inside the window ends a run of failures.
-	gen = enter(b, 13*sec, noop)
+	gen = enter(b, b.sem, 13*sec, noop)
 	do(b, 13*sec, outcomeFailure)
-	leaveRef(path, b, gen, http.StatusOK, 13*sec, 14*sec)
+	leaveRef(path, b, gen, true, http.StatusOK, 13*sec, 14*sec)
 	do(b, 15*sec, outcomeFailure)
 	if b.state != stateClosed {
 		t.Fatal("failures on both sides of a success tripped a consecutive-failures breaker")
@@ -240,8 +240,9 @@ func TestBreakerMatchesGobreaker(t *testing.T) {
 			},
 		})
 		type pending struct {
-			gen  uint64
-			done func(bool)
+			gen     uint64
+			entered bool // enter let it through (else before)
+			done    func(bool)
 		}
 		var inflight []pending
 		now := int64(sec)
@@ -252,14 +253,14 @@ func TestBreakerMatchesGobreaker(t *testing.T) {
 			if got, want := stateNames[state], strings.ReplaceAll(ref.State().String(), "-", "_"); got != want {
 				t.Fatalf("seq %d step %d: state %s, gobreaker %s", s, i, got, want)
 			}
-			path := &canary{bs: b.s, ok200: true}
+			path := &canary{bs: b.s, okCode: http.StatusOK}
 			if len(inflight) == 0 || rng.Intn(2) == 0 {
-				var ok bool
+				var ok, entered bool
 				var gen uint64
 				if rng.Intn(2) == 0 {
 					ok, gen, _ = before(b, now)
-				} else if gen = enter(b, now, noop); gen != 0 {
-					ok = true
+				} else if gen = enter(b, b.sem, now, noop); gen != 0 {
+					ok, entered = true, true
 				} else {
 					ok, gen, _ = before(b, now)
 				}
@@ -268,7 +269,7 @@ func TestBreakerMatchesGobreaker(t *testing.T) {
 					t.Fatalf("seq %d step %d: breaker allows %v, gobreaker %v (state %s)", s, i, ok, err, stateNames[state])
 				}
 				if ok {
-					inflight = append(inflight, pending{gen, done})
+					inflight = append(inflight, pending{gen, entered, done})
 				}
 				continue
 			}
@@ -284,9 +285,9 @@ func TestBreakerMatchesGobreaker(t *testing.T) {
 			case rng.Intn(2) == 0:
 				after(b, p.gen, outcome, now)
 			case success:
-				leaveRef(path, b, p.gen, http.StatusOK, now-5, now)
+				leaveRef(path, b, p.gen, p.entered, http.StatusOK, now-5, now)
 			default:
-				leaveRef(path, b, p.gen, http.StatusInternalServerError, now-5, now)
+				leaveRef(path, b, p.gen, p.entered, http.StatusInternalServerError, now-5, now)
 			}
 			p.done(success)
 		}
@@ -490,7 +491,13 @@ func TestBreakerSurvivesReload(t *testing.T) {
 	}
 }
 
-// leaveRef is the reference path's leave: the step, then leaveSlow.
-func leaveRef(c *canary, b *breaker, gen uint64, code int, start, end int64) {
-	leave(b, gen, code, c.ok200, start, func() { leaveSlow(c, b, gen, code, start, end) })
+// leaveRef is serveObserved's end for a request sent at sent and answered
+// with code at end: leave when enter let it through, then leaveSlow.
+func leaveRef(c *canary, b *breaker, gen uint64, entered bool, code int, sent, end int64) {
+	w := &statusWriter{code: code, c: c, r: &route{br: b}, gen: gen}
+	if entered {
+		leave(b, b.sem, gen, code, c.okCode, func() { leaveSlow(w, sent, end) })
+	} else {
+		leaveSlow(w, sent, end)
+	}
 }

@@ -49,59 +49,45 @@ func pathB(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
 	since := time.Since
 	primary := c.primary
-	ok200 := c.ok200
+	r := primary
+	br := r.br
+	bsem := br.sem
+	handler := r.handler
+	okCode := c.okCode
 	slow := c.bs.slow > 0
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
-		r := primary
 		if req.Header[oh] != nil {
-			r = choose(c, rw, req)
+			serveObserved(c, choose(c, rw, req), rw, req, start, sent)
+			return
 		}
-		br := r.br
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			serveObserved(c, r, rw, req, start, sent)
+			return
+		}
 		var gen uint64
-		br.sem <- struct{}{}
+		bsem <- struct{}{}
 		if br.closedUntil >= sent {
 			br.requests++
 			gen = br.generation
-			<-br.sem
+			<-bsem
 		} else {
-			<-br.sem
-			if r, gen = admit(c, r, rw, req, sent); r == nil {
-				return
-			}
-			br = r.br
+			<-bsem
+			serveObserved(c, r, rw, req, start, sent)
+			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
 		defer abandoned(w)
-		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			r.handler.ServeHTTP(rw, req)
-			w.code = 0
-		} else {
-			r.handler.ServeHTTP(w, req)
-		}
+		handler.ServeHTTP(w, req)
 		w.done = true
-		code := w.code
-		end := start
-		if slow {
-			end = int64(since(epoch))
-		}
-		done := false
-		if code == 200 && ok200 {
-			br.sem <- struct{}{}
-			if br.closedUntil >= sent && gen == br.generation {
-				br.consecFailures = 0
-				done = true
-			}
-			<-br.sem
-		}
-		if !done {
-			if slow {
-				if w.headers != 0 {
-					sent = end - (w.headers - sent)
-				}
-			}
-			leaveSlow(c, br, gen, code, sent, end)
+		bsem <- struct{}{}
+		if w.code == okCode && gen == br.generation {
+			br.consecFailures = 0
+			<-bsem
+		} else {
+			<-bsem
+			leaveSlow(w, sent, 0)
 		}
 	}
 }
@@ -111,36 +97,38 @@ func pathS(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
 	since := time.Since
 	primary := c.primary
+	r := primary
+	vs := r.vs
+	vsem := vs.sem
+	handler := r.handler
 	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
-		r := primary
+		sent := start
 		if req.Header[oh] != nil {
-			r = choose(c, rw, req)
+			serveObserved(c, choose(c, rw, req), rw, req, start, sent)
+			return
+		}
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			serveObserved(c, r, rw, req, start, sent)
+			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
 		defer abandoned(w)
-		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			r.handler.ServeHTTP(rw, req)
-			w.code = 0
-		} else {
-			r.handler.ServeHTTP(w, req)
-		}
+		handler.ServeHTTP(w, req)
 		w.done = true
-		code := w.code
-		end := int64(since(epoch))
-		d, vs := end-start, r.vs
+		d := int64(since(epoch)) - start
 		i := 0
-		for i < len(bounds) && d > bounds[i] {
+		for d > bounds[i] {
 			i++
 		}
-		vs.sem <- struct{}{}
-		vs.counts[code<<4|methodIndex[req.Method]]++
+		vsem <- struct{}{}
+		vs.counts[w.code<<4|methodIndex[req.Method]]++
 		if i < len(vs.hist) {
 			vs.hist[i]++
 			vs.sumNs += d
 		}
-		<-vs.sem
+		<-vsem
 	}
 }
 
@@ -149,70 +137,61 @@ func pathBS(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
 	since := time.Since
 	primary := c.primary
-	ok200 := c.ok200
+	r := primary
+	br := r.br
+	bsem := br.sem
+	vs := r.vs
+	vsem := vs.sem
+	handler := r.handler
+	okCode := c.okCode
 	slow := c.bs.slow > 0
 	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
-		r := primary
 		if req.Header[oh] != nil {
-			r = choose(c, rw, req)
+			serveObserved(c, choose(c, rw, req), rw, req, start, sent)
+			return
 		}
-		br := r.br
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			serveObserved(c, r, rw, req, start, sent)
+			return
+		}
 		var gen uint64
-		br.sem <- struct{}{}
+		bsem <- struct{}{}
 		if br.closedUntil >= sent {
 			br.requests++
 			gen = br.generation
-			<-br.sem
+			<-bsem
 		} else {
-			<-br.sem
-			if r, gen = admit(c, r, rw, req, sent); r == nil {
-				return
-			}
-			br = r.br
+			<-bsem
+			serveObserved(c, r, rw, req, start, sent)
+			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
 		defer abandoned(w)
-		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			r.handler.ServeHTTP(rw, req)
-			w.code = 0
-		} else {
-			r.handler.ServeHTTP(w, req)
-		}
+		handler.ServeHTTP(w, req)
 		w.done = true
-		code := w.code
-		end := int64(since(epoch))
-		done := false
-		if code == 200 && ok200 {
-			br.sem <- struct{}{}
-			if br.closedUntil >= sent && gen == br.generation {
-				br.consecFailures = 0
-				done = true
-			}
-			<-br.sem
+		bsem <- struct{}{}
+		if w.code == okCode && gen == br.generation {
+			br.consecFailures = 0
+			<-bsem
+		} else {
+			<-bsem
+			leaveSlow(w, sent, 0)
 		}
-		if !done {
-			if slow {
-				if w.headers != 0 {
-					sent = end - (w.headers - sent)
-				}
-			}
-			leaveSlow(c, br, gen, code, sent, end)
-		}
-		d, vs := end-start, r.vs
+		d := int64(since(epoch)) - start
 		i := 0
-		for i < len(bounds) && d > bounds[i] {
+		for d > bounds[i] {
 			i++
 		}
-		vs.sem <- struct{}{}
-		vs.counts[code<<4|methodIndex[req.Method]]++
+		vsem <- struct{}{}
+		vs.counts[w.code<<4|methodIndex[req.Method]]++
 		if i < len(vs.hist) {
 			vs.hist[i]++
 			vs.sumNs += d
 		}
-		<-vs.sem
+		<-vsem
 	}
 }
 
@@ -243,7 +222,7 @@ func pathPB(c *canary) http.HandlerFunc {
 	since := time.Since
 	lookup, cookieName := c.signed.lookup, c.cookieName
 	bucketOf := c.bucketOf
-	ok200 := c.ok200
+	okCode := c.okCode
 	slow := c.bs.slow > 0
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
@@ -260,49 +239,33 @@ func pathPB(c *canary) http.HandlerFunc {
 			r = choose(c, rw, req)
 		}
 		br := r.br
+		bsem := br.sem
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			serveObserved(c, r, rw, req, start, sent)
+			return
+		}
 		var gen uint64
-		br.sem <- struct{}{}
+		bsem <- struct{}{}
 		if br.closedUntil >= sent {
 			br.requests++
 			gen = br.generation
-			<-br.sem
+			<-bsem
 		} else {
-			<-br.sem
-			if r, gen = admit(c, r, rw, req, sent); r == nil {
-				return
-			}
-			br = r.br
+			<-bsem
+			serveObserved(c, r, rw, req, start, sent)
+			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
 		defer abandoned(w)
-		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			r.handler.ServeHTTP(rw, req)
-			w.code = 0
-		} else {
-			r.handler.ServeHTTP(w, req)
-		}
+		r.handler.ServeHTTP(w, req)
 		w.done = true
-		code := w.code
-		end := start
-		if slow {
-			end = int64(since(epoch))
-		}
-		done := false
-		if code == 200 && ok200 {
-			br.sem <- struct{}{}
-			if br.closedUntil >= sent && gen == br.generation {
-				br.consecFailures = 0
-				done = true
-			}
-			<-br.sem
-		}
-		if !done {
-			if slow {
-				if w.headers != 0 {
-					sent = end - (w.headers - sent)
-				}
-			}
-			leaveSlow(c, br, gen, code, sent, end)
+		bsem <- struct{}{}
+		if w.code == okCode && gen == br.generation {
+			br.consecFailures = 0
+			<-bsem
+		} else {
+			<-bsem
+			leaveSlow(w, sent, 0)
 		}
 	}
 }
@@ -316,6 +279,7 @@ func pathPS(c *canary) http.HandlerFunc {
 	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
+		sent := start
 		var r *route
 		if req.Header[oh] == nil {
 			if ck, err := req.Cookie(cookieName); err == nil {
@@ -327,24 +291,22 @@ func pathPS(c *canary) http.HandlerFunc {
 		if r == nil {
 			r = choose(c, rw, req)
 		}
+		vs := r.vs
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			serveObserved(c, r, rw, req, start, sent)
+			return
+		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
 		defer abandoned(w)
-		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			r.handler.ServeHTTP(rw, req)
-			w.code = 0
-		} else {
-			r.handler.ServeHTTP(w, req)
-		}
+		r.handler.ServeHTTP(w, req)
 		w.done = true
-		code := w.code
-		end := int64(since(epoch))
-		d, vs := end-start, r.vs
+		d := int64(since(epoch)) - start
 		i := 0
-		for i < len(bounds) && d > bounds[i] {
+		for d > bounds[i] {
 			i++
 		}
 		vs.sem <- struct{}{}
-		vs.counts[code<<4|methodIndex[req.Method]]++
+		vs.counts[w.code<<4|methodIndex[req.Method]]++
 		if i < len(vs.hist) {
 			vs.hist[i]++
 			vs.sumNs += d
@@ -363,6 +325,7 @@ func pathPSR(c *canary) http.HandlerFunc {
 	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
+		sent := start
 		var r *route
 		if req.Header[oh] == nil {
 			if ck, err := req.Cookie(cookieName); err == nil {
@@ -377,24 +340,22 @@ func pathPSR(c *canary) http.HandlerFunc {
 		if r == nil {
 			r = choose(c, rw, req)
 		}
+		vs := r.vs
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			serveObserved(c, r, rw, req, start, sent)
+			return
+		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
 		defer abandoned(w)
-		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			r.handler.ServeHTTP(rw, req)
-			w.code = 0
-		} else {
-			r.handler.ServeHTTP(w, req)
-		}
+		r.handler.ServeHTTP(w, req)
 		w.done = true
-		code := w.code
-		end := int64(since(epoch))
-		d, vs := end-start, r.vs
+		d := int64(since(epoch)) - start
 		i := 0
-		for i < len(bounds) && d > bounds[i] {
+		for d > bounds[i] {
 			i++
 		}
 		vs.sem <- struct{}{}
-		vs.counts[code<<4|methodIndex[req.Method]]++
+		vs.counts[w.code<<4|methodIndex[req.Method]]++
 		if i < len(vs.hist) {
 			vs.hist[i]++
 			vs.sumNs += d
@@ -409,7 +370,7 @@ func pathPBS(c *canary) http.HandlerFunc {
 	since := time.Since
 	lookup, cookieName := c.signed.lookup, c.cookieName
 	bucketOf := c.bucketOf
-	ok200 := c.ok200
+	okCode := c.okCode
 	slow := c.bs.slow > 0
 	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
@@ -427,54 +388,42 @@ func pathPBS(c *canary) http.HandlerFunc {
 			r = choose(c, rw, req)
 		}
 		br := r.br
+		bsem := br.sem
+		vs := r.vs
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			serveObserved(c, r, rw, req, start, sent)
+			return
+		}
 		var gen uint64
-		br.sem <- struct{}{}
+		bsem <- struct{}{}
 		if br.closedUntil >= sent {
 			br.requests++
 			gen = br.generation
-			<-br.sem
+			<-bsem
 		} else {
-			<-br.sem
-			if r, gen = admit(c, r, rw, req, sent); r == nil {
-				return
-			}
-			br = r.br
+			<-bsem
+			serveObserved(c, r, rw, req, start, sent)
+			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
 		defer abandoned(w)
-		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			r.handler.ServeHTTP(rw, req)
-			w.code = 0
-		} else {
-			r.handler.ServeHTTP(w, req)
-		}
+		r.handler.ServeHTTP(w, req)
 		w.done = true
-		code := w.code
-		end := int64(since(epoch))
-		done := false
-		if code == 200 && ok200 {
-			br.sem <- struct{}{}
-			if br.closedUntil >= sent && gen == br.generation {
-				br.consecFailures = 0
-				done = true
-			}
-			<-br.sem
+		bsem <- struct{}{}
+		if w.code == okCode && gen == br.generation {
+			br.consecFailures = 0
+			<-bsem
+		} else {
+			<-bsem
+			leaveSlow(w, sent, 0)
 		}
-		if !done {
-			if slow {
-				if w.headers != 0 {
-					sent = end - (w.headers - sent)
-				}
-			}
-			leaveSlow(c, br, gen, code, sent, end)
-		}
-		d, vs := end-start, r.vs
+		d := int64(since(epoch)) - start
 		i := 0
-		for i < len(bounds) && d > bounds[i] {
+		for d > bounds[i] {
 			i++
 		}
 		vs.sem <- struct{}{}
-		vs.counts[code<<4|methodIndex[req.Method]]++
+		vs.counts[w.code<<4|methodIndex[req.Method]]++
 		if i < len(vs.hist) {
 			vs.hist[i]++
 			vs.sumNs += d
@@ -490,7 +439,7 @@ func pathPBSR(c *canary) http.HandlerFunc {
 	lookup, cookieName := c.signed.lookup, c.cookieName
 	bucketOf := c.bucketOf
 	ramp, cut := c.ramp, c.cut
-	ok200 := c.ok200
+	okCode := c.okCode
 	slow := c.bs.slow > 0
 	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
@@ -511,54 +460,42 @@ func pathPBSR(c *canary) http.HandlerFunc {
 			r = choose(c, rw, req)
 		}
 		br := r.br
+		bsem := br.sem
+		vs := r.vs
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			serveObserved(c, r, rw, req, start, sent)
+			return
+		}
 		var gen uint64
-		br.sem <- struct{}{}
+		bsem <- struct{}{}
 		if br.closedUntil >= sent {
 			br.requests++
 			gen = br.generation
-			<-br.sem
+			<-bsem
 		} else {
-			<-br.sem
-			if r, gen = admit(c, r, rw, req, sent); r == nil {
-				return
-			}
-			br = r.br
+			<-bsem
+			serveObserved(c, r, rw, req, start, sent)
+			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
 		defer abandoned(w)
-		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			r.handler.ServeHTTP(rw, req)
-			w.code = 0
-		} else {
-			r.handler.ServeHTTP(w, req)
-		}
+		r.handler.ServeHTTP(w, req)
 		w.done = true
-		code := w.code
-		end := int64(since(epoch))
-		done := false
-		if code == 200 && ok200 {
-			br.sem <- struct{}{}
-			if br.closedUntil >= sent && gen == br.generation {
-				br.consecFailures = 0
-				done = true
-			}
-			<-br.sem
+		bsem <- struct{}{}
+		if w.code == okCode && gen == br.generation {
+			br.consecFailures = 0
+			<-bsem
+		} else {
+			<-bsem
+			leaveSlow(w, sent, 0)
 		}
-		if !done {
-			if slow {
-				if w.headers != 0 {
-					sent = end - (w.headers - sent)
-				}
-			}
-			leaveSlow(c, br, gen, code, sent, end)
-		}
-		d, vs := end-start, r.vs
+		d := int64(since(epoch)) - start
 		i := 0
-		for i < len(bounds) && d > bounds[i] {
+		for d > bounds[i] {
 			i++
 		}
 		vs.sem <- struct{}{}
-		vs.counts[code<<4|methodIndex[req.Method]]++
+		vs.counts[w.code<<4|methodIndex[req.Method]]++
 		if i < len(vs.hist) {
 			vs.hist[i]++
 			vs.sumNs += d
@@ -655,7 +592,11 @@ func pathLB(c *canary) http.HandlerFunc {
 	sem, interval, span0 := rl.sem, rl.interval, rl.window+rl.interval
 	headers, policy := rl.headers, rl.policy
 	primary := c.primary
-	ok200 := c.ok200
+	r := primary
+	br := r.br
+	bsem := br.sem
+	handler := r.handler
+	okCode := c.okCode
 	slow := c.bs.slow > 0
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
@@ -683,54 +624,36 @@ func pathLB(c *canary) http.HandlerFunc {
 			h["Ratelimit-Policy"] = policy
 			h["Ratelimit"] = byQ[q]
 		}
-		r := primary
 		if req.Header[oh] != nil {
-			r = choose(c, rw, req)
+			serveObserved(c, choose(c, rw, req), rw, req, start, sent)
+			return
 		}
-		br := r.br
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			serveObserved(c, r, rw, req, start, sent)
+			return
+		}
 		var gen uint64
-		br.sem <- struct{}{}
+		bsem <- struct{}{}
 		if br.closedUntil >= sent {
 			br.requests++
 			gen = br.generation
-			<-br.sem
+			<-bsem
 		} else {
-			<-br.sem
-			if r, gen = admit(c, r, rw, req, sent); r == nil {
-				return
-			}
-			br = r.br
+			<-bsem
+			serveObserved(c, r, rw, req, start, sent)
+			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
 		defer abandoned(w)
-		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			r.handler.ServeHTTP(rw, req)
-			w.code = 0
-		} else {
-			r.handler.ServeHTTP(w, req)
-		}
+		handler.ServeHTTP(w, req)
 		w.done = true
-		code := w.code
-		end := start
-		if slow {
-			end = int64(since(epoch))
-		}
-		done := false
-		if code == 200 && ok200 {
-			br.sem <- struct{}{}
-			if br.closedUntil >= sent && gen == br.generation {
-				br.consecFailures = 0
-				done = true
-			}
-			<-br.sem
-		}
-		if !done {
-			if slow {
-				if w.headers != 0 {
-					sent = end - (w.headers - sent)
-				}
-			}
-			leaveSlow(c, br, gen, code, sent, end)
+		bsem <- struct{}{}
+		if w.code == okCode && gen == br.generation {
+			br.consecFailures = 0
+			<-bsem
+		} else {
+			<-bsem
+			leaveSlow(w, sent, 0)
 		}
 	}
 }
@@ -744,7 +667,11 @@ func pathLBD(c *canary) http.HandlerFunc {
 	sem := rl.sem
 	headers, policy := rl.headers, rl.policy
 	primary := c.primary
-	ok200 := c.ok200
+	r := primary
+	br := r.br
+	bsem := br.sem
+	handler := r.handler
+	okCode := c.okCode
 	slow := c.bs.slow > 0
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
@@ -767,54 +694,36 @@ func pathLBD(c *canary) http.HandlerFunc {
 			h["Ratelimit-Policy"] = policy
 			h["Ratelimit"] = byQ[q]
 		}
-		r := primary
 		if req.Header[oh] != nil {
-			r = choose(c, rw, req)
+			serveObserved(c, choose(c, rw, req), rw, req, start, sent)
+			return
 		}
-		br := r.br
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			serveObserved(c, r, rw, req, start, sent)
+			return
+		}
 		var gen uint64
-		br.sem <- struct{}{}
+		bsem <- struct{}{}
 		if br.closedUntil >= sent {
 			br.requests++
 			gen = br.generation
-			<-br.sem
+			<-bsem
 		} else {
-			<-br.sem
-			if r, gen = admit(c, r, rw, req, sent); r == nil {
-				return
-			}
-			br = r.br
+			<-bsem
+			serveObserved(c, r, rw, req, start, sent)
+			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
 		defer abandoned(w)
-		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			r.handler.ServeHTTP(rw, req)
-			w.code = 0
-		} else {
-			r.handler.ServeHTTP(w, req)
-		}
+		handler.ServeHTTP(w, req)
 		w.done = true
-		code := w.code
-		end := start
-		if slow {
-			end = int64(since(epoch))
-		}
-		done := false
-		if code == 200 && ok200 {
-			br.sem <- struct{}{}
-			if br.closedUntil >= sent && gen == br.generation {
-				br.consecFailures = 0
-				done = true
-			}
-			<-br.sem
-		}
-		if !done {
-			if slow {
-				if w.headers != 0 {
-					sent = end - (w.headers - sent)
-				}
-			}
-			leaveSlow(c, br, gen, code, sent, end)
+		bsem <- struct{}{}
+		if w.code == okCode && gen == br.generation {
+			br.consecFailures = 0
+			<-bsem
+		} else {
+			<-bsem
+			leaveSlow(w, sent, 0)
 		}
 	}
 }
@@ -828,9 +737,14 @@ func pathLS(c *canary) http.HandlerFunc {
 	sem, interval, span0 := rl.sem, rl.interval, rl.window+rl.interval
 	headers, policy := rl.headers, rl.policy
 	primary := c.primary
+	r := primary
+	vs := r.vs
+	vsem := vs.sem
+	handler := r.handler
 	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
+		sent := start
 		q := int64(0)
 		sem <- struct{}{}
 		if b := peers[req.RemoteAddr]; b != nil {
@@ -854,33 +768,30 @@ func pathLS(c *canary) http.HandlerFunc {
 			h["Ratelimit-Policy"] = policy
 			h["Ratelimit"] = byQ[q]
 		}
-		r := primary
 		if req.Header[oh] != nil {
-			r = choose(c, rw, req)
+			serveObserved(c, choose(c, rw, req), rw, req, start, sent)
+			return
+		}
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			serveObserved(c, r, rw, req, start, sent)
+			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
 		defer abandoned(w)
-		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			r.handler.ServeHTTP(rw, req)
-			w.code = 0
-		} else {
-			r.handler.ServeHTTP(w, req)
-		}
+		handler.ServeHTTP(w, req)
 		w.done = true
-		code := w.code
-		end := int64(since(epoch))
-		d, vs := end-start, r.vs
+		d := int64(since(epoch)) - start
 		i := 0
-		for i < len(bounds) && d > bounds[i] {
+		for d > bounds[i] {
 			i++
 		}
-		vs.sem <- struct{}{}
-		vs.counts[code<<4|methodIndex[req.Method]]++
+		vsem <- struct{}{}
+		vs.counts[w.code<<4|methodIndex[req.Method]]++
 		if i < len(vs.hist) {
 			vs.hist[i]++
 			vs.sumNs += d
 		}
-		<-vs.sem
+		<-vsem
 	}
 }
 
@@ -893,9 +804,14 @@ func pathLSD(c *canary) http.HandlerFunc {
 	sem := rl.sem
 	headers, policy := rl.headers, rl.policy
 	primary := c.primary
+	r := primary
+	vs := r.vs
+	vsem := vs.sem
+	handler := r.handler
 	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
+		sent := start
 		q := int64(0)
 		sem <- struct{}{}
 		if b := peers[req.RemoteAddr]; b != nil {
@@ -914,33 +830,30 @@ func pathLSD(c *canary) http.HandlerFunc {
 			h["Ratelimit-Policy"] = policy
 			h["Ratelimit"] = byQ[q]
 		}
-		r := primary
 		if req.Header[oh] != nil {
-			r = choose(c, rw, req)
+			serveObserved(c, choose(c, rw, req), rw, req, start, sent)
+			return
+		}
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			serveObserved(c, r, rw, req, start, sent)
+			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
 		defer abandoned(w)
-		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			r.handler.ServeHTTP(rw, req)
-			w.code = 0
-		} else {
-			r.handler.ServeHTTP(w, req)
-		}
+		handler.ServeHTTP(w, req)
 		w.done = true
-		code := w.code
-		end := int64(since(epoch))
-		d, vs := end-start, r.vs
+		d := int64(since(epoch)) - start
 		i := 0
-		for i < len(bounds) && d > bounds[i] {
+		for d > bounds[i] {
 			i++
 		}
-		vs.sem <- struct{}{}
-		vs.counts[code<<4|methodIndex[req.Method]]++
+		vsem <- struct{}{}
+		vs.counts[w.code<<4|methodIndex[req.Method]]++
 		if i < len(vs.hist) {
 			vs.hist[i]++
 			vs.sumNs += d
 		}
-		<-vs.sem
+		<-vsem
 	}
 }
 
@@ -953,7 +866,13 @@ func pathLBS(c *canary) http.HandlerFunc {
 	sem, interval, span0 := rl.sem, rl.interval, rl.window+rl.interval
 	headers, policy := rl.headers, rl.policy
 	primary := c.primary
-	ok200 := c.ok200
+	r := primary
+	br := r.br
+	bsem := br.sem
+	vs := r.vs
+	vsem := vs.sem
+	handler := r.handler
+	okCode := c.okCode
 	slow := c.bs.slow > 0
 	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
@@ -982,64 +901,49 @@ func pathLBS(c *canary) http.HandlerFunc {
 			h["Ratelimit-Policy"] = policy
 			h["Ratelimit"] = byQ[q]
 		}
-		r := primary
 		if req.Header[oh] != nil {
-			r = choose(c, rw, req)
+			serveObserved(c, choose(c, rw, req), rw, req, start, sent)
+			return
 		}
-		br := r.br
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			serveObserved(c, r, rw, req, start, sent)
+			return
+		}
 		var gen uint64
-		br.sem <- struct{}{}
+		bsem <- struct{}{}
 		if br.closedUntil >= sent {
 			br.requests++
 			gen = br.generation
-			<-br.sem
+			<-bsem
 		} else {
-			<-br.sem
-			if r, gen = admit(c, r, rw, req, sent); r == nil {
-				return
-			}
-			br = r.br
+			<-bsem
+			serveObserved(c, r, rw, req, start, sent)
+			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
 		defer abandoned(w)
-		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			r.handler.ServeHTTP(rw, req)
-			w.code = 0
-		} else {
-			r.handler.ServeHTTP(w, req)
-		}
+		handler.ServeHTTP(w, req)
 		w.done = true
-		code := w.code
-		end := int64(since(epoch))
-		done := false
-		if code == 200 && ok200 {
-			br.sem <- struct{}{}
-			if br.closedUntil >= sent && gen == br.generation {
-				br.consecFailures = 0
-				done = true
-			}
-			<-br.sem
+		bsem <- struct{}{}
+		if w.code == okCode && gen == br.generation {
+			br.consecFailures = 0
+			<-bsem
+		} else {
+			<-bsem
+			leaveSlow(w, sent, 0)
 		}
-		if !done {
-			if slow {
-				if w.headers != 0 {
-					sent = end - (w.headers - sent)
-				}
-			}
-			leaveSlow(c, br, gen, code, sent, end)
-		}
-		d, vs := end-start, r.vs
+		d := int64(since(epoch)) - start
 		i := 0
-		for i < len(bounds) && d > bounds[i] {
+		for d > bounds[i] {
 			i++
 		}
-		vs.sem <- struct{}{}
-		vs.counts[code<<4|methodIndex[req.Method]]++
+		vsem <- struct{}{}
+		vs.counts[w.code<<4|methodIndex[req.Method]]++
 		if i < len(vs.hist) {
 			vs.hist[i]++
 			vs.sumNs += d
 		}
-		<-vs.sem
+		<-vsem
 	}
 }
 
@@ -1052,7 +956,13 @@ func pathLBSD(c *canary) http.HandlerFunc {
 	sem := rl.sem
 	headers, policy := rl.headers, rl.policy
 	primary := c.primary
-	ok200 := c.ok200
+	r := primary
+	br := r.br
+	bsem := br.sem
+	vs := r.vs
+	vsem := vs.sem
+	handler := r.handler
+	okCode := c.okCode
 	slow := c.bs.slow > 0
 	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
@@ -1076,64 +986,49 @@ func pathLBSD(c *canary) http.HandlerFunc {
 			h["Ratelimit-Policy"] = policy
 			h["Ratelimit"] = byQ[q]
 		}
-		r := primary
 		if req.Header[oh] != nil {
-			r = choose(c, rw, req)
+			serveObserved(c, choose(c, rw, req), rw, req, start, sent)
+			return
 		}
-		br := r.br
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			serveObserved(c, r, rw, req, start, sent)
+			return
+		}
 		var gen uint64
-		br.sem <- struct{}{}
+		bsem <- struct{}{}
 		if br.closedUntil >= sent {
 			br.requests++
 			gen = br.generation
-			<-br.sem
+			<-bsem
 		} else {
-			<-br.sem
-			if r, gen = admit(c, r, rw, req, sent); r == nil {
-				return
-			}
-			br = r.br
+			<-bsem
+			serveObserved(c, r, rw, req, start, sent)
+			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
 		defer abandoned(w)
-		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			r.handler.ServeHTTP(rw, req)
-			w.code = 0
-		} else {
-			r.handler.ServeHTTP(w, req)
-		}
+		handler.ServeHTTP(w, req)
 		w.done = true
-		code := w.code
-		end := int64(since(epoch))
-		done := false
-		if code == 200 && ok200 {
-			br.sem <- struct{}{}
-			if br.closedUntil >= sent && gen == br.generation {
-				br.consecFailures = 0
-				done = true
-			}
-			<-br.sem
+		bsem <- struct{}{}
+		if w.code == okCode && gen == br.generation {
+			br.consecFailures = 0
+			<-bsem
+		} else {
+			<-bsem
+			leaveSlow(w, sent, 0)
 		}
-		if !done {
-			if slow {
-				if w.headers != 0 {
-					sent = end - (w.headers - sent)
-				}
-			}
-			leaveSlow(c, br, gen, code, sent, end)
-		}
-		d, vs := end-start, r.vs
+		d := int64(since(epoch)) - start
 		i := 0
-		for i < len(bounds) && d > bounds[i] {
+		for d > bounds[i] {
 			i++
 		}
-		vs.sem <- struct{}{}
-		vs.counts[code<<4|methodIndex[req.Method]]++
+		vsem <- struct{}{}
+		vs.counts[w.code<<4|methodIndex[req.Method]]++
 		if i < len(vs.hist) {
 			vs.hist[i]++
 			vs.sumNs += d
 		}
-		<-vs.sem
+		<-vsem
 	}
 }
 
@@ -1248,7 +1143,7 @@ func pathLPB(c *canary) http.HandlerFunc {
 	headers, policy := rl.headers, rl.policy
 	lookup, cookieName := c.signed.lookup, c.cookieName
 	bucketOf := c.bucketOf
-	ok200 := c.ok200
+	okCode := c.okCode
 	slow := c.bs.slow > 0
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
@@ -1288,49 +1183,33 @@ func pathLPB(c *canary) http.HandlerFunc {
 			r = choose(c, rw, req)
 		}
 		br := r.br
+		bsem := br.sem
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			serveObserved(c, r, rw, req, start, sent)
+			return
+		}
 		var gen uint64
-		br.sem <- struct{}{}
+		bsem <- struct{}{}
 		if br.closedUntil >= sent {
 			br.requests++
 			gen = br.generation
-			<-br.sem
+			<-bsem
 		} else {
-			<-br.sem
-			if r, gen = admit(c, r, rw, req, sent); r == nil {
-				return
-			}
-			br = r.br
+			<-bsem
+			serveObserved(c, r, rw, req, start, sent)
+			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
 		defer abandoned(w)
-		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			r.handler.ServeHTTP(rw, req)
-			w.code = 0
-		} else {
-			r.handler.ServeHTTP(w, req)
-		}
+		r.handler.ServeHTTP(w, req)
 		w.done = true
-		code := w.code
-		end := start
-		if slow {
-			end = int64(since(epoch))
-		}
-		done := false
-		if code == 200 && ok200 {
-			br.sem <- struct{}{}
-			if br.closedUntil >= sent && gen == br.generation {
-				br.consecFailures = 0
-				done = true
-			}
-			<-br.sem
-		}
-		if !done {
-			if slow {
-				if w.headers != 0 {
-					sent = end - (w.headers - sent)
-				}
-			}
-			leaveSlow(c, br, gen, code, sent, end)
+		bsem <- struct{}{}
+		if w.code == okCode && gen == br.generation {
+			br.consecFailures = 0
+			<-bsem
+		} else {
+			<-bsem
+			leaveSlow(w, sent, 0)
 		}
 	}
 }
@@ -1345,7 +1224,7 @@ func pathLPBD(c *canary) http.HandlerFunc {
 	headers, policy := rl.headers, rl.policy
 	lookup, cookieName := c.signed.lookup, c.cookieName
 	bucketOf := c.bucketOf
-	ok200 := c.ok200
+	okCode := c.okCode
 	slow := c.bs.slow > 0
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
@@ -1380,49 +1259,33 @@ func pathLPBD(c *canary) http.HandlerFunc {
 			r = choose(c, rw, req)
 		}
 		br := r.br
+		bsem := br.sem
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			serveObserved(c, r, rw, req, start, sent)
+			return
+		}
 		var gen uint64
-		br.sem <- struct{}{}
+		bsem <- struct{}{}
 		if br.closedUntil >= sent {
 			br.requests++
 			gen = br.generation
-			<-br.sem
+			<-bsem
 		} else {
-			<-br.sem
-			if r, gen = admit(c, r, rw, req, sent); r == nil {
-				return
-			}
-			br = r.br
+			<-bsem
+			serveObserved(c, r, rw, req, start, sent)
+			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
 		defer abandoned(w)
-		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			r.handler.ServeHTTP(rw, req)
-			w.code = 0
-		} else {
-			r.handler.ServeHTTP(w, req)
-		}
+		r.handler.ServeHTTP(w, req)
 		w.done = true
-		code := w.code
-		end := start
-		if slow {
-			end = int64(since(epoch))
-		}
-		done := false
-		if code == 200 && ok200 {
-			br.sem <- struct{}{}
-			if br.closedUntil >= sent && gen == br.generation {
-				br.consecFailures = 0
-				done = true
-			}
-			<-br.sem
-		}
-		if !done {
-			if slow {
-				if w.headers != 0 {
-					sent = end - (w.headers - sent)
-				}
-			}
-			leaveSlow(c, br, gen, code, sent, end)
+		bsem <- struct{}{}
+		if w.code == okCode && gen == br.generation {
+			br.consecFailures = 0
+			<-bsem
+		} else {
+			<-bsem
+			leaveSlow(w, sent, 0)
 		}
 	}
 }
@@ -1440,6 +1303,7 @@ func pathLPS(c *canary) http.HandlerFunc {
 	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
+		sent := start
 		q := int64(0)
 		sem <- struct{}{}
 		if b := peers[req.RemoteAddr]; b != nil {
@@ -1474,24 +1338,22 @@ func pathLPS(c *canary) http.HandlerFunc {
 		if r == nil {
 			r = choose(c, rw, req)
 		}
+		vs := r.vs
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			serveObserved(c, r, rw, req, start, sent)
+			return
+		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
 		defer abandoned(w)
-		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			r.handler.ServeHTTP(rw, req)
-			w.code = 0
-		} else {
-			r.handler.ServeHTTP(w, req)
-		}
+		r.handler.ServeHTTP(w, req)
 		w.done = true
-		code := w.code
-		end := int64(since(epoch))
-		d, vs := end-start, r.vs
+		d := int64(since(epoch)) - start
 		i := 0
-		for i < len(bounds) && d > bounds[i] {
+		for d > bounds[i] {
 			i++
 		}
 		vs.sem <- struct{}{}
-		vs.counts[code<<4|methodIndex[req.Method]]++
+		vs.counts[w.code<<4|methodIndex[req.Method]]++
 		if i < len(vs.hist) {
 			vs.hist[i]++
 			vs.sumNs += d
@@ -1513,6 +1375,7 @@ func pathLPSD(c *canary) http.HandlerFunc {
 	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
+		sent := start
 		q := int64(0)
 		sem <- struct{}{}
 		if b := peers[req.RemoteAddr]; b != nil {
@@ -1542,24 +1405,22 @@ func pathLPSD(c *canary) http.HandlerFunc {
 		if r == nil {
 			r = choose(c, rw, req)
 		}
+		vs := r.vs
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			serveObserved(c, r, rw, req, start, sent)
+			return
+		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
 		defer abandoned(w)
-		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			r.handler.ServeHTTP(rw, req)
-			w.code = 0
-		} else {
-			r.handler.ServeHTTP(w, req)
-		}
+		r.handler.ServeHTTP(w, req)
 		w.done = true
-		code := w.code
-		end := int64(since(epoch))
-		d, vs := end-start, r.vs
+		d := int64(since(epoch)) - start
 		i := 0
-		for i < len(bounds) && d > bounds[i] {
+		for d > bounds[i] {
 			i++
 		}
 		vs.sem <- struct{}{}
-		vs.counts[code<<4|methodIndex[req.Method]]++
+		vs.counts[w.code<<4|methodIndex[req.Method]]++
 		if i < len(vs.hist) {
 			vs.hist[i]++
 			vs.sumNs += d
@@ -1582,6 +1443,7 @@ func pathLPSR(c *canary) http.HandlerFunc {
 	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
+		sent := start
 		q := int64(0)
 		sem <- struct{}{}
 		if b := peers[req.RemoteAddr]; b != nil {
@@ -1619,24 +1481,22 @@ func pathLPSR(c *canary) http.HandlerFunc {
 		if r == nil {
 			r = choose(c, rw, req)
 		}
+		vs := r.vs
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			serveObserved(c, r, rw, req, start, sent)
+			return
+		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
 		defer abandoned(w)
-		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			r.handler.ServeHTTP(rw, req)
-			w.code = 0
-		} else {
-			r.handler.ServeHTTP(w, req)
-		}
+		r.handler.ServeHTTP(w, req)
 		w.done = true
-		code := w.code
-		end := int64(since(epoch))
-		d, vs := end-start, r.vs
+		d := int64(since(epoch)) - start
 		i := 0
-		for i < len(bounds) && d > bounds[i] {
+		for d > bounds[i] {
 			i++
 		}
 		vs.sem <- struct{}{}
-		vs.counts[code<<4|methodIndex[req.Method]]++
+		vs.counts[w.code<<4|methodIndex[req.Method]]++
 		if i < len(vs.hist) {
 			vs.hist[i]++
 			vs.sumNs += d
@@ -1659,6 +1519,7 @@ func pathLPSRD(c *canary) http.HandlerFunc {
 	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
+		sent := start
 		q := int64(0)
 		sem <- struct{}{}
 		if b := peers[req.RemoteAddr]; b != nil {
@@ -1691,24 +1552,22 @@ func pathLPSRD(c *canary) http.HandlerFunc {
 		if r == nil {
 			r = choose(c, rw, req)
 		}
+		vs := r.vs
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			serveObserved(c, r, rw, req, start, sent)
+			return
+		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
 		defer abandoned(w)
-		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			r.handler.ServeHTTP(rw, req)
-			w.code = 0
-		} else {
-			r.handler.ServeHTTP(w, req)
-		}
+		r.handler.ServeHTTP(w, req)
 		w.done = true
-		code := w.code
-		end := int64(since(epoch))
-		d, vs := end-start, r.vs
+		d := int64(since(epoch)) - start
 		i := 0
-		for i < len(bounds) && d > bounds[i] {
+		for d > bounds[i] {
 			i++
 		}
 		vs.sem <- struct{}{}
-		vs.counts[code<<4|methodIndex[req.Method]]++
+		vs.counts[w.code<<4|methodIndex[req.Method]]++
 		if i < len(vs.hist) {
 			vs.hist[i]++
 			vs.sumNs += d
@@ -1727,7 +1586,7 @@ func pathLPBS(c *canary) http.HandlerFunc {
 	headers, policy := rl.headers, rl.policy
 	lookup, cookieName := c.signed.lookup, c.cookieName
 	bucketOf := c.bucketOf
-	ok200 := c.ok200
+	okCode := c.okCode
 	slow := c.bs.slow > 0
 	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
@@ -1768,54 +1627,42 @@ func pathLPBS(c *canary) http.HandlerFunc {
 			r = choose(c, rw, req)
 		}
 		br := r.br
+		bsem := br.sem
+		vs := r.vs
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			serveObserved(c, r, rw, req, start, sent)
+			return
+		}
 		var gen uint64
-		br.sem <- struct{}{}
+		bsem <- struct{}{}
 		if br.closedUntil >= sent {
 			br.requests++
 			gen = br.generation
-			<-br.sem
+			<-bsem
 		} else {
-			<-br.sem
-			if r, gen = admit(c, r, rw, req, sent); r == nil {
-				return
-			}
-			br = r.br
+			<-bsem
+			serveObserved(c, r, rw, req, start, sent)
+			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
 		defer abandoned(w)
-		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			r.handler.ServeHTTP(rw, req)
-			w.code = 0
-		} else {
-			r.handler.ServeHTTP(w, req)
-		}
+		r.handler.ServeHTTP(w, req)
 		w.done = true
-		code := w.code
-		end := int64(since(epoch))
-		done := false
-		if code == 200 && ok200 {
-			br.sem <- struct{}{}
-			if br.closedUntil >= sent && gen == br.generation {
-				br.consecFailures = 0
-				done = true
-			}
-			<-br.sem
+		bsem <- struct{}{}
+		if w.code == okCode && gen == br.generation {
+			br.consecFailures = 0
+			<-bsem
+		} else {
+			<-bsem
+			leaveSlow(w, sent, 0)
 		}
-		if !done {
-			if slow {
-				if w.headers != 0 {
-					sent = end - (w.headers - sent)
-				}
-			}
-			leaveSlow(c, br, gen, code, sent, end)
-		}
-		d, vs := end-start, r.vs
+		d := int64(since(epoch)) - start
 		i := 0
-		for i < len(bounds) && d > bounds[i] {
+		for d > bounds[i] {
 			i++
 		}
 		vs.sem <- struct{}{}
-		vs.counts[code<<4|methodIndex[req.Method]]++
+		vs.counts[w.code<<4|methodIndex[req.Method]]++
 		if i < len(vs.hist) {
 			vs.hist[i]++
 			vs.sumNs += d
@@ -1834,7 +1681,7 @@ func pathLPBSD(c *canary) http.HandlerFunc {
 	headers, policy := rl.headers, rl.policy
 	lookup, cookieName := c.signed.lookup, c.cookieName
 	bucketOf := c.bucketOf
-	ok200 := c.ok200
+	okCode := c.okCode
 	slow := c.bs.slow > 0
 	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
@@ -1870,54 +1717,42 @@ func pathLPBSD(c *canary) http.HandlerFunc {
 			r = choose(c, rw, req)
 		}
 		br := r.br
+		bsem := br.sem
+		vs := r.vs
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			serveObserved(c, r, rw, req, start, sent)
+			return
+		}
 		var gen uint64
-		br.sem <- struct{}{}
+		bsem <- struct{}{}
 		if br.closedUntil >= sent {
 			br.requests++
 			gen = br.generation
-			<-br.sem
+			<-bsem
 		} else {
-			<-br.sem
-			if r, gen = admit(c, r, rw, req, sent); r == nil {
-				return
-			}
-			br = r.br
+			<-bsem
+			serveObserved(c, r, rw, req, start, sent)
+			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
 		defer abandoned(w)
-		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			r.handler.ServeHTTP(rw, req)
-			w.code = 0
-		} else {
-			r.handler.ServeHTTP(w, req)
-		}
+		r.handler.ServeHTTP(w, req)
 		w.done = true
-		code := w.code
-		end := int64(since(epoch))
-		done := false
-		if code == 200 && ok200 {
-			br.sem <- struct{}{}
-			if br.closedUntil >= sent && gen == br.generation {
-				br.consecFailures = 0
-				done = true
-			}
-			<-br.sem
+		bsem <- struct{}{}
+		if w.code == okCode && gen == br.generation {
+			br.consecFailures = 0
+			<-bsem
+		} else {
+			<-bsem
+			leaveSlow(w, sent, 0)
 		}
-		if !done {
-			if slow {
-				if w.headers != 0 {
-					sent = end - (w.headers - sent)
-				}
-			}
-			leaveSlow(c, br, gen, code, sent, end)
-		}
-		d, vs := end-start, r.vs
+		d := int64(since(epoch)) - start
 		i := 0
-		for i < len(bounds) && d > bounds[i] {
+		for d > bounds[i] {
 			i++
 		}
 		vs.sem <- struct{}{}
-		vs.counts[code<<4|methodIndex[req.Method]]++
+		vs.counts[w.code<<4|methodIndex[req.Method]]++
 		if i < len(vs.hist) {
 			vs.hist[i]++
 			vs.sumNs += d
@@ -1937,7 +1772,7 @@ func pathLPBSR(c *canary) http.HandlerFunc {
 	lookup, cookieName := c.signed.lookup, c.cookieName
 	bucketOf := c.bucketOf
 	ramp, cut := c.ramp, c.cut
-	ok200 := c.ok200
+	okCode := c.okCode
 	slow := c.bs.slow > 0
 	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
@@ -1981,54 +1816,42 @@ func pathLPBSR(c *canary) http.HandlerFunc {
 			r = choose(c, rw, req)
 		}
 		br := r.br
+		bsem := br.sem
+		vs := r.vs
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			serveObserved(c, r, rw, req, start, sent)
+			return
+		}
 		var gen uint64
-		br.sem <- struct{}{}
+		bsem <- struct{}{}
 		if br.closedUntil >= sent {
 			br.requests++
 			gen = br.generation
-			<-br.sem
+			<-bsem
 		} else {
-			<-br.sem
-			if r, gen = admit(c, r, rw, req, sent); r == nil {
-				return
-			}
-			br = r.br
+			<-bsem
+			serveObserved(c, r, rw, req, start, sent)
+			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
 		defer abandoned(w)
-		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			r.handler.ServeHTTP(rw, req)
-			w.code = 0
-		} else {
-			r.handler.ServeHTTP(w, req)
-		}
+		r.handler.ServeHTTP(w, req)
 		w.done = true
-		code := w.code
-		end := int64(since(epoch))
-		done := false
-		if code == 200 && ok200 {
-			br.sem <- struct{}{}
-			if br.closedUntil >= sent && gen == br.generation {
-				br.consecFailures = 0
-				done = true
-			}
-			<-br.sem
+		bsem <- struct{}{}
+		if w.code == okCode && gen == br.generation {
+			br.consecFailures = 0
+			<-bsem
+		} else {
+			<-bsem
+			leaveSlow(w, sent, 0)
 		}
-		if !done {
-			if slow {
-				if w.headers != 0 {
-					sent = end - (w.headers - sent)
-				}
-			}
-			leaveSlow(c, br, gen, code, sent, end)
-		}
-		d, vs := end-start, r.vs
+		d := int64(since(epoch)) - start
 		i := 0
-		for i < len(bounds) && d > bounds[i] {
+		for d > bounds[i] {
 			i++
 		}
 		vs.sem <- struct{}{}
-		vs.counts[code<<4|methodIndex[req.Method]]++
+		vs.counts[w.code<<4|methodIndex[req.Method]]++
 		if i < len(vs.hist) {
 			vs.hist[i]++
 			vs.sumNs += d
@@ -2048,7 +1871,7 @@ func pathLPBSRD(c *canary) http.HandlerFunc {
 	lookup, cookieName := c.signed.lookup, c.cookieName
 	bucketOf := c.bucketOf
 	ramp, cut := c.ramp, c.cut
-	ok200 := c.ok200
+	okCode := c.okCode
 	slow := c.bs.slow > 0
 	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
@@ -2087,54 +1910,42 @@ func pathLPBSRD(c *canary) http.HandlerFunc {
 			r = choose(c, rw, req)
 		}
 		br := r.br
+		bsem := br.sem
+		vs := r.vs
+		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
+			serveObserved(c, r, rw, req, start, sent)
+			return
+		}
 		var gen uint64
-		br.sem <- struct{}{}
+		bsem <- struct{}{}
 		if br.closedUntil >= sent {
 			br.requests++
 			gen = br.generation
-			<-br.sem
+			<-bsem
 		} else {
-			<-br.sem
-			if r, gen = admit(c, r, rw, req, sent); r == nil {
-				return
-			}
-			br = r.br
+			<-bsem
+			serveObserved(c, r, rw, req, start, sent)
+			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
 		defer abandoned(w)
-		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			r.handler.ServeHTTP(rw, req)
-			w.code = 0
-		} else {
-			r.handler.ServeHTTP(w, req)
-		}
+		r.handler.ServeHTTP(w, req)
 		w.done = true
-		code := w.code
-		end := int64(since(epoch))
-		done := false
-		if code == 200 && ok200 {
-			br.sem <- struct{}{}
-			if br.closedUntil >= sent && gen == br.generation {
-				br.consecFailures = 0
-				done = true
-			}
-			<-br.sem
+		bsem <- struct{}{}
+		if w.code == okCode && gen == br.generation {
+			br.consecFailures = 0
+			<-bsem
+		} else {
+			<-bsem
+			leaveSlow(w, sent, 0)
 		}
-		if !done {
-			if slow {
-				if w.headers != 0 {
-					sent = end - (w.headers - sent)
-				}
-			}
-			leaveSlow(c, br, gen, code, sent, end)
-		}
-		d, vs := end-start, r.vs
+		d := int64(since(epoch)) - start
 		i := 0
-		for i < len(bounds) && d > bounds[i] {
+		for d > bounds[i] {
 			i++
 		}
 		vs.sem <- struct{}{}
-		vs.counts[code<<4|methodIndex[req.Method]]++
+		vs.counts[w.code<<4|methodIndex[req.Method]]++
 		if i < len(vs.hist) {
 			vs.hist[i]++
 			vs.sumNs += d

@@ -52,7 +52,7 @@ type canary struct {
 	st      *mwStats         // nil when reporting is off
 	observe bool             // breaker or reporting on: time and status are observed
 	fast    bool             // more than one version and no sticky header or override cookie: a valid cookie decides
-	ok200   bool             // breaker on, and a 200 is a success whatever its duration
+	okCode  int              // 200 when the breaker is on and a 200 is a success whatever its duration, else -1 (no status): see leave
 
 	serve http.HandlerFunc // the request path for this configuration (see serveFunc)
 
@@ -142,7 +142,10 @@ func newCanary(ctx context.Context, next http.Handler, cfg *Config, name string)
 	shareCookieTable(ctx, c.cookieName, name, c.signed)
 	c.observe = c.bs != nil || c.st != nil
 	c.fast = !c.single && !c.slowPath
-	c.ok200 = c.bs != nil && c.bs.slow == 0 && !c.bs.failCodes[http.StatusOK]
+	c.okCode = -1
+	if c.bs != nil && c.bs.slow == 0 && !c.bs.failCodes[http.StatusOK] {
+		c.okCode = http.StatusOK
+	}
 	c.serve = serveFunc(c)
 	return c, nil
 }

@@ -14,12 +14,6 @@ func serveReference(c *canary) http.HandlerFunc {
 	rl := c.rl
 	pickEach := !c.single || c.slowPath // the route is picked per request, not always the primary
 	if c.observe {
-		st := c.st != nil
-		bounds := c.boundsNs
-		slow := c.bs != nil && c.bs.slow > 0
-		// The end of a request is read for reporting. A breaker alone needs
-		// it only for an outcome that is not a plain success (see leave).
-		timed := st || slow
 		return func(rw http.ResponseWriter, req *http.Request) {
 			start := int64(time.Since(epoch))
 			sent := start
@@ -32,38 +26,7 @@ func serveReference(c *canary) http.HandlerFunc {
 			if pickEach || req.Header[oh] != nil {
 				r = pick(c, rw, req)
 			}
-			var gen uint64
-			if r.br != nil {
-				if gen = enter(r.br, sent, noop); gen == 0 {
-					if r, gen = admit(c, r, rw, req, sent); r == nil {
-						return
-					}
-				}
-			}
-			w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
-			defer abandoned(w)
-			if passThrough(req) {
-				r.handler.ServeHTTP(rw, req)
-				w.code = 0
-			} else {
-				r.handler.ServeHTTP(w, req)
-			}
-			w.done = true
-			end := start
-			if timed {
-				end = int64(time.Since(epoch))
-			}
-			if r.br != nil {
-				leave(r.br, gen, w.code, c.ok200, sent, func() {
-					if slow {
-						sent = headersStart(w, sent, end)
-					}
-					leaveSlow(c, r.br, gen, w.code, sent, end)
-				})
-			}
-			if st {
-				record(r.vs, bounds, w.code, req.Method, end-start)
-			}
+			serveObserved(c, r, rw, req, start, sent)
 		}
 	}
 	if rl != nil {
@@ -114,5 +77,42 @@ func serveReference(c *canary) http.HandlerFunc {
 	}
 	return func(rw http.ResponseWriter, req *http.Request) {
 		choose(c, rw, req).handler.ServeHTTP(rw, req)
+	}
+}
+
+// serveObserved serves req with r's version, observed: the breaker's steps,
+// the status wrapper, the outcome and the figures. The request arrived at
+// start and left the limiter at sent. It is the reference path's, and the
+// generated paths call it for what they do not inline: a breaker that is
+// not simply closed, a request passed through unobserved (see passThrough),
+// and on the paths without the cookie pick, an override header.
+func serveObserved(c *canary, r *route, rw http.ResponseWriter, req *http.Request, start, sent int64) {
+	var gen uint64
+	entered := false // enter let it through: leave may take its success
+	if r.br != nil {
+		if gen = enter(r.br, r.br.sem, sent, noop); gen != 0 {
+			entered = true
+		} else if r, gen = admit(c, r, rw, req, sent); r == nil {
+			return
+		}
+	}
+	w := &statusWriter{ResponseWriter: rw, code: 200, timed: c.bs != nil && c.bs.slow > 0, c: c, r: r, req: req, gen: gen, start: start}
+	defer abandoned(w)
+	if passThrough(req) {
+		r.handler.ServeHTTP(rw, req)
+		w.code = 0
+	} else {
+		r.handler.ServeHTTP(w, req)
+	}
+	w.done = true
+	if r.br != nil {
+		if entered {
+			leave(r.br, r.br.sem, gen, w.code, c.okCode, func() { leaveSlow(w, sent, 0) })
+		} else {
+			leaveSlow(w, sent, 0)
+		}
+	}
+	if c.st != nil {
+		record(r.vs, r.vs.sem, c.boundsNs, w.code, req.Method, int64(time.Since(epoch))-start)
 	}
 }

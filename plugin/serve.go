@@ -11,8 +11,9 @@ import "net/http"
 //	one version, nothing on                 reference (next)      none                              TestOverrideHeaderNeverGoesUpstream
 //	versions with the cookie                pathP                 cookieLookup                      TestGeneratedPathsMatchReference
 //	limiter, one version / with the cookie  pathL / pathLP        gcraStep (+ cookieLookup)         TestGeneratedPathsMatchReference, TestLimitedPathsMatchReserve
-//	breaker and/or reporting, one version   pathB, pathS, pathBS  enter, leave, headersStart,       TestGeneratedPathsMatchReference
-//	  with the cookie, with the limiter     pathP*, pathL*        passThrough, record (+ the above)   (random sequences, every path)
+//	breaker and/or reporting, one version   pathB, pathS, pathBS  enter, leave, passThrough,        TestGeneratedPathsMatchReference
+//	  with the cookie, with the limiter     pathP*, pathL*        record (+ the above); the rest    (random sequences, every path)
+//	                                                              calls serveObserved
 //	a rollout (stats on), with the cookie   pathPSR, pathPBSR,    the above, and owner's cut test   TestGeneratedPathsMatchReference
 //	                                        pathLPSR, pathLPBSR
 //	the limit shared through Redis          each L path + D       leaseStep instead of gcraStep     TestGeneratedPathsMatchReference (a real redis-server),

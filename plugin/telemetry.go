@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"math"
 	"net/http"
 	"net/url"
 	"os"
@@ -79,7 +80,7 @@ type mwStats struct {
 	mu        sync.Mutex
 	versions  map[string]*verStats
 	fallbacks map[string]uint64 // "from\x00to"
-	boundsNs  []int64
+	boundsNs  []int64           // bounds in nanoseconds, then math.MaxInt64 (see record)
 	bounds    []float64
 
 	// Set by the latest New: what the report says about the current config.
@@ -136,10 +137,11 @@ func getStats(name string, bounds []float64) *mwStats {
 	if !sameBounds(st.bounds, bounds) {
 		// A new histogram layout: the old counts cannot be re-bucketed.
 		st.bounds = append([]float64(nil), bounds...)
-		st.boundsNs = make([]int64, len(bounds))
+		st.boundsNs = make([]int64, len(bounds)+1)
 		for i, b := range bounds {
 			st.boundsNs[i] = int64(b * float64(time.Second))
 		}
+		st.boundsNs[len(bounds)] = math.MaxInt64
 		for _, vs := range st.versions {
 			vs.sem <- struct{}{}
 			vs.hist = make([]uint64, len(bounds)+1)
@@ -176,20 +178,23 @@ func (st *mwStats) version(name string) *verStats {
 }
 
 // record counts one request that took d, with the histogram bounds of its
-// handler (bounds may be older than vs.hist after a reload changed them).
-// Codes outside 0..999 are reported as 0 (see report).
-func record(vs *verStats, bounds []int64, code int, method string, d int64) {
+// handler, which end with math.MaxInt64: the search stops at that +Inf
+// bucket without a length test (bounds may be older than vs.hist after a
+// reload changed them). sem is vs.sem, which a request path that always
+// serves one version captures. Codes outside 0..999 are reported as 0 (see
+// report).
+func record(vs *verStats, sem chan struct{}, bounds []int64, code int, method string, d int64) {
 	i := 0
-	for i < len(bounds) && d > bounds[i] {
+	for d > bounds[i] {
 		i++
 	}
-	vs.sem <- struct{}{}
+	sem <- struct{}{}
 	vs.counts[code<<4|methodIndex[method]]++
 	if i < len(vs.hist) {
 		vs.hist[i]++
 		vs.sumNs += d
 	}
-	<-vs.sem
+	<-sem
 }
 
 // recordRefused counts a request the breaker refused: it has no duration.

@@ -69,10 +69,10 @@ func TestRecordCountsByVersionCodeAndMethod(t *testing.T) {
 func TestOutOfRangeCodesReportAsZero(t *testing.T) {
 	c := reportingCanary(t, "telemetry-codes@file")
 	vs := c.primary.vs
-	record(vs, c.boundsNs, 1000, "GET", 1)
-	record(vs, c.boundsNs, -7, "GET", 1)
+	record(vs, vs.sem, c.boundsNs, 1000, "GET", 1)
+	record(vs, vs.sem, c.boundsNs, -7, "GET", 1)
 	recordRefused(vs, 0, "GET")
-	record(vs, c.boundsNs, 99999, "POST", 1)
+	record(vs, vs.sem, c.boundsNs, 99999, "POST", 1)
 	got := map[string]uint64{}
 	for _, r := range snapshot(c.st).Versions[0].Requests {
 		got[fmt.Sprintf("%d %s", r.Code, r.Method)] = r.Count

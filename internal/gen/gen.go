@@ -1,7 +1,7 @@
 // Package gen renders the plugin's generated request paths
 // (plugin/paths_gen.go) from one template (template/paths.go) and the step
 // functions the plugin defines once (gcraStep, cookieLookup, enter, leave,
-// headersStart, passThrough, record), and the benchmark's reference plugin's
+// passThrough, record), and the benchmark's reference plugin's
 // status wrapper (e2e/cmd/bench/floor/status_gen.go) from the plugin's. It
 // is not part of the plugin: Traefik never loads it.
 //
@@ -15,7 +15,7 @@
 // parameter as a composite literal's key, nor name a package-level
 // identifier the template declares as a local; an argument must not call
 // anything (it would run at every use); a result must not be assigned to a
-// variable an argument reads (but see checkAlias); a func parameter must not
+// variable an argument reads (see checkAlias); a func parameter must not
 // be called inside a func literal of the step, and one whose literal returns
 // only at the step's end. Generate fails rather than render code that means
 // something else.
@@ -365,9 +365,6 @@ func (r *renderer) stmt(s ast.Stmt) []ast.Stmt {
 			if name, args, ok := r.inlineCall(s.Rhs[0]); ok {
 				return r.stmts(r.inline(name, args, s.Lhs, s.Tok))
 			}
-		}
-		if len(s.Lhs) == 1 && len(s.Rhs) == 1 && s.Tok == token.ASSIGN && r.text(s.Lhs[0]) == r.text(s.Rhs[0]) {
-			return nil // x = x, left by a result renamed to its own argument
 		}
 	}
 	return []ast.Stmt{s}
@@ -794,10 +791,7 @@ func (r *renderer) checkStep(name string, fd *ast.FuncDecl, body *ast.BlockStmt,
 
 // checkAlias refuses a result assigned to a variable an argument reads:
 // inlined, every write to the result changes that argument's parameter,
-// which called is a copy. One case is safe and allowed: the argument is the
-// variable itself, the step's first statement copies that parameter to the
-// result, and the parameter appears nowhere else (headersStart's start =
-// sent, which the generator then drops as x = x).
+// which called is a copy.
 func (r *renderer) checkAlias(step string, fd *ast.FuncDecl, body *ast.BlockStmt, args []ast.Expr, result string, target ast.Expr) {
 	roots := map[string]bool{}
 	for _, v := range variables(target) {
@@ -818,35 +812,11 @@ func (r *renderer) checkAlias(step string, fd *ast.FuncDecl, body *ast.BlockStmt
 		for _, v := range variables(args[i]) {
 			shared = shared || roots[v]
 		}
-		if !shared || r.text(args[i]) == r.text(target) && copiesFirst(body, result, p.Name) {
+		if !shared {
 			continue
 		}
 		r.fail(fmt.Sprintf("INLINE.%s: its result %s is assigned to %s, which the argument for %s reads: inlined, writing %s would change %s", step, result, r.text(target), p.Name, result, p.Name))
 	}
-}
-
-// copiesFirst reports whether body starts with result = param and names
-// param nowhere else.
-func copiesFirst(body *ast.BlockStmt, result, param string) bool {
-	if len(body.List) == 0 {
-		return false
-	}
-	as, ok := body.List[0].(*ast.AssignStmt)
-	if !ok || as.Tok != token.ASSIGN || len(as.Lhs) != 1 || len(as.Rhs) != 1 {
-		return false
-	}
-	l, lok := as.Lhs[0].(*ast.Ident)
-	rv, rok := as.Rhs[0].(*ast.Ident)
-	if !lok || !rok || l.Name != result || rv.Name != param {
-		return false
-	}
-	n := 0
-	for _, v := range variables(body) {
-		if v == param {
-			n++
-		}
-	}
-	return n == 1
 }
 
 // checkHoles refuses a call of a func parameter whose literal would not

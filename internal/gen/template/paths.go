@@ -59,10 +59,22 @@ func pathTemplate(c *canary) http.HandlerFunc {
 		primary := c.primary
 		if !HAS.observe {
 			next := primary.handler
+		} else {
+			// One version: what the closure reads of it is captured.
+			r := primary
+			if HAS.breaker {
+				br := r.br
+				bsem := br.sem
+			}
+			if HAS.stats {
+				vs := r.vs
+				vsem := vs.sem
+			}
+			handler := r.handler
 		}
 	}
 	if HAS.breaker {
-		ok200 := c.ok200
+		okCode := c.okCode
 		slow := c.bs.slow > 0
 	}
 	if HAS.stats {
@@ -72,7 +84,7 @@ func pathTemplate(c *canary) http.HandlerFunc {
 		if HAS.limit || HAS.observe {
 			start := int64(since(epoch))
 		}
-		if HAS.breaker {
+		if HAS.observe {
 			sent := start // when the request leaves the plugin, after any limiter delay
 		}
 		if HAS.limit && !HAS.observe && !HAS.pick {
@@ -170,52 +182,54 @@ func pathTemplate(c *canary) http.HandlerFunc {
 				if r == nil {
 					r = choose(c, rw, req)
 				}
+				if HAS.breaker {
+					br := r.br
+					bsem := br.sem
+				}
+				if HAS.stats {
+					vs := r.vs
+				}
 			} else {
-				r := primary
 				if req.Header[oh] != nil {
-					r = choose(c, rw, req)
+					serveObserved(c, choose(c, rw, req), rw, req, start, sent)
+					return
 				}
 			}
+			// Every branch this closure does not inline is a call: under
+			// Yaegi the closure allocates every variable and temporary it
+			// has on every request, whether its branch runs or not.
+			if INLINE.passThrough(req) {
+				serveObserved(c, r, rw, req, start, sent)
+				return
+			}
 			if HAS.breaker {
-				br := r.br
-				gen := INLINE.enter(br, sent, func() {
-					if r, gen = admit(c, r, rw, req, sent); r == nil {
-						return
-					}
-					br = r.br
+				gen := INLINE.enter(br, bsem, sent, func() {
+					serveObserved(c, r, rw, req, start, sent)
+					return
 				})
 				w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
 			} else {
 				w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
 			}
 			defer abandoned(w)
-			if INLINE.passThrough(req) {
-				r.handler.ServeHTTP(rw, req)
-				w.code = 0
-			} else {
+			if HAS.pick {
 				r.handler.ServeHTTP(w, req)
+			} else {
+				handler.ServeHTTP(w, req)
 			}
 			w.done = true
-			code := w.code
-			if HAS.stats {
-				end := int64(since(epoch))
-			} else {
-				end := start // leaveSlow reads the clock when it needs it
-				if slow {
-					end = int64(since(epoch))
-				}
-			}
 			if HAS.breaker {
-				INLINE.leave(br, gen, code, ok200, sent, func() {
-					if slow {
-						sent = INLINE.headersStart(w, sent, end)
-					}
-					leaveSlow(c, br, gen, code, sent, end)
+				INLINE.leave(br, bsem, gen, w.code, okCode, func() {
+					leaveSlow(w, sent, 0)
 				})
 			}
 			if HAS.stats {
-				d, vs := end-start, r.vs
-				INLINE.record(vs, bounds, code, req.Method, d)
+				d := int64(since(epoch)) - start
+				if HAS.pick {
+					INLINE.record(vs, vs.sem, bounds, w.code, req.Method, d)
+				} else {
+					INLINE.record(vs, vsem, bounds, w.code, req.Method, d)
+				}
 			}
 		}
 	}

@@ -91,7 +91,7 @@ func recordAbandoned(w *statusWriter) {
 		after(w.r.br, w.gen, outcomeOf(w.c.bs, w.code, 0), end)
 	}
 	if w.r.vs != nil {
-		record(w.r.vs, w.r.vs.sem, w.c.boundsNs, w.code, w.req.Method, end-w.start)
+		record(w.r.vs, w.r.vs.sem, w.code, w.req.Method, end-w.start)
 	}
 }
 

@@ -101,7 +101,6 @@ func pathS(c *canary) http.HandlerFunc {
 	vs := r.vs
 	vsem := vs.sem
 	handler := r.handler
-	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -118,16 +117,14 @@ func pathS(c *canary) http.HandlerFunc {
 		handler.ServeHTTP(w, req)
 		w.done = true
 		d := int64(since(epoch)) - start
+		vsem <- struct{}{}
 		i := 0
-		for d > bounds[i] {
+		for d > vs.bounds[i] {
 			i++
 		}
-		vsem <- struct{}{}
+		vs.hist[i]++
+		vs.sumNs += d
 		vs.counts[w.code<<4|methodIndex[req.Method]]++
-		if i < len(vs.hist) {
-			vs.hist[i]++
-			vs.sumNs += d
-		}
 		<-vsem
 	}
 }
@@ -145,7 +142,6 @@ func pathBS(c *canary) http.HandlerFunc {
 	handler := r.handler
 	okCode := c.okCode
 	slow := c.bs.slow > 0
-	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -181,16 +177,14 @@ func pathBS(c *canary) http.HandlerFunc {
 			leaveSlow(w, sent, 0)
 		}
 		d := int64(since(epoch)) - start
+		vsem <- struct{}{}
 		i := 0
-		for d > bounds[i] {
+		for d > vs.bounds[i] {
 			i++
 		}
-		vsem <- struct{}{}
+		vs.hist[i]++
+		vs.sumNs += d
 		vs.counts[w.code<<4|methodIndex[req.Method]]++
-		if i < len(vs.hist) {
-			vs.hist[i]++
-			vs.sumNs += d
-		}
 		<-vsem
 	}
 }
@@ -276,7 +270,6 @@ func pathPS(c *canary) http.HandlerFunc {
 	since := time.Since
 	lookup, cookieName := c.signed.lookup, c.cookieName
 	bucketOf := c.bucketOf
-	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -301,16 +294,14 @@ func pathPS(c *canary) http.HandlerFunc {
 		r.handler.ServeHTTP(w, req)
 		w.done = true
 		d := int64(since(epoch)) - start
+		vs.sem <- struct{}{}
 		i := 0
-		for d > bounds[i] {
+		for d > vs.bounds[i] {
 			i++
 		}
-		vs.sem <- struct{}{}
+		vs.hist[i]++
+		vs.sumNs += d
 		vs.counts[w.code<<4|methodIndex[req.Method]]++
-		if i < len(vs.hist) {
-			vs.hist[i]++
-			vs.sumNs += d
-		}
 		<-vs.sem
 	}
 }
@@ -322,7 +313,6 @@ func pathPSR(c *canary) http.HandlerFunc {
 	lookup, cookieName := c.signed.lookup, c.cookieName
 	bucketOf := c.bucketOf
 	ramp, cut := c.ramp, c.cut
-	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -350,16 +340,14 @@ func pathPSR(c *canary) http.HandlerFunc {
 		r.handler.ServeHTTP(w, req)
 		w.done = true
 		d := int64(since(epoch)) - start
+		vs.sem <- struct{}{}
 		i := 0
-		for d > bounds[i] {
+		for d > vs.bounds[i] {
 			i++
 		}
-		vs.sem <- struct{}{}
+		vs.hist[i]++
+		vs.sumNs += d
 		vs.counts[w.code<<4|methodIndex[req.Method]]++
-		if i < len(vs.hist) {
-			vs.hist[i]++
-			vs.sumNs += d
-		}
 		<-vs.sem
 	}
 }
@@ -372,7 +360,6 @@ func pathPBS(c *canary) http.HandlerFunc {
 	bucketOf := c.bucketOf
 	okCode := c.okCode
 	slow := c.bs.slow > 0
-	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -418,16 +405,14 @@ func pathPBS(c *canary) http.HandlerFunc {
 			leaveSlow(w, sent, 0)
 		}
 		d := int64(since(epoch)) - start
+		vs.sem <- struct{}{}
 		i := 0
-		for d > bounds[i] {
+		for d > vs.bounds[i] {
 			i++
 		}
-		vs.sem <- struct{}{}
+		vs.hist[i]++
+		vs.sumNs += d
 		vs.counts[w.code<<4|methodIndex[req.Method]]++
-		if i < len(vs.hist) {
-			vs.hist[i]++
-			vs.sumNs += d
-		}
 		<-vs.sem
 	}
 }
@@ -441,7 +426,6 @@ func pathPBSR(c *canary) http.HandlerFunc {
 	ramp, cut := c.ramp, c.cut
 	okCode := c.okCode
 	slow := c.bs.slow > 0
-	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -490,16 +474,14 @@ func pathPBSR(c *canary) http.HandlerFunc {
 			leaveSlow(w, sent, 0)
 		}
 		d := int64(since(epoch)) - start
+		vs.sem <- struct{}{}
 		i := 0
-		for d > bounds[i] {
+		for d > vs.bounds[i] {
 			i++
 		}
-		vs.sem <- struct{}{}
+		vs.hist[i]++
+		vs.sumNs += d
 		vs.counts[w.code<<4|methodIndex[req.Method]]++
-		if i < len(vs.hist) {
-			vs.hist[i]++
-			vs.sumNs += d
-		}
 		<-vs.sem
 	}
 }
@@ -741,7 +723,6 @@ func pathLS(c *canary) http.HandlerFunc {
 	vs := r.vs
 	vsem := vs.sem
 	handler := r.handler
-	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -781,16 +762,14 @@ func pathLS(c *canary) http.HandlerFunc {
 		handler.ServeHTTP(w, req)
 		w.done = true
 		d := int64(since(epoch)) - start
+		vsem <- struct{}{}
 		i := 0
-		for d > bounds[i] {
+		for d > vs.bounds[i] {
 			i++
 		}
-		vsem <- struct{}{}
+		vs.hist[i]++
+		vs.sumNs += d
 		vs.counts[w.code<<4|methodIndex[req.Method]]++
-		if i < len(vs.hist) {
-			vs.hist[i]++
-			vs.sumNs += d
-		}
 		<-vsem
 	}
 }
@@ -808,7 +787,6 @@ func pathLSD(c *canary) http.HandlerFunc {
 	vs := r.vs
 	vsem := vs.sem
 	handler := r.handler
-	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -843,16 +821,14 @@ func pathLSD(c *canary) http.HandlerFunc {
 		handler.ServeHTTP(w, req)
 		w.done = true
 		d := int64(since(epoch)) - start
+		vsem <- struct{}{}
 		i := 0
-		for d > bounds[i] {
+		for d > vs.bounds[i] {
 			i++
 		}
-		vsem <- struct{}{}
+		vs.hist[i]++
+		vs.sumNs += d
 		vs.counts[w.code<<4|methodIndex[req.Method]]++
-		if i < len(vs.hist) {
-			vs.hist[i]++
-			vs.sumNs += d
-		}
 		<-vsem
 	}
 }
@@ -874,7 +850,6 @@ func pathLBS(c *canary) http.HandlerFunc {
 	handler := r.handler
 	okCode := c.okCode
 	slow := c.bs.slow > 0
-	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -933,16 +908,14 @@ func pathLBS(c *canary) http.HandlerFunc {
 			leaveSlow(w, sent, 0)
 		}
 		d := int64(since(epoch)) - start
+		vsem <- struct{}{}
 		i := 0
-		for d > bounds[i] {
+		for d > vs.bounds[i] {
 			i++
 		}
-		vsem <- struct{}{}
+		vs.hist[i]++
+		vs.sumNs += d
 		vs.counts[w.code<<4|methodIndex[req.Method]]++
-		if i < len(vs.hist) {
-			vs.hist[i]++
-			vs.sumNs += d
-		}
 		<-vsem
 	}
 }
@@ -964,7 +937,6 @@ func pathLBSD(c *canary) http.HandlerFunc {
 	handler := r.handler
 	okCode := c.okCode
 	slow := c.bs.slow > 0
-	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -1018,16 +990,14 @@ func pathLBSD(c *canary) http.HandlerFunc {
 			leaveSlow(w, sent, 0)
 		}
 		d := int64(since(epoch)) - start
+		vsem <- struct{}{}
 		i := 0
-		for d > bounds[i] {
+		for d > vs.bounds[i] {
 			i++
 		}
-		vsem <- struct{}{}
+		vs.hist[i]++
+		vs.sumNs += d
 		vs.counts[w.code<<4|methodIndex[req.Method]]++
-		if i < len(vs.hist) {
-			vs.hist[i]++
-			vs.sumNs += d
-		}
 		<-vsem
 	}
 }
@@ -1300,7 +1270,6 @@ func pathLPS(c *canary) http.HandlerFunc {
 	headers, policy := rl.headers, rl.policy
 	lookup, cookieName := c.signed.lookup, c.cookieName
 	bucketOf := c.bucketOf
-	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -1348,16 +1317,14 @@ func pathLPS(c *canary) http.HandlerFunc {
 		r.handler.ServeHTTP(w, req)
 		w.done = true
 		d := int64(since(epoch)) - start
+		vs.sem <- struct{}{}
 		i := 0
-		for d > bounds[i] {
+		for d > vs.bounds[i] {
 			i++
 		}
-		vs.sem <- struct{}{}
+		vs.hist[i]++
+		vs.sumNs += d
 		vs.counts[w.code<<4|methodIndex[req.Method]]++
-		if i < len(vs.hist) {
-			vs.hist[i]++
-			vs.sumNs += d
-		}
 		<-vs.sem
 	}
 }
@@ -1372,7 +1339,6 @@ func pathLPSD(c *canary) http.HandlerFunc {
 	headers, policy := rl.headers, rl.policy
 	lookup, cookieName := c.signed.lookup, c.cookieName
 	bucketOf := c.bucketOf
-	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -1415,16 +1381,14 @@ func pathLPSD(c *canary) http.HandlerFunc {
 		r.handler.ServeHTTP(w, req)
 		w.done = true
 		d := int64(since(epoch)) - start
+		vs.sem <- struct{}{}
 		i := 0
-		for d > bounds[i] {
+		for d > vs.bounds[i] {
 			i++
 		}
-		vs.sem <- struct{}{}
+		vs.hist[i]++
+		vs.sumNs += d
 		vs.counts[w.code<<4|methodIndex[req.Method]]++
-		if i < len(vs.hist) {
-			vs.hist[i]++
-			vs.sumNs += d
-		}
 		<-vs.sem
 	}
 }
@@ -1440,7 +1404,6 @@ func pathLPSR(c *canary) http.HandlerFunc {
 	lookup, cookieName := c.signed.lookup, c.cookieName
 	bucketOf := c.bucketOf
 	ramp, cut := c.ramp, c.cut
-	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -1491,16 +1454,14 @@ func pathLPSR(c *canary) http.HandlerFunc {
 		r.handler.ServeHTTP(w, req)
 		w.done = true
 		d := int64(since(epoch)) - start
+		vs.sem <- struct{}{}
 		i := 0
-		for d > bounds[i] {
+		for d > vs.bounds[i] {
 			i++
 		}
-		vs.sem <- struct{}{}
+		vs.hist[i]++
+		vs.sumNs += d
 		vs.counts[w.code<<4|methodIndex[req.Method]]++
-		if i < len(vs.hist) {
-			vs.hist[i]++
-			vs.sumNs += d
-		}
 		<-vs.sem
 	}
 }
@@ -1516,7 +1477,6 @@ func pathLPSRD(c *canary) http.HandlerFunc {
 	lookup, cookieName := c.signed.lookup, c.cookieName
 	bucketOf := c.bucketOf
 	ramp, cut := c.ramp, c.cut
-	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -1562,16 +1522,14 @@ func pathLPSRD(c *canary) http.HandlerFunc {
 		r.handler.ServeHTTP(w, req)
 		w.done = true
 		d := int64(since(epoch)) - start
+		vs.sem <- struct{}{}
 		i := 0
-		for d > bounds[i] {
+		for d > vs.bounds[i] {
 			i++
 		}
-		vs.sem <- struct{}{}
+		vs.hist[i]++
+		vs.sumNs += d
 		vs.counts[w.code<<4|methodIndex[req.Method]]++
-		if i < len(vs.hist) {
-			vs.hist[i]++
-			vs.sumNs += d
-		}
 		<-vs.sem
 	}
 }
@@ -1588,7 +1546,6 @@ func pathLPBS(c *canary) http.HandlerFunc {
 	bucketOf := c.bucketOf
 	okCode := c.okCode
 	slow := c.bs.slow > 0
-	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -1657,16 +1614,14 @@ func pathLPBS(c *canary) http.HandlerFunc {
 			leaveSlow(w, sent, 0)
 		}
 		d := int64(since(epoch)) - start
+		vs.sem <- struct{}{}
 		i := 0
-		for d > bounds[i] {
+		for d > vs.bounds[i] {
 			i++
 		}
-		vs.sem <- struct{}{}
+		vs.hist[i]++
+		vs.sumNs += d
 		vs.counts[w.code<<4|methodIndex[req.Method]]++
-		if i < len(vs.hist) {
-			vs.hist[i]++
-			vs.sumNs += d
-		}
 		<-vs.sem
 	}
 }
@@ -1683,7 +1638,6 @@ func pathLPBSD(c *canary) http.HandlerFunc {
 	bucketOf := c.bucketOf
 	okCode := c.okCode
 	slow := c.bs.slow > 0
-	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -1747,16 +1701,14 @@ func pathLPBSD(c *canary) http.HandlerFunc {
 			leaveSlow(w, sent, 0)
 		}
 		d := int64(since(epoch)) - start
+		vs.sem <- struct{}{}
 		i := 0
-		for d > bounds[i] {
+		for d > vs.bounds[i] {
 			i++
 		}
-		vs.sem <- struct{}{}
+		vs.hist[i]++
+		vs.sumNs += d
 		vs.counts[w.code<<4|methodIndex[req.Method]]++
-		if i < len(vs.hist) {
-			vs.hist[i]++
-			vs.sumNs += d
-		}
 		<-vs.sem
 	}
 }
@@ -1774,7 +1726,6 @@ func pathLPBSR(c *canary) http.HandlerFunc {
 	ramp, cut := c.ramp, c.cut
 	okCode := c.okCode
 	slow := c.bs.slow > 0
-	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -1846,16 +1797,14 @@ func pathLPBSR(c *canary) http.HandlerFunc {
 			leaveSlow(w, sent, 0)
 		}
 		d := int64(since(epoch)) - start
+		vs.sem <- struct{}{}
 		i := 0
-		for d > bounds[i] {
+		for d > vs.bounds[i] {
 			i++
 		}
-		vs.sem <- struct{}{}
+		vs.hist[i]++
+		vs.sumNs += d
 		vs.counts[w.code<<4|methodIndex[req.Method]]++
-		if i < len(vs.hist) {
-			vs.hist[i]++
-			vs.sumNs += d
-		}
 		<-vs.sem
 	}
 }
@@ -1873,7 +1822,6 @@ func pathLPBSRD(c *canary) http.HandlerFunc {
 	ramp, cut := c.ramp, c.cut
 	okCode := c.okCode
 	slow := c.bs.slow > 0
-	bounds := c.boundsNs
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -1940,16 +1888,14 @@ func pathLPBSRD(c *canary) http.HandlerFunc {
 			leaveSlow(w, sent, 0)
 		}
 		d := int64(since(epoch)) - start
+		vs.sem <- struct{}{}
 		i := 0
-		for d > bounds[i] {
+		for d > vs.bounds[i] {
 			i++
 		}
-		vs.sem <- struct{}{}
+		vs.hist[i]++
+		vs.sumNs += d
 		vs.counts[w.code<<4|methodIndex[req.Method]]++
-		if i < len(vs.hist) {
-			vs.hist[i]++
-			vs.sumNs += d
-		}
 		<-vs.sem
 	}
 }

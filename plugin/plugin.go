@@ -56,8 +56,6 @@ type canary struct {
 
 	serve http.HandlerFunc // the request path for this configuration (see serveFunc)
 
-	boundsNs []int64 // the histogram bounds this handler records with
-
 	ramp *route // the version of a rollout, or nil
 	cut  *int32 // its rollout's cut (see owner), or nil
 }

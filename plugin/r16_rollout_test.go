@@ -118,7 +118,7 @@ func TestR16RolloutBucketsReloadFailsCheck(t *testing.T) {
 	// Before the rollout starts: 100 fast requests and one slow (2 s); the
 	// counters are cumulative, so the first window's base holds them.
 	serveWindow(r, 100, 0, 0)
-	record(r.vs, r.vs.sem, r.st.boundsNs, 200, "GET", int64(2*time.Second))
+	record(r.vs, r.vs.sem, 200, "GET", int64(2*time.Second))
 	r.tick(at(0))
 	// Step 1, before the reload: 50 fast requests.
 	serveWindow(r, 50, 0, 0)
@@ -131,7 +131,7 @@ func TestR16RolloutBucketsReloadFailsCheck(t *testing.T) {
 	r.mu.Unlock()
 	// After it: 100 more fast requests.
 	for i := 0; i < 100; i++ {
-		record(r.vs, r.vs.sem, st.boundsNs, 200, "GET", int64(time.Millisecond))
+		record(r.vs, r.vs.sem, 200, "GET", int64(time.Millisecond))
 	}
 	r.tick(at(time.Minute))
 	if len(r.recent) != 1 {

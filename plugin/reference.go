@@ -113,6 +113,6 @@ func serveObserved(c *canary, r *route, rw http.ResponseWriter, req *http.Reques
 		}
 	}
 	if c.st != nil {
-		record(r.vs, r.vs.sem, c.boundsNs, w.code, req.Method, int64(time.Since(epoch))-start)
+		record(r.vs, r.vs.sem, w.code, req.Method, int64(time.Since(epoch))-start)
 	}
 }

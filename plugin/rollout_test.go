@@ -212,10 +212,10 @@ func serveWindow(r *rollout, n, bad, ok int) {
 		if i < bad {
 			code = 503
 		}
-		record(r.vs, r.vs.sem, r.st.boundsNs, code, "GET", int64(time.Millisecond))
+		record(r.vs, r.vs.sem, code, "GET", int64(time.Millisecond))
 	}
 	for i := 0; i < ok; i++ {
-		record(r.ps, r.ps.sem, r.st.boundsNs, 200, "GET", int64(time.Millisecond))
+		record(r.ps, r.ps.sem, 200, "GET", int64(time.Millisecond))
 	}
 }
 

@@ -80,7 +80,7 @@ type mwStats struct {
 	mu        sync.Mutex
 	versions  map[string]*verStats
 	fallbacks map[string]uint64 // "from\x00to"
-	boundsNs  []int64           // bounds in nanoseconds, then math.MaxInt64 (see record)
+	boundsNs  []int64           // bounds in nanoseconds, then math.MaxInt64: each version's (see verStats)
 	bounds    []float64
 
 	// Set by the latest New: what the report says about the current config.
@@ -98,6 +98,7 @@ type verStats struct {
 	sem    chan struct{}  // the lock (cheaper than sync.Mutex in Yaegi)
 	counts map[int]uint64 // code<<4 | method index
 	hist   []uint64       // one per bound, plus +Inf
+	bounds []int64        // hist's bounds in nanoseconds, then math.MaxInt64; replaced with hist, never modified
 	sumNs  int64
 }
 
@@ -145,6 +146,7 @@ func getStats(name string, bounds []float64) *mwStats {
 		for _, vs := range st.versions {
 			vs.sem <- struct{}{}
 			vs.hist = make([]uint64, len(bounds)+1)
+			vs.bounds = st.boundsNs
 			vs.sumNs = 0
 			<-vs.sem
 		}
@@ -171,29 +173,27 @@ func (st *mwStats) version(name string) *verStats {
 	defer st.mu.Unlock()
 	vs, ok := st.versions[name]
 	if !ok {
-		vs = &verStats{sem: make(chan struct{}, 1), counts: map[int]uint64{}, hist: make([]uint64, len(st.bounds)+1)}
+		vs = &verStats{sem: make(chan struct{}, 1), counts: map[int]uint64{}, hist: make([]uint64, len(st.bounds)+1), bounds: st.boundsNs}
 		st.versions[name] = vs
 	}
 	return vs
 }
 
-// record counts one request that took d, with the histogram bounds of its
-// handler, which end with math.MaxInt64: the search stops at that +Inf
-// bucket without a length test (bounds may be older than vs.hist after a
-// reload changed them). sem is vs.sem, which a request path that always
-// serves one version captures. Codes outside 0..999 are reported as 0 (see
-// report).
-func record(vs *verStats, sem chan struct{}, bounds []int64, code int, method string, d int64) {
+// record counts one request that took d. Its bucket is found under the
+// lock, in vs's own bounds, which are replaced with vs.hist: a handler built
+// before a reload changed the bounds counts in the new layout. The bounds
+// end with math.MaxInt64, where the search stops without a length test. sem
+// is vs.sem, which a request path that always serves one version captures.
+// Codes outside 0..999 are reported as 0 (see report).
+func record(vs *verStats, sem chan struct{}, code int, method string, d int64) {
+	sem <- struct{}{}
 	i := 0
-	for d > bounds[i] {
+	for d > vs.bounds[i] {
 		i++
 	}
-	sem <- struct{}{}
+	vs.hist[i]++
+	vs.sumNs += d
 	vs.counts[code<<4|methodIndex[method]]++
-	if i < len(vs.hist) {
-		vs.hist[i]++
-		vs.sumNs += d
-	}
 	<-sem
 }
 
@@ -538,7 +538,6 @@ func (c *canary) setupStats(ctx context.Context, target reportTarget, interval t
 		}
 	}
 	st.mu.Lock()
-	c.boundsNs = st.boundsNs // replaced, never modified, when the bounds change
 	st.weights = weights
 	st.primary = c.primary.name
 	st.limiter = c.rl

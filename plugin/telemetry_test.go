@@ -24,6 +24,9 @@ func reportingCanary(t *testing.T, name string) *canary {
 			rw.WriteHeader(http.StatusNotFound)
 			return
 		}
+		if req.URL.Path == "/2ms" {
+			time.Sleep(2 * time.Millisecond)
+		}
 		_, _ = rw.Write([]byte("ok")) // an implicit 200
 	})
 	c, err := newCanary(ctx, codes, cfg, name)
@@ -64,15 +67,51 @@ func TestRecordCountsByVersionCodeAndMethod(t *testing.T) {
 	}
 }
 
+// TestHandlerFromBeforeABucketChangeCountsInTheNewLayout: a reload that
+// changes sidecar.buckets (here from 11 bounds to 2) resets the histogram;
+// a request still served by a handler built before it is counted in the new
+// layout, by the new bounds, on every request path: 2 ms falls in the old
+// layout's first bucket (5 ms) and in the new one's second.
+func TestHandlerFromBeforeABucketChangeCountsInTheNewLayout(t *testing.T) {
+	for _, gen := range []bool{true, false} {
+		t.Run(fmt.Sprint("generated=", gen), func(t *testing.T) {
+			defer func(g bool) { generated = g }(generated)
+			generated = gen
+			name := fmt.Sprintf("telemetry-rebucket-%v@file", gen)
+			old := reportingCanary(t, name)
+			cfg := CreateConfig()
+			cfg.Versions = map[string]VersionConfig{"stable": {Weight: 1}}
+			cfg.Sidecar.Address = "http://127.0.0.1:1"
+			cfg.Sidecar.Interval = "1h"
+			cfg.Sidecar.Buckets = []float64{0.001, 3600}
+			ctx, cancel := context.WithCancel(context.Background())
+			t.Cleanup(cancel)
+			if _, err := newCanary(ctx, http.NotFoundHandler(), cfg, name); err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i < 3; i++ {
+				old.serve(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "http://shop.test/2ms", nil))
+			}
+			m := snapshot(old.st)
+			if len(m.Buckets) != 2 || len(m.Versions[0].Hist) != 3 {
+				t.Fatalf("buckets %v, hist %v: want the new layout (2 bounds, 3 counts)", m.Buckets, m.Versions[0].Hist)
+			}
+			if h := m.Versions[0].Hist; h[1] != 3 {
+				t.Errorf("hist %v: want the 3 requests of 2 ms in the new second bucket (1 ms to 1 h)", h)
+			}
+		})
+	}
+}
+
 // TestOutOfRangeCodesReportAsZero: a status outside 0..999 (a handler that
 // called WriteHeader with nonsense) is one series with code 0 per method.
 func TestOutOfRangeCodesReportAsZero(t *testing.T) {
 	c := reportingCanary(t, "telemetry-codes@file")
 	vs := c.primary.vs
-	record(vs, vs.sem, c.boundsNs, 1000, "GET", 1)
-	record(vs, vs.sem, c.boundsNs, -7, "GET", 1)
+	record(vs, vs.sem, 1000, "GET", 1)
+	record(vs, vs.sem, -7, "GET", 1)
 	recordRefused(vs, 0, "GET")
-	record(vs, vs.sem, c.boundsNs, 99999, "POST", 1)
+	record(vs, vs.sem, 99999, "POST", 1)
 	got := map[string]uint64{}
 	for _, r := range snapshot(c.st).Versions[0].Requests {
 		got[fmt.Sprintf("%d %s", r.Code, r.Method)] = r.Count

@@ -77,9 +77,6 @@ func pathTemplate(c *canary) http.HandlerFunc {
 		okCode := c.okCode
 		slow := c.bs.slow > 0
 	}
-	if HAS.stats {
-		bounds := c.boundsNs
-	}
 	return func(rw http.ResponseWriter, req *http.Request) {
 		if HAS.limit || HAS.observe {
 			start := int64(since(epoch))
@@ -226,9 +223,9 @@ func pathTemplate(c *canary) http.HandlerFunc {
 			if HAS.stats {
 				d := int64(since(epoch)) - start
 				if HAS.pick {
-					INLINE.record(vs, vs.sem, bounds, w.code, req.Method, d)
+					INLINE.record(vs, vs.sem, w.code, req.Method, d)
 				} else {
-					INLINE.record(vs, vsem, bounds, w.code, req.Method, d)
+					INLINE.record(vs, vsem, w.code, req.Method, d)
 				}
 			}
 		}

@@ -55,11 +55,12 @@ func pathB(c *canary) http.HandlerFunc {
 	handler := r.handler
 	okCode := c.okCode
 	slow := c.bs.slow > 0
+	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
 		if req.Header[oh] != nil {
-			serveObserved(c, choose(c, rw, req), rw, req, start, sent)
+			serveObserved(c, nil, rw, req, start, sent)
 			return
 		}
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
@@ -78,7 +79,7 @@ func pathB(c *canary) http.HandlerFunc {
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
-		defer abandoned(w)
+		defer ab(w)
 		handler.ServeHTTP(w, req)
 		w.done = true
 		bsem <- struct{}{}
@@ -101,11 +102,12 @@ func pathS(c *canary) http.HandlerFunc {
 	vs := r.vs
 	vsem := vs.sem
 	handler := r.handler
+	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
 		if req.Header[oh] != nil {
-			serveObserved(c, choose(c, rw, req), rw, req, start, sent)
+			serveObserved(c, nil, rw, req, start, sent)
 			return
 		}
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
@@ -113,7 +115,7 @@ func pathS(c *canary) http.HandlerFunc {
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
-		defer abandoned(w)
+		defer ab(w)
 		handler.ServeHTTP(w, req)
 		w.done = true
 		d := int64(since(epoch)) - start
@@ -142,11 +144,12 @@ func pathBS(c *canary) http.HandlerFunc {
 	handler := r.handler
 	okCode := c.okCode
 	slow := c.bs.slow > 0
+	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
 		if req.Header[oh] != nil {
-			serveObserved(c, choose(c, rw, req), rw, req, start, sent)
+			serveObserved(c, nil, rw, req, start, sent)
 			return
 		}
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
@@ -165,7 +168,7 @@ func pathBS(c *canary) http.HandlerFunc {
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
-		defer abandoned(w)
+		defer ab(w)
 		handler.ServeHTTP(w, req)
 		w.done = true
 		bsem <- struct{}{}
@@ -218,6 +221,7 @@ func pathPB(c *canary) http.HandlerFunc {
 	bucketOf := c.bucketOf
 	okCode := c.okCode
 	slow := c.bs.slow > 0
+	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -250,7 +254,7 @@ func pathPB(c *canary) http.HandlerFunc {
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
-		defer abandoned(w)
+		defer ab(w)
 		r.handler.ServeHTTP(w, req)
 		w.done = true
 		bsem <- struct{}{}
@@ -270,6 +274,7 @@ func pathPS(c *canary) http.HandlerFunc {
 	since := time.Since
 	lookup, cookieName := c.signed.lookup, c.cookieName
 	bucketOf := c.bucketOf
+	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -290,7 +295,7 @@ func pathPS(c *canary) http.HandlerFunc {
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
-		defer abandoned(w)
+		defer ab(w)
 		r.handler.ServeHTTP(w, req)
 		w.done = true
 		d := int64(since(epoch)) - start
@@ -313,6 +318,7 @@ func pathPSR(c *canary) http.HandlerFunc {
 	lookup, cookieName := c.signed.lookup, c.cookieName
 	bucketOf := c.bucketOf
 	ramp, cut := c.ramp, c.cut
+	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -336,7 +342,7 @@ func pathPSR(c *canary) http.HandlerFunc {
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
-		defer abandoned(w)
+		defer ab(w)
 		r.handler.ServeHTTP(w, req)
 		w.done = true
 		d := int64(since(epoch)) - start
@@ -360,6 +366,7 @@ func pathPBS(c *canary) http.HandlerFunc {
 	bucketOf := c.bucketOf
 	okCode := c.okCode
 	slow := c.bs.slow > 0
+	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -393,7 +400,7 @@ func pathPBS(c *canary) http.HandlerFunc {
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
-		defer abandoned(w)
+		defer ab(w)
 		r.handler.ServeHTTP(w, req)
 		w.done = true
 		bsem <- struct{}{}
@@ -426,6 +433,7 @@ func pathPBSR(c *canary) http.HandlerFunc {
 	ramp, cut := c.ramp, c.cut
 	okCode := c.okCode
 	slow := c.bs.slow > 0
+	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -462,7 +470,7 @@ func pathPBSR(c *canary) http.HandlerFunc {
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
-		defer abandoned(w)
+		defer ab(w)
 		r.handler.ServeHTTP(w, req)
 		w.done = true
 		bsem <- struct{}{}
@@ -580,6 +588,7 @@ func pathLB(c *canary) http.HandlerFunc {
 	handler := r.handler
 	okCode := c.okCode
 	slow := c.bs.slow > 0
+	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -607,7 +616,7 @@ func pathLB(c *canary) http.HandlerFunc {
 			h["Ratelimit"] = byQ[q]
 		}
 		if req.Header[oh] != nil {
-			serveObserved(c, choose(c, rw, req), rw, req, start, sent)
+			serveObserved(c, nil, rw, req, start, sent)
 			return
 		}
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
@@ -626,7 +635,7 @@ func pathLB(c *canary) http.HandlerFunc {
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
-		defer abandoned(w)
+		defer ab(w)
 		handler.ServeHTTP(w, req)
 		w.done = true
 		bsem <- struct{}{}
@@ -655,6 +664,7 @@ func pathLBD(c *canary) http.HandlerFunc {
 	handler := r.handler
 	okCode := c.okCode
 	slow := c.bs.slow > 0
+	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -677,7 +687,7 @@ func pathLBD(c *canary) http.HandlerFunc {
 			h["Ratelimit"] = byQ[q]
 		}
 		if req.Header[oh] != nil {
-			serveObserved(c, choose(c, rw, req), rw, req, start, sent)
+			serveObserved(c, nil, rw, req, start, sent)
 			return
 		}
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
@@ -696,7 +706,7 @@ func pathLBD(c *canary) http.HandlerFunc {
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
-		defer abandoned(w)
+		defer ab(w)
 		handler.ServeHTTP(w, req)
 		w.done = true
 		bsem <- struct{}{}
@@ -723,6 +733,7 @@ func pathLS(c *canary) http.HandlerFunc {
 	vs := r.vs
 	vsem := vs.sem
 	handler := r.handler
+	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -750,7 +761,7 @@ func pathLS(c *canary) http.HandlerFunc {
 			h["Ratelimit"] = byQ[q]
 		}
 		if req.Header[oh] != nil {
-			serveObserved(c, choose(c, rw, req), rw, req, start, sent)
+			serveObserved(c, nil, rw, req, start, sent)
 			return
 		}
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
@@ -758,7 +769,7 @@ func pathLS(c *canary) http.HandlerFunc {
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
-		defer abandoned(w)
+		defer ab(w)
 		handler.ServeHTTP(w, req)
 		w.done = true
 		d := int64(since(epoch)) - start
@@ -787,6 +798,7 @@ func pathLSD(c *canary) http.HandlerFunc {
 	vs := r.vs
 	vsem := vs.sem
 	handler := r.handler
+	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -809,7 +821,7 @@ func pathLSD(c *canary) http.HandlerFunc {
 			h["Ratelimit"] = byQ[q]
 		}
 		if req.Header[oh] != nil {
-			serveObserved(c, choose(c, rw, req), rw, req, start, sent)
+			serveObserved(c, nil, rw, req, start, sent)
 			return
 		}
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
@@ -817,7 +829,7 @@ func pathLSD(c *canary) http.HandlerFunc {
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
-		defer abandoned(w)
+		defer ab(w)
 		handler.ServeHTTP(w, req)
 		w.done = true
 		d := int64(since(epoch)) - start
@@ -850,6 +862,7 @@ func pathLBS(c *canary) http.HandlerFunc {
 	handler := r.handler
 	okCode := c.okCode
 	slow := c.bs.slow > 0
+	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -877,7 +890,7 @@ func pathLBS(c *canary) http.HandlerFunc {
 			h["Ratelimit"] = byQ[q]
 		}
 		if req.Header[oh] != nil {
-			serveObserved(c, choose(c, rw, req), rw, req, start, sent)
+			serveObserved(c, nil, rw, req, start, sent)
 			return
 		}
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
@@ -896,7 +909,7 @@ func pathLBS(c *canary) http.HandlerFunc {
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
-		defer abandoned(w)
+		defer ab(w)
 		handler.ServeHTTP(w, req)
 		w.done = true
 		bsem <- struct{}{}
@@ -937,6 +950,7 @@ func pathLBSD(c *canary) http.HandlerFunc {
 	handler := r.handler
 	okCode := c.okCode
 	slow := c.bs.slow > 0
+	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -959,7 +973,7 @@ func pathLBSD(c *canary) http.HandlerFunc {
 			h["Ratelimit"] = byQ[q]
 		}
 		if req.Header[oh] != nil {
-			serveObserved(c, choose(c, rw, req), rw, req, start, sent)
+			serveObserved(c, nil, rw, req, start, sent)
 			return
 		}
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
@@ -978,7 +992,7 @@ func pathLBSD(c *canary) http.HandlerFunc {
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
-		defer abandoned(w)
+		defer ab(w)
 		handler.ServeHTTP(w, req)
 		w.done = true
 		bsem <- struct{}{}
@@ -1115,6 +1129,7 @@ func pathLPB(c *canary) http.HandlerFunc {
 	bucketOf := c.bucketOf
 	okCode := c.okCode
 	slow := c.bs.slow > 0
+	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -1170,7 +1185,7 @@ func pathLPB(c *canary) http.HandlerFunc {
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
-		defer abandoned(w)
+		defer ab(w)
 		r.handler.ServeHTTP(w, req)
 		w.done = true
 		bsem <- struct{}{}
@@ -1196,6 +1211,7 @@ func pathLPBD(c *canary) http.HandlerFunc {
 	bucketOf := c.bucketOf
 	okCode := c.okCode
 	slow := c.bs.slow > 0
+	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -1246,7 +1262,7 @@ func pathLPBD(c *canary) http.HandlerFunc {
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
-		defer abandoned(w)
+		defer ab(w)
 		r.handler.ServeHTTP(w, req)
 		w.done = true
 		bsem <- struct{}{}
@@ -1270,6 +1286,7 @@ func pathLPS(c *canary) http.HandlerFunc {
 	headers, policy := rl.headers, rl.policy
 	lookup, cookieName := c.signed.lookup, c.cookieName
 	bucketOf := c.bucketOf
+	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -1313,7 +1330,7 @@ func pathLPS(c *canary) http.HandlerFunc {
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
-		defer abandoned(w)
+		defer ab(w)
 		r.handler.ServeHTTP(w, req)
 		w.done = true
 		d := int64(since(epoch)) - start
@@ -1339,6 +1356,7 @@ func pathLPSD(c *canary) http.HandlerFunc {
 	headers, policy := rl.headers, rl.policy
 	lookup, cookieName := c.signed.lookup, c.cookieName
 	bucketOf := c.bucketOf
+	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -1377,7 +1395,7 @@ func pathLPSD(c *canary) http.HandlerFunc {
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
-		defer abandoned(w)
+		defer ab(w)
 		r.handler.ServeHTTP(w, req)
 		w.done = true
 		d := int64(since(epoch)) - start
@@ -1404,6 +1422,7 @@ func pathLPSR(c *canary) http.HandlerFunc {
 	lookup, cookieName := c.signed.lookup, c.cookieName
 	bucketOf := c.bucketOf
 	ramp, cut := c.ramp, c.cut
+	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -1450,7 +1469,7 @@ func pathLPSR(c *canary) http.HandlerFunc {
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
-		defer abandoned(w)
+		defer ab(w)
 		r.handler.ServeHTTP(w, req)
 		w.done = true
 		d := int64(since(epoch)) - start
@@ -1477,6 +1496,7 @@ func pathLPSRD(c *canary) http.HandlerFunc {
 	lookup, cookieName := c.signed.lookup, c.cookieName
 	bucketOf := c.bucketOf
 	ramp, cut := c.ramp, c.cut
+	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -1518,7 +1538,7 @@ func pathLPSRD(c *canary) http.HandlerFunc {
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
-		defer abandoned(w)
+		defer ab(w)
 		r.handler.ServeHTTP(w, req)
 		w.done = true
 		d := int64(since(epoch)) - start
@@ -1546,6 +1566,7 @@ func pathLPBS(c *canary) http.HandlerFunc {
 	bucketOf := c.bucketOf
 	okCode := c.okCode
 	slow := c.bs.slow > 0
+	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -1602,7 +1623,7 @@ func pathLPBS(c *canary) http.HandlerFunc {
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
-		defer abandoned(w)
+		defer ab(w)
 		r.handler.ServeHTTP(w, req)
 		w.done = true
 		bsem <- struct{}{}
@@ -1638,6 +1659,7 @@ func pathLPBSD(c *canary) http.HandlerFunc {
 	bucketOf := c.bucketOf
 	okCode := c.okCode
 	slow := c.bs.slow > 0
+	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -1689,7 +1711,7 @@ func pathLPBSD(c *canary) http.HandlerFunc {
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
-		defer abandoned(w)
+		defer ab(w)
 		r.handler.ServeHTTP(w, req)
 		w.done = true
 		bsem <- struct{}{}
@@ -1726,6 +1748,7 @@ func pathLPBSR(c *canary) http.HandlerFunc {
 	ramp, cut := c.ramp, c.cut
 	okCode := c.okCode
 	slow := c.bs.slow > 0
+	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -1785,7 +1808,7 @@ func pathLPBSR(c *canary) http.HandlerFunc {
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
-		defer abandoned(w)
+		defer ab(w)
 		r.handler.ServeHTTP(w, req)
 		w.done = true
 		bsem <- struct{}{}
@@ -1822,6 +1845,7 @@ func pathLPBSRD(c *canary) http.HandlerFunc {
 	ramp, cut := c.ramp, c.cut
 	okCode := c.okCode
 	slow := c.bs.slow > 0
+	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		sent := start
@@ -1876,7 +1900,7 @@ func pathLPBSRD(c *canary) http.HandlerFunc {
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
-		defer abandoned(w)
+		defer ab(w)
 		r.handler.ServeHTTP(w, req)
 		w.done = true
 		bsem <- struct{}{}

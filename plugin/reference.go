@@ -80,13 +80,17 @@ func serveReference(c *canary) http.HandlerFunc {
 	}
 }
 
-// serveObserved serves req with r's version, observed: the breaker's steps,
-// the status wrapper, the outcome and the figures. The request arrived at
-// start and left the limiter at sent. It is the reference path's, and the
-// generated paths call it for what they do not inline: a breaker that is
-// not simply closed, a request passed through unobserved (see passThrough),
-// and on the paths without the cookie pick, an override header.
+// serveObserved serves req with r's version (nil: the one choose picks),
+// observed: the breaker's steps, the status wrapper, the outcome and the
+// figures. The request arrived at start and left the limiter at sent. It is
+// the reference path's, and the generated paths call it for what they do
+// not inline: a breaker that is not simply closed, a request passed through
+// unobserved (see passThrough), and on the paths without the cookie pick,
+// an override header.
 func serveObserved(c *canary, r *route, rw http.ResponseWriter, req *http.Request, start, sent int64) {
+	if r == nil {
+		r = choose(c, rw, req)
+	}
 	var gen uint64
 	entered := false // enter let it through: leave may take its success
 	if r.br != nil {

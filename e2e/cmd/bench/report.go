@@ -430,7 +430,8 @@ func whyText(floorNext, floorObserve, floorLimit float64) string {
 	return fmt.Sprintf(`
 ## Why the interpreted features cost what they cost
 
-Measured with the micro-benchmarks above, with a Yaegi build instrumented to count frame slots per function,
+Measured with the micro-benchmarks above, with a Yaegi build that prints the frame slots of each function
+(`+"`cd e2e && go run ./cmd/slots -bench YaegiBreaker -func paths_gen.go:LINE`"+`),
 and with the reference plugin (lines 5a and 5b). Allocations per request are exact and repeatable, and Yaegi's
 cost follows them:
 
@@ -459,7 +460,7 @@ cost follows them:
   served with the original writer), the override header's test (4), and then the breaker's counters or the
   histogram and counts. Whatever the closure does not inline (a breaker that is not simply closed, an upgrade, an
   override) is one call to the reference path's serveObserved, which costs only when it runs. Measured with a
-  Yaegi build that prints each frame slot: the breaker path went from 63 allocating slots to 33, and Breaker from 161
+  Yaegi build that prints each frame slot (`+"`cmd/slots`"+`): the breaker path went from 63 allocating slots to 33, and Breaker from 161
   allocations to 124, Aggregation from 159 to 138, Everything from 245 to 216.
 - **Rate limiting** needs, per request, the time (a call into compiled code: about 9 allocations), a lock, the
   client's state, and with `+"`headers`"+` (the default) two response fields (rw.Header() and two map stores: about 7).

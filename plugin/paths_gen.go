@@ -58,24 +58,23 @@ func pathB(c *canary) http.HandlerFunc {
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
-		sent := start
 		if req.Header[oh] != nil {
-			serveObserved(c, nil, rw, req, start, sent)
+			serveObserved(c, nil, rw, req, start, start)
 			return
 		}
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		var gen uint64
 		bsem <- struct{}{}
-		if br.closedUntil >= sent {
+		if br.closedUntil >= start {
 			br.requests++
 			gen = br.generation
 			<-bsem
 		} else {
 			<-bsem
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
@@ -88,7 +87,7 @@ func pathB(c *canary) http.HandlerFunc {
 			<-bsem
 		} else {
 			<-bsem
-			leaveSlow(w, sent, 0)
+			leaveSlow(w, start, 0)
 		}
 	}
 }
@@ -105,13 +104,12 @@ func pathS(c *canary) http.HandlerFunc {
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
-		sent := start
 		if req.Header[oh] != nil {
-			serveObserved(c, nil, rw, req, start, sent)
+			serveObserved(c, nil, rw, req, start, start)
 			return
 		}
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
@@ -147,24 +145,23 @@ func pathBS(c *canary) http.HandlerFunc {
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
-		sent := start
 		if req.Header[oh] != nil {
-			serveObserved(c, nil, rw, req, start, sent)
+			serveObserved(c, nil, rw, req, start, start)
 			return
 		}
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		var gen uint64
 		bsem <- struct{}{}
-		if br.closedUntil >= sent {
+		if br.closedUntil >= start {
 			br.requests++
 			gen = br.generation
 			<-bsem
 		} else {
 			<-bsem
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
@@ -177,7 +174,7 @@ func pathBS(c *canary) http.HandlerFunc {
 			<-bsem
 		} else {
 			<-bsem
-			leaveSlow(w, sent, 0)
+			leaveSlow(w, start, 0)
 		}
 		d := int64(since(epoch)) - start
 		vsem <- struct{}{}
@@ -224,7 +221,6 @@ func pathPB(c *canary) http.HandlerFunc {
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
-		sent := start
 		var r *route
 		if req.Header[oh] == nil {
 			if ck, err := req.Cookie(cookieName); err == nil {
@@ -239,18 +235,18 @@ func pathPB(c *canary) http.HandlerFunc {
 		br := r.br
 		bsem := br.sem
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		var gen uint64
 		bsem <- struct{}{}
-		if br.closedUntil >= sent {
+		if br.closedUntil >= start {
 			br.requests++
 			gen = br.generation
 			<-bsem
 		} else {
 			<-bsem
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
@@ -263,7 +259,7 @@ func pathPB(c *canary) http.HandlerFunc {
 			<-bsem
 		} else {
 			<-bsem
-			leaveSlow(w, sent, 0)
+			leaveSlow(w, start, 0)
 		}
 	}
 }
@@ -277,7 +273,6 @@ func pathPS(c *canary) http.HandlerFunc {
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
-		sent := start
 		var r *route
 		if req.Header[oh] == nil {
 			if ck, err := req.Cookie(cookieName); err == nil {
@@ -291,7 +286,7 @@ func pathPS(c *canary) http.HandlerFunc {
 		}
 		vs := r.vs
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
@@ -321,7 +316,6 @@ func pathPSR(c *canary) http.HandlerFunc {
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
-		sent := start
 		var r *route
 		if req.Header[oh] == nil {
 			if ck, err := req.Cookie(cookieName); err == nil {
@@ -338,7 +332,7 @@ func pathPSR(c *canary) http.HandlerFunc {
 		}
 		vs := r.vs
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
@@ -369,7 +363,6 @@ func pathPBS(c *canary) http.HandlerFunc {
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
-		sent := start
 		var r *route
 		if req.Header[oh] == nil {
 			if ck, err := req.Cookie(cookieName); err == nil {
@@ -385,18 +378,18 @@ func pathPBS(c *canary) http.HandlerFunc {
 		bsem := br.sem
 		vs := r.vs
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		var gen uint64
 		bsem <- struct{}{}
-		if br.closedUntil >= sent {
+		if br.closedUntil >= start {
 			br.requests++
 			gen = br.generation
 			<-bsem
 		} else {
 			<-bsem
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
@@ -409,7 +402,7 @@ func pathPBS(c *canary) http.HandlerFunc {
 			<-bsem
 		} else {
 			<-bsem
-			leaveSlow(w, sent, 0)
+			leaveSlow(w, start, 0)
 		}
 		d := int64(since(epoch)) - start
 		vs.sem <- struct{}{}
@@ -436,7 +429,6 @@ func pathPBSR(c *canary) http.HandlerFunc {
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
-		sent := start
 		var r *route
 		if req.Header[oh] == nil {
 			if ck, err := req.Cookie(cookieName); err == nil {
@@ -455,18 +447,18 @@ func pathPBSR(c *canary) http.HandlerFunc {
 		bsem := br.sem
 		vs := r.vs
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		var gen uint64
 		bsem <- struct{}{}
-		if br.closedUntil >= sent {
+		if br.closedUntil >= start {
 			br.requests++
 			gen = br.generation
 			<-bsem
 		} else {
 			<-bsem
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
@@ -479,7 +471,7 @@ func pathPBSR(c *canary) http.HandlerFunc {
 			<-bsem
 		} else {
 			<-bsem
-			leaveSlow(w, sent, 0)
+			leaveSlow(w, start, 0)
 		}
 		d := int64(since(epoch)) - start
 		vs.sem <- struct{}{}
@@ -591,7 +583,6 @@ func pathLB(c *canary) http.HandlerFunc {
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
-		sent := start
 		q := int64(0)
 		sem <- struct{}{}
 		if b := peers[req.RemoteAddr]; b != nil {
@@ -607,31 +598,31 @@ func pathLB(c *canary) http.HandlerFunc {
 		}
 		<-sem
 		if q <= 0 {
-			if sent = allowSlow(rl, rw, req, start); sent < 0 {
-				return
-			}
-		} else if headers {
+			serveLimited(c, rw, req, start)
+			return
+		}
+		if headers {
 			h := rw.Header()
 			h["Ratelimit-Policy"] = policy
 			h["Ratelimit"] = byQ[q]
 		}
 		if req.Header[oh] != nil {
-			serveObserved(c, nil, rw, req, start, sent)
+			serveObserved(c, nil, rw, req, start, start)
 			return
 		}
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		var gen uint64
 		bsem <- struct{}{}
-		if br.closedUntil >= sent {
+		if br.closedUntil >= start {
 			br.requests++
 			gen = br.generation
 			<-bsem
 		} else {
 			<-bsem
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
@@ -644,7 +635,7 @@ func pathLB(c *canary) http.HandlerFunc {
 			<-bsem
 		} else {
 			<-bsem
-			leaveSlow(w, sent, 0)
+			leaveSlow(w, start, 0)
 		}
 	}
 }
@@ -667,7 +658,6 @@ func pathLBD(c *canary) http.HandlerFunc {
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
-		sent := start
 		q := int64(0)
 		sem <- struct{}{}
 		if b := peers[req.RemoteAddr]; b != nil {
@@ -678,31 +668,31 @@ func pathLBD(c *canary) http.HandlerFunc {
 		}
 		<-sem
 		if q <= 0 {
-			if sent = allowSlow(rl, rw, req, start); sent < 0 {
-				return
-			}
-		} else if headers {
+			serveLimited(c, rw, req, start)
+			return
+		}
+		if headers {
 			h := rw.Header()
 			h["Ratelimit-Policy"] = policy
 			h["Ratelimit"] = byQ[q]
 		}
 		if req.Header[oh] != nil {
-			serveObserved(c, nil, rw, req, start, sent)
+			serveObserved(c, nil, rw, req, start, start)
 			return
 		}
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		var gen uint64
 		bsem <- struct{}{}
-		if br.closedUntil >= sent {
+		if br.closedUntil >= start {
 			br.requests++
 			gen = br.generation
 			<-bsem
 		} else {
 			<-bsem
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
@@ -715,7 +705,7 @@ func pathLBD(c *canary) http.HandlerFunc {
 			<-bsem
 		} else {
 			<-bsem
-			leaveSlow(w, sent, 0)
+			leaveSlow(w, start, 0)
 		}
 	}
 }
@@ -736,7 +726,6 @@ func pathLS(c *canary) http.HandlerFunc {
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
-		sent := start
 		q := int64(0)
 		sem <- struct{}{}
 		if b := peers[req.RemoteAddr]; b != nil {
@@ -752,20 +741,20 @@ func pathLS(c *canary) http.HandlerFunc {
 		}
 		<-sem
 		if q <= 0 {
-			if allowSlow(rl, rw, req, start) < 0 {
-				return
-			}
-		} else if headers {
+			serveLimited(c, rw, req, start)
+			return
+		}
+		if headers {
 			h := rw.Header()
 			h["Ratelimit-Policy"] = policy
 			h["Ratelimit"] = byQ[q]
 		}
 		if req.Header[oh] != nil {
-			serveObserved(c, nil, rw, req, start, sent)
+			serveObserved(c, nil, rw, req, start, start)
 			return
 		}
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
@@ -801,7 +790,6 @@ func pathLSD(c *canary) http.HandlerFunc {
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
-		sent := start
 		q := int64(0)
 		sem <- struct{}{}
 		if b := peers[req.RemoteAddr]; b != nil {
@@ -812,20 +800,20 @@ func pathLSD(c *canary) http.HandlerFunc {
 		}
 		<-sem
 		if q <= 0 {
-			if allowSlow(rl, rw, req, start) < 0 {
-				return
-			}
-		} else if headers {
+			serveLimited(c, rw, req, start)
+			return
+		}
+		if headers {
 			h := rw.Header()
 			h["Ratelimit-Policy"] = policy
 			h["Ratelimit"] = byQ[q]
 		}
 		if req.Header[oh] != nil {
-			serveObserved(c, nil, rw, req, start, sent)
+			serveObserved(c, nil, rw, req, start, start)
 			return
 		}
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
@@ -865,7 +853,6 @@ func pathLBS(c *canary) http.HandlerFunc {
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
-		sent := start
 		q := int64(0)
 		sem <- struct{}{}
 		if b := peers[req.RemoteAddr]; b != nil {
@@ -881,31 +868,31 @@ func pathLBS(c *canary) http.HandlerFunc {
 		}
 		<-sem
 		if q <= 0 {
-			if sent = allowSlow(rl, rw, req, start); sent < 0 {
-				return
-			}
-		} else if headers {
+			serveLimited(c, rw, req, start)
+			return
+		}
+		if headers {
 			h := rw.Header()
 			h["Ratelimit-Policy"] = policy
 			h["Ratelimit"] = byQ[q]
 		}
 		if req.Header[oh] != nil {
-			serveObserved(c, nil, rw, req, start, sent)
+			serveObserved(c, nil, rw, req, start, start)
 			return
 		}
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		var gen uint64
 		bsem <- struct{}{}
-		if br.closedUntil >= sent {
+		if br.closedUntil >= start {
 			br.requests++
 			gen = br.generation
 			<-bsem
 		} else {
 			<-bsem
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
@@ -918,7 +905,7 @@ func pathLBS(c *canary) http.HandlerFunc {
 			<-bsem
 		} else {
 			<-bsem
-			leaveSlow(w, sent, 0)
+			leaveSlow(w, start, 0)
 		}
 		d := int64(since(epoch)) - start
 		vsem <- struct{}{}
@@ -953,7 +940,6 @@ func pathLBSD(c *canary) http.HandlerFunc {
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
-		sent := start
 		q := int64(0)
 		sem <- struct{}{}
 		if b := peers[req.RemoteAddr]; b != nil {
@@ -964,31 +950,31 @@ func pathLBSD(c *canary) http.HandlerFunc {
 		}
 		<-sem
 		if q <= 0 {
-			if sent = allowSlow(rl, rw, req, start); sent < 0 {
-				return
-			}
-		} else if headers {
+			serveLimited(c, rw, req, start)
+			return
+		}
+		if headers {
 			h := rw.Header()
 			h["Ratelimit-Policy"] = policy
 			h["Ratelimit"] = byQ[q]
 		}
 		if req.Header[oh] != nil {
-			serveObserved(c, nil, rw, req, start, sent)
+			serveObserved(c, nil, rw, req, start, start)
 			return
 		}
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		var gen uint64
 		bsem <- struct{}{}
-		if br.closedUntil >= sent {
+		if br.closedUntil >= start {
 			br.requests++
 			gen = br.generation
 			<-bsem
 		} else {
 			<-bsem
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
@@ -1001,7 +987,7 @@ func pathLBSD(c *canary) http.HandlerFunc {
 			<-bsem
 		} else {
 			<-bsem
-			leaveSlow(w, sent, 0)
+			leaveSlow(w, start, 0)
 		}
 		d := int64(since(epoch)) - start
 		vsem <- struct{}{}
@@ -1132,7 +1118,6 @@ func pathLPB(c *canary) http.HandlerFunc {
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
-		sent := start
 		q := int64(0)
 		sem <- struct{}{}
 		if b := peers[req.RemoteAddr]; b != nil {
@@ -1148,10 +1133,10 @@ func pathLPB(c *canary) http.HandlerFunc {
 		}
 		<-sem
 		if q <= 0 {
-			if sent = allowSlow(rl, rw, req, start); sent < 0 {
-				return
-			}
-		} else if headers {
+			serveLimited(c, rw, req, start)
+			return
+		}
+		if headers {
 			h := rw.Header()
 			h["Ratelimit-Policy"] = policy
 			h["Ratelimit"] = byQ[q]
@@ -1170,18 +1155,18 @@ func pathLPB(c *canary) http.HandlerFunc {
 		br := r.br
 		bsem := br.sem
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		var gen uint64
 		bsem <- struct{}{}
-		if br.closedUntil >= sent {
+		if br.closedUntil >= start {
 			br.requests++
 			gen = br.generation
 			<-bsem
 		} else {
 			<-bsem
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
@@ -1194,7 +1179,7 @@ func pathLPB(c *canary) http.HandlerFunc {
 			<-bsem
 		} else {
 			<-bsem
-			leaveSlow(w, sent, 0)
+			leaveSlow(w, start, 0)
 		}
 	}
 }
@@ -1214,7 +1199,6 @@ func pathLPBD(c *canary) http.HandlerFunc {
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
-		sent := start
 		q := int64(0)
 		sem <- struct{}{}
 		if b := peers[req.RemoteAddr]; b != nil {
@@ -1225,10 +1209,10 @@ func pathLPBD(c *canary) http.HandlerFunc {
 		}
 		<-sem
 		if q <= 0 {
-			if sent = allowSlow(rl, rw, req, start); sent < 0 {
-				return
-			}
-		} else if headers {
+			serveLimited(c, rw, req, start)
+			return
+		}
+		if headers {
 			h := rw.Header()
 			h["Ratelimit-Policy"] = policy
 			h["Ratelimit"] = byQ[q]
@@ -1247,18 +1231,18 @@ func pathLPBD(c *canary) http.HandlerFunc {
 		br := r.br
 		bsem := br.sem
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		var gen uint64
 		bsem <- struct{}{}
-		if br.closedUntil >= sent {
+		if br.closedUntil >= start {
 			br.requests++
 			gen = br.generation
 			<-bsem
 		} else {
 			<-bsem
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
@@ -1271,7 +1255,7 @@ func pathLPBD(c *canary) http.HandlerFunc {
 			<-bsem
 		} else {
 			<-bsem
-			leaveSlow(w, sent, 0)
+			leaveSlow(w, start, 0)
 		}
 	}
 }
@@ -1289,7 +1273,6 @@ func pathLPS(c *canary) http.HandlerFunc {
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
-		sent := start
 		q := int64(0)
 		sem <- struct{}{}
 		if b := peers[req.RemoteAddr]; b != nil {
@@ -1305,10 +1288,10 @@ func pathLPS(c *canary) http.HandlerFunc {
 		}
 		<-sem
 		if q <= 0 {
-			if allowSlow(rl, rw, req, start) < 0 {
-				return
-			}
-		} else if headers {
+			serveLimited(c, rw, req, start)
+			return
+		}
+		if headers {
 			h := rw.Header()
 			h["Ratelimit-Policy"] = policy
 			h["Ratelimit"] = byQ[q]
@@ -1326,7 +1309,7 @@ func pathLPS(c *canary) http.HandlerFunc {
 		}
 		vs := r.vs
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
@@ -1359,7 +1342,6 @@ func pathLPSD(c *canary) http.HandlerFunc {
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
-		sent := start
 		q := int64(0)
 		sem <- struct{}{}
 		if b := peers[req.RemoteAddr]; b != nil {
@@ -1370,10 +1352,10 @@ func pathLPSD(c *canary) http.HandlerFunc {
 		}
 		<-sem
 		if q <= 0 {
-			if allowSlow(rl, rw, req, start) < 0 {
-				return
-			}
-		} else if headers {
+			serveLimited(c, rw, req, start)
+			return
+		}
+		if headers {
 			h := rw.Header()
 			h["Ratelimit-Policy"] = policy
 			h["Ratelimit"] = byQ[q]
@@ -1391,7 +1373,7 @@ func pathLPSD(c *canary) http.HandlerFunc {
 		}
 		vs := r.vs
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
@@ -1425,7 +1407,6 @@ func pathLPSR(c *canary) http.HandlerFunc {
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
-		sent := start
 		q := int64(0)
 		sem <- struct{}{}
 		if b := peers[req.RemoteAddr]; b != nil {
@@ -1441,10 +1422,10 @@ func pathLPSR(c *canary) http.HandlerFunc {
 		}
 		<-sem
 		if q <= 0 {
-			if allowSlow(rl, rw, req, start) < 0 {
-				return
-			}
-		} else if headers {
+			serveLimited(c, rw, req, start)
+			return
+		}
+		if headers {
 			h := rw.Header()
 			h["Ratelimit-Policy"] = policy
 			h["Ratelimit"] = byQ[q]
@@ -1465,7 +1446,7 @@ func pathLPSR(c *canary) http.HandlerFunc {
 		}
 		vs := r.vs
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
@@ -1499,7 +1480,6 @@ func pathLPSRD(c *canary) http.HandlerFunc {
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
-		sent := start
 		q := int64(0)
 		sem <- struct{}{}
 		if b := peers[req.RemoteAddr]; b != nil {
@@ -1510,10 +1490,10 @@ func pathLPSRD(c *canary) http.HandlerFunc {
 		}
 		<-sem
 		if q <= 0 {
-			if allowSlow(rl, rw, req, start) < 0 {
-				return
-			}
-		} else if headers {
+			serveLimited(c, rw, req, start)
+			return
+		}
+		if headers {
 			h := rw.Header()
 			h["Ratelimit-Policy"] = policy
 			h["Ratelimit"] = byQ[q]
@@ -1534,7 +1514,7 @@ func pathLPSRD(c *canary) http.HandlerFunc {
 		}
 		vs := r.vs
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, c: c, r: r, req: req, start: start}
@@ -1569,7 +1549,6 @@ func pathLPBS(c *canary) http.HandlerFunc {
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
-		sent := start
 		q := int64(0)
 		sem <- struct{}{}
 		if b := peers[req.RemoteAddr]; b != nil {
@@ -1585,10 +1564,10 @@ func pathLPBS(c *canary) http.HandlerFunc {
 		}
 		<-sem
 		if q <= 0 {
-			if sent = allowSlow(rl, rw, req, start); sent < 0 {
-				return
-			}
-		} else if headers {
+			serveLimited(c, rw, req, start)
+			return
+		}
+		if headers {
 			h := rw.Header()
 			h["Ratelimit-Policy"] = policy
 			h["Ratelimit"] = byQ[q]
@@ -1608,18 +1587,18 @@ func pathLPBS(c *canary) http.HandlerFunc {
 		bsem := br.sem
 		vs := r.vs
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		var gen uint64
 		bsem <- struct{}{}
-		if br.closedUntil >= sent {
+		if br.closedUntil >= start {
 			br.requests++
 			gen = br.generation
 			<-bsem
 		} else {
 			<-bsem
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
@@ -1632,7 +1611,7 @@ func pathLPBS(c *canary) http.HandlerFunc {
 			<-bsem
 		} else {
 			<-bsem
-			leaveSlow(w, sent, 0)
+			leaveSlow(w, start, 0)
 		}
 		d := int64(since(epoch)) - start
 		vs.sem <- struct{}{}
@@ -1662,7 +1641,6 @@ func pathLPBSD(c *canary) http.HandlerFunc {
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
-		sent := start
 		q := int64(0)
 		sem <- struct{}{}
 		if b := peers[req.RemoteAddr]; b != nil {
@@ -1673,10 +1651,10 @@ func pathLPBSD(c *canary) http.HandlerFunc {
 		}
 		<-sem
 		if q <= 0 {
-			if sent = allowSlow(rl, rw, req, start); sent < 0 {
-				return
-			}
-		} else if headers {
+			serveLimited(c, rw, req, start)
+			return
+		}
+		if headers {
 			h := rw.Header()
 			h["Ratelimit-Policy"] = policy
 			h["Ratelimit"] = byQ[q]
@@ -1696,18 +1674,18 @@ func pathLPBSD(c *canary) http.HandlerFunc {
 		bsem := br.sem
 		vs := r.vs
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		var gen uint64
 		bsem <- struct{}{}
-		if br.closedUntil >= sent {
+		if br.closedUntil >= start {
 			br.requests++
 			gen = br.generation
 			<-bsem
 		} else {
 			<-bsem
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
@@ -1720,7 +1698,7 @@ func pathLPBSD(c *canary) http.HandlerFunc {
 			<-bsem
 		} else {
 			<-bsem
-			leaveSlow(w, sent, 0)
+			leaveSlow(w, start, 0)
 		}
 		d := int64(since(epoch)) - start
 		vs.sem <- struct{}{}
@@ -1751,7 +1729,6 @@ func pathLPBSR(c *canary) http.HandlerFunc {
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
-		sent := start
 		q := int64(0)
 		sem <- struct{}{}
 		if b := peers[req.RemoteAddr]; b != nil {
@@ -1767,10 +1744,10 @@ func pathLPBSR(c *canary) http.HandlerFunc {
 		}
 		<-sem
 		if q <= 0 {
-			if sent = allowSlow(rl, rw, req, start); sent < 0 {
-				return
-			}
-		} else if headers {
+			serveLimited(c, rw, req, start)
+			return
+		}
+		if headers {
 			h := rw.Header()
 			h["Ratelimit-Policy"] = policy
 			h["Ratelimit"] = byQ[q]
@@ -1793,18 +1770,18 @@ func pathLPBSR(c *canary) http.HandlerFunc {
 		bsem := br.sem
 		vs := r.vs
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		var gen uint64
 		bsem <- struct{}{}
-		if br.closedUntil >= sent {
+		if br.closedUntil >= start {
 			br.requests++
 			gen = br.generation
 			<-bsem
 		} else {
 			<-bsem
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
@@ -1817,7 +1794,7 @@ func pathLPBSR(c *canary) http.HandlerFunc {
 			<-bsem
 		} else {
 			<-bsem
-			leaveSlow(w, sent, 0)
+			leaveSlow(w, start, 0)
 		}
 		d := int64(since(epoch)) - start
 		vs.sem <- struct{}{}
@@ -1848,7 +1825,6 @@ func pathLPBSRD(c *canary) http.HandlerFunc {
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
-		sent := start
 		q := int64(0)
 		sem <- struct{}{}
 		if b := peers[req.RemoteAddr]; b != nil {
@@ -1859,10 +1835,10 @@ func pathLPBSRD(c *canary) http.HandlerFunc {
 		}
 		<-sem
 		if q <= 0 {
-			if sent = allowSlow(rl, rw, req, start); sent < 0 {
-				return
-			}
-		} else if headers {
+			serveLimited(c, rw, req, start)
+			return
+		}
+		if headers {
 			h := rw.Header()
 			h["Ratelimit-Policy"] = policy
 			h["Ratelimit"] = byQ[q]
@@ -1885,18 +1861,18 @@ func pathLPBSRD(c *canary) http.HandlerFunc {
 		bsem := br.sem
 		vs := r.vs
 		if req.Header["Upgrade"] != nil || req.ProtoMajor == 2 && grpcOverH2(req) {
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		var gen uint64
 		bsem <- struct{}{}
-		if br.closedUntil >= sent {
+		if br.closedUntil >= start {
 			br.requests++
 			gen = br.generation
 			<-bsem
 		} else {
 			<-bsem
-			serveObserved(c, r, rw, req, start, sent)
+			serveObserved(c, r, rw, req, start, start)
 			return
 		}
 		w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
@@ -1909,7 +1885,7 @@ func pathLPBSRD(c *canary) http.HandlerFunc {
 			<-bsem
 		} else {
 			<-bsem
-			leaveSlow(w, sent, 0)
+			leaveSlow(w, start, 0)
 		}
 		d := int64(since(epoch)) - start
 		vs.sem <- struct{}{}

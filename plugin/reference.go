@@ -12,7 +12,7 @@ func serveReference(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
 	primary := c.primary
 	rl := c.rl
-	pickEach := !c.single || c.slowPath // the route is picked per request, not always the primary
+	pickEach := picksEach(c)
 	if c.observe {
 		return func(rw http.ResponseWriter, req *http.Request) {
 			start := int64(time.Since(epoch))
@@ -22,11 +22,7 @@ func serveReference(c *canary) http.HandlerFunc {
 					return
 				}
 			}
-			r := primary
-			if pickEach || req.Header[oh] != nil {
-				r = pick(c, rw, req)
-			}
-			serveObserved(c, r, rw, req, start, sent)
+			servePicked(c, rw, req, start, sent)
 		}
 	}
 	if rl != nil {
@@ -120,3 +116,29 @@ func serveObserved(c *canary, r *route, rw http.ResponseWriter, req *http.Reques
 		record(r.vs, r.vs.sem, w.code, req.Method, int64(time.Since(epoch))-start)
 	}
 }
+
+// servePicked picks req's version as the reference path does and serves it
+// observed (serveObserved): the request arrived at start and left the
+// limiter at sent.
+func servePicked(c *canary, rw http.ResponseWriter, req *http.Request, start, sent int64) {
+	r := c.primary
+	if picksEach(c) || req.Header[c.overrideHeader] != nil {
+		r = pick(c, rw, req)
+	}
+	serveObserved(c, r, rw, req, start, sent)
+}
+
+// serveLimited serves an observed request that the generated paths' inline
+// limiter step did not admit (a new peer, a delay, a rejection): allowSlow
+// decides it, as allow would have after the same step, and servePicked
+// serves what it lets through.
+func serveLimited(c *canary, rw http.ResponseWriter, req *http.Request, start int64) {
+	if sent := allowSlow(c.rl, rw, req, start); sent >= 0 {
+		servePicked(c, rw, req, start, sent)
+	}
+}
+
+// picksEach reports whether the reference path picks the version of every
+// request (several versions, or a sticky header or override cookie), not
+// only of those with an override header.
+func picksEach(c *canary) bool { return !c.single || c.slowPath }

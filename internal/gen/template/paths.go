@@ -84,9 +84,6 @@ func pathTemplate(c *canary) http.HandlerFunc {
 		if HAS.limit || HAS.observe {
 			start := int64(since(epoch))
 		}
-		if HAS.observe {
-			sent := start // when the request leaves the plugin, after any limiter delay
-		}
 		if HAS.limit && !HAS.observe && !HAS.pick {
 			// A keep-alive peer admitted without delay is served from inside
 			// the step; every other request goes to rest, which decides it
@@ -130,7 +127,9 @@ func pathTemplate(c *canary) http.HandlerFunc {
 			rest(rw, req)
 		}
 		if HAS.limit && HAS.observe {
-			// A keep-alive peer admitted without delay; allowSlow decides the rest.
+			// A keep-alive peer admitted without delay; every other request
+			// goes to serveLimited: allowSlow decides it, and the reference
+			// path serves what it lets through (after a delay, say).
 			q := int64(0)
 			sem <- struct{}{}
 			if b := peers[req.RemoteAddr]; b != nil {
@@ -138,16 +137,10 @@ func pathTemplate(c *canary) http.HandlerFunc {
 			}
 			<-sem
 			if q <= 0 {
-				if HAS.breaker {
-					if sent = allowSlow(rl, rw, req, start); sent < 0 {
-						return
-					}
-				} else {
-					if allowSlow(rl, rw, req, start) < 0 {
-						return
-					}
-				}
-			} else if headers {
+				serveLimited(c, rw, req, start)
+				return
+			}
+			if headers {
 				h := rw.Header()
 				h["Ratelimit-Policy"] = policy
 				h["Ratelimit"] = byQ[q]
@@ -191,7 +184,7 @@ func pathTemplate(c *canary) http.HandlerFunc {
 				}
 			} else {
 				if req.Header[oh] != nil {
-					serveObserved(c, nil, rw, req, start, sent) // nil: serveObserved chooses
+					serveObserved(c, nil, rw, req, start, start) // nil: serveObserved chooses
 					return
 				}
 			}
@@ -199,12 +192,12 @@ func pathTemplate(c *canary) http.HandlerFunc {
 			// Yaegi the closure allocates every variable and temporary it
 			// has on every request, whether its branch runs or not.
 			if INLINE.passThrough(req) {
-				serveObserved(c, r, rw, req, start, sent)
+				serveObserved(c, r, rw, req, start, start)
 				return
 			}
 			if HAS.breaker {
-				gen := INLINE.enter(br, bsem, sent, func() {
-					serveObserved(c, r, rw, req, start, sent)
+				gen := INLINE.enter(br, bsem, start, func() {
+					serveObserved(c, r, rw, req, start, start)
 					return
 				})
 				w := &statusWriter{ResponseWriter: rw, code: 200, timed: slow, c: c, r: r, req: req, gen: gen, start: start}
@@ -220,7 +213,7 @@ func pathTemplate(c *canary) http.HandlerFunc {
 			w.done = true
 			if HAS.breaker {
 				INLINE.leave(br, bsem, gen, w.code, okCode, func() {
-					leaveSlow(w, sent, 0)
+					leaveSlow(w, start, 0)
 				})
 			}
 			if HAS.stats {

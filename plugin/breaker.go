@@ -214,7 +214,7 @@ type breaker struct {
 
 	// closedUntil is expiry while closed and -1 otherwise, so that the
 	// request path tests "closed, and the window has not ended" with one
-	// comparison (see enter and leave).
+	// comparison (see enter).
 	closedUntil int64
 
 	// freedGen is the half-open generation whose probes had their slots

@@ -82,7 +82,8 @@ func serveReference(c *canary) http.HandlerFunc {
 // the reference path's, and the generated paths call it for what they do
 // not inline: a breaker that is not simply closed, a request passed through
 // unobserved (see passThrough), and on the paths without the cookie pick,
-// an override header.
+// an override header; through serveLimited, a request their inline limiter
+// step does not admit.
 func serveObserved(c *canary, r *route, rw http.ResponseWriter, req *http.Request, start, sent int64) {
 	if r == nil {
 		r = choose(c, rw, req)

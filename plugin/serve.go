@@ -13,7 +13,8 @@ import "net/http"
 //	limiter, one version / with the cookie  pathL / pathLP        gcraStep (+ cookieLookup)         TestGeneratedPathsMatchReference, TestLimitedPathsMatchReserve
 //	breaker and/or reporting, one version   pathB, pathS, pathBS  enter, leave, passThrough,        TestGeneratedPathsMatchReference
 //	  with the cookie, with the limiter     pathP*, pathL*        record (+ the above); the rest    (random sequences, every path)
-//	                                                              calls serveObserved
+//	                                                              calls serveObserved, or with the
+//	                                                              limiter serveLimited
 //	a rollout (stats on), with the cookie   pathPSR, pathPBSR,    the above, and owner's cut test   TestGeneratedPathsMatchReference
 //	                                        pathLPSR, pathLPBSR
 //	the limit shared through Redis          each L path + D       leaseStep instead of gcraStep     TestGeneratedPathsMatchReference (a real redis-server),

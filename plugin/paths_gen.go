@@ -54,7 +54,7 @@ func pathB(c *canary) http.HandlerFunc {
 	bsem := br.sem
 	handler := r.handler
 	okCode := c.okCode
-	slow := c.bs.slow > 0
+	slow := c.timed
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
@@ -141,7 +141,7 @@ func pathBS(c *canary) http.HandlerFunc {
 	vsem := vs.sem
 	handler := r.handler
 	okCode := c.okCode
-	slow := c.bs.slow > 0
+	slow := c.timed
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
@@ -217,7 +217,7 @@ func pathPB(c *canary) http.HandlerFunc {
 	lookup, cookieName := c.signed.lookup, c.cookieName
 	bucketOf := c.bucketOf
 	okCode := c.okCode
-	slow := c.bs.slow > 0
+	slow := c.timed
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
@@ -359,7 +359,7 @@ func pathPBS(c *canary) http.HandlerFunc {
 	lookup, cookieName := c.signed.lookup, c.cookieName
 	bucketOf := c.bucketOf
 	okCode := c.okCode
-	slow := c.bs.slow > 0
+	slow := c.timed
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
@@ -425,7 +425,7 @@ func pathPBSR(c *canary) http.HandlerFunc {
 	bucketOf := c.bucketOf
 	ramp, cut := c.ramp, c.cut
 	okCode := c.okCode
-	slow := c.bs.slow > 0
+	slow := c.timed
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
@@ -579,7 +579,7 @@ func pathLB(c *canary) http.HandlerFunc {
 	bsem := br.sem
 	handler := r.handler
 	okCode := c.okCode
-	slow := c.bs.slow > 0
+	slow := c.timed
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
@@ -654,7 +654,7 @@ func pathLBD(c *canary) http.HandlerFunc {
 	bsem := br.sem
 	handler := r.handler
 	okCode := c.okCode
-	slow := c.bs.slow > 0
+	slow := c.timed
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
@@ -849,7 +849,7 @@ func pathLBS(c *canary) http.HandlerFunc {
 	vsem := vs.sem
 	handler := r.handler
 	okCode := c.okCode
-	slow := c.bs.slow > 0
+	slow := c.timed
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
@@ -936,7 +936,7 @@ func pathLBSD(c *canary) http.HandlerFunc {
 	vsem := vs.sem
 	handler := r.handler
 	okCode := c.okCode
-	slow := c.bs.slow > 0
+	slow := c.timed
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
@@ -1114,7 +1114,7 @@ func pathLPB(c *canary) http.HandlerFunc {
 	lookup, cookieName := c.signed.lookup, c.cookieName
 	bucketOf := c.bucketOf
 	okCode := c.okCode
-	slow := c.bs.slow > 0
+	slow := c.timed
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
@@ -1195,7 +1195,7 @@ func pathLPBD(c *canary) http.HandlerFunc {
 	lookup, cookieName := c.signed.lookup, c.cookieName
 	bucketOf := c.bucketOf
 	okCode := c.okCode
-	slow := c.bs.slow > 0
+	slow := c.timed
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
@@ -1545,7 +1545,7 @@ func pathLPBS(c *canary) http.HandlerFunc {
 	lookup, cookieName := c.signed.lookup, c.cookieName
 	bucketOf := c.bucketOf
 	okCode := c.okCode
-	slow := c.bs.slow > 0
+	slow := c.timed
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
@@ -1637,7 +1637,7 @@ func pathLPBSD(c *canary) http.HandlerFunc {
 	lookup, cookieName := c.signed.lookup, c.cookieName
 	bucketOf := c.bucketOf
 	okCode := c.okCode
-	slow := c.bs.slow > 0
+	slow := c.timed
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
@@ -1725,7 +1725,7 @@ func pathLPBSR(c *canary) http.HandlerFunc {
 	bucketOf := c.bucketOf
 	ramp, cut := c.ramp, c.cut
 	okCode := c.okCode
-	slow := c.bs.slow > 0
+	slow := c.timed
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
@@ -1821,7 +1821,7 @@ func pathLPBSRD(c *canary) http.HandlerFunc {
 	bucketOf := c.bucketOf
 	ramp, cut := c.ramp, c.cut
 	okCode := c.okCode
-	slow := c.bs.slow > 0
+	slow := c.timed
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))

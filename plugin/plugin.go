@@ -52,6 +52,8 @@ type canary struct {
 	st      *mwStats         // nil when reporting is off
 	observe bool             // breaker or reporting on: time and status are observed
 	fast    bool             // more than one version and no sticky header or override cookie: a valid cookie decides
+	pickAll bool             // the reference path picks every request's version (several versions, or a sticky header or override cookie), not only overridden ones
+	timed   bool             // the breaker has a slowThreshold: the status wrapper records when the headers were written
 	okCode  int              // 200 when the breaker is on and a 200 is a success whatever its duration, else -1 (no status): see leave
 
 	serve http.HandlerFunc // the request path for this configuration (see serveFunc)
@@ -140,6 +142,8 @@ func newCanary(ctx context.Context, next http.Handler, cfg *Config, name string)
 	shareCookieTable(ctx, c.cookieName, name, c.signed)
 	c.observe = c.bs != nil || c.st != nil
 	c.fast = !c.single && !c.slowPath
+	c.pickAll = !c.single || c.slowPath
+	c.timed = c.bs != nil && c.bs.slow > 0
 	c.okCode = -1
 	if c.bs != nil && c.bs.slow == 0 && !c.bs.failCodes[http.StatusOK] {
 		c.okCode = http.StatusOK

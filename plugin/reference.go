@@ -12,7 +12,7 @@ func serveReference(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
 	primary := c.primary
 	rl := c.rl
-	pickEach := picksEach(c)
+	pickEach := c.pickAll
 	if c.observe {
 		return func(rw http.ResponseWriter, req *http.Request) {
 			start := int64(time.Since(epoch))
@@ -97,7 +97,7 @@ func serveObserved(c *canary, r *route, rw http.ResponseWriter, req *http.Reques
 			return
 		}
 	}
-	w := &statusWriter{ResponseWriter: rw, code: 200, timed: c.bs != nil && c.bs.slow > 0, c: c, r: r, req: req, gen: gen, start: start}
+	w := &statusWriter{ResponseWriter: rw, code: 200, timed: c.timed, c: c, r: r, req: req, gen: gen, start: start}
 	defer abandoned(w)
 	if passThrough(req) {
 		r.handler.ServeHTTP(rw, req)
@@ -123,7 +123,7 @@ func serveObserved(c *canary, r *route, rw http.ResponseWriter, req *http.Reques
 // limiter at sent.
 func servePicked(c *canary, rw http.ResponseWriter, req *http.Request, start, sent int64) {
 	r := c.primary
-	if picksEach(c) || req.Header[c.overrideHeader] != nil {
+	if c.pickAll || req.Header[c.overrideHeader] != nil {
 		r = pick(c, rw, req)
 	}
 	serveObserved(c, r, rw, req, start, sent)
@@ -138,8 +138,3 @@ func serveLimited(c *canary, rw http.ResponseWriter, req *http.Request, start in
 		servePicked(c, rw, req, start, sent)
 	}
 }
-
-// picksEach reports whether the reference path picks the version of every
-// request (several versions, or a sticky header or override cookie), not
-// only of those with an override header.
-func picksEach(c *canary) bool { return !c.single || c.slowPath }

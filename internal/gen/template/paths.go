@@ -75,7 +75,7 @@ func pathTemplate(c *canary) http.HandlerFunc {
 	}
 	if HAS.breaker {
 		okCode := c.okCode
-		slow := c.bs.slow > 0
+		slow := c.timed
 	}
 	if HAS.observe {
 		ab := abandoned // deferring a captured function costs two allocations less than deferring abandoned

@@ -8,7 +8,9 @@
 // Inlining is textual and checked: a step's parameters are renamed to the
 // arguments, its named results to the variables the call assigns, and a call
 // of a func parameter is replaced by the body of the func literal passed for
-// it. A step has at most one return, a bare one at its end, or is a single
+// it; an argument of that call which the literal reads more than once (once
+// its HAS are decided) and is not a plain name is evaluated once, into the
+// literal's parameter. A step has at most one return, a bare one at its end, or is a single
 // return of an expression. Locals a step declares at its top level must not
 // clash with the template's names, and no argument may name a local the
 // step declares inside. A step must not write its parameters, nor use a
@@ -889,6 +891,17 @@ func (r *renderer) holeCall(s *ast.ExprStmt, b *binding) *ast.FuncLit {
 	return nil
 }
 
+// uses counts the reads of the variable name in n.
+func uses(n ast.Node, name string) int {
+	k := 0
+	eachVariable(n, func(id *ast.Ident) {
+		if id.Name == name {
+			k++
+		}
+	})
+	return k
+}
+
 // returns reports whether a literal's body has a return of its own.
 func returns(body *ast.BlockStmt) bool {
 	found := false
@@ -933,10 +946,20 @@ func (r *renderer) fill(list []ast.Stmt, b *binding) []ast.Stmt {
 							for _, f := range lit.Type.Params.List {
 								ps = append(ps, f.Names...)
 							}
+							r.walk(lit.Body) // decide its HAS first: only the uses that stay count
+							var bind []ast.Stmt
 							for i, p := range ps {
-								hb.text[p.Name] = r.text(call.Args[i])
+								arg := call.Args[i]
+								if _, plain := arg.(*ast.Ident); !plain && uses(lit.Body, p.Name) > 1 {
+									// An expression the literal reads twice is
+									// evaluated once, into the parameter's name.
+									bind = append(bind, &ast.AssignStmt{Lhs: []ast.Expr{ast.NewIdent(p.Name)}, Tok: token.DEFINE, Rhs: []ast.Expr{arg}})
+									continue
+								}
+								hb.text[p.Name] = r.text(arg)
 							}
 							r.rename(lit.Body, hb)
+							out = append(out, bind...)
 							out = append(out, lit.Body.List...)
 							continue
 						}

@@ -192,18 +192,19 @@ func pathBS(c *canary) http.HandlerFunc {
 // pathP is the request path with the cookie pick.
 func pathP(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
-	lookup, cookieName := c.signed.lookup, c.cookieName
-	handlerOf := make([]http.Handler, numBuckets)
+	current, cookieName := c.signed.current, c.cookieName
+	handlerOf := make([]http.Handler, 1+numBuckets)
+	handlerOf[0] = http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
+		choose(c, rw, req).handler.ServeHTTP(rw, req)
+	})
 	for b, r := range c.bucketOf {
-		handlerOf[b] = r.handler
+		handlerOf[b+1] = r.handler
 	}
 	return func(rw http.ResponseWriter, req *http.Request) {
 		if req.Header[oh] == nil {
 			if ck, err := req.Cookie(cookieName); err == nil {
-				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
-					handlerOf[b].ServeHTTP(rw, req)
-					return
-				}
+				handlerOf[current[ck.Value]].ServeHTTP(rw, req)
+				return
 			}
 		}
 		choose(c, rw, req).handler.ServeHTTP(rw, req)
@@ -214,8 +215,8 @@ func pathP(c *canary) http.HandlerFunc {
 func pathPB(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
 	since := time.Since
-	lookup, cookieName := c.signed.lookup, c.cookieName
-	bucketOf := c.bucketOf
+	current, cookieName := c.signed.current, c.cookieName
+	bucketOf1 := c.bucketOf1
 	okCode := c.okCode
 	slow := c.timed
 	ab := abandoned
@@ -224,9 +225,7 @@ func pathPB(c *canary) http.HandlerFunc {
 		var r *route
 		if req.Header[oh] == nil {
 			if ck, err := req.Cookie(cookieName); err == nil {
-				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
-					r = bucketOf[b]
-				}
+				r = bucketOf1[current[ck.Value]]
 			}
 		}
 		if r == nil {
@@ -268,17 +267,15 @@ func pathPB(c *canary) http.HandlerFunc {
 func pathPS(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
 	since := time.Since
-	lookup, cookieName := c.signed.lookup, c.cookieName
-	bucketOf := c.bucketOf
+	current, cookieName := c.signed.current, c.cookieName
+	bucketOf1 := c.bucketOf1
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		var r *route
 		if req.Header[oh] == nil {
 			if ck, err := req.Cookie(cookieName); err == nil {
-				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
-					r = bucketOf[b]
-				}
+				r = bucketOf1[current[ck.Value]]
 			}
 		}
 		if r == nil {
@@ -310,8 +307,8 @@ func pathPS(c *canary) http.HandlerFunc {
 func pathPSR(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
 	since := time.Since
-	lookup, cookieName := c.signed.lookup, c.cookieName
-	bucketOf := c.bucketOf
+	current, cookieName := c.signed.current, c.cookieName
+	bucketOf1 := c.bucketOf1
 	ramp, cut := c.ramp, c.cut
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
@@ -319,11 +316,10 @@ func pathPSR(c *canary) http.HandlerFunc {
 		var r *route
 		if req.Header[oh] == nil {
 			if ck, err := req.Cookie(cookieName); err == nil {
-				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
-					r = bucketOf[b]
-					if b < int(atomic.LoadInt32(cut)) {
-						r = ramp
-					}
+				b1 := current[ck.Value]
+				r = bucketOf1[b1]
+				if b1 > 0 && b1 <= int(atomic.LoadInt32(cut)) {
+					r = ramp
 				}
 			}
 		}
@@ -356,8 +352,8 @@ func pathPSR(c *canary) http.HandlerFunc {
 func pathPBS(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
 	since := time.Since
-	lookup, cookieName := c.signed.lookup, c.cookieName
-	bucketOf := c.bucketOf
+	current, cookieName := c.signed.current, c.cookieName
+	bucketOf1 := c.bucketOf1
 	okCode := c.okCode
 	slow := c.timed
 	ab := abandoned
@@ -366,9 +362,7 @@ func pathPBS(c *canary) http.HandlerFunc {
 		var r *route
 		if req.Header[oh] == nil {
 			if ck, err := req.Cookie(cookieName); err == nil {
-				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
-					r = bucketOf[b]
-				}
+				r = bucketOf1[current[ck.Value]]
 			}
 		}
 		if r == nil {
@@ -421,8 +415,8 @@ func pathPBS(c *canary) http.HandlerFunc {
 func pathPBSR(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
 	since := time.Since
-	lookup, cookieName := c.signed.lookup, c.cookieName
-	bucketOf := c.bucketOf
+	current, cookieName := c.signed.current, c.cookieName
+	bucketOf1 := c.bucketOf1
 	ramp, cut := c.ramp, c.cut
 	okCode := c.okCode
 	slow := c.timed
@@ -432,11 +426,10 @@ func pathPBSR(c *canary) http.HandlerFunc {
 		var r *route
 		if req.Header[oh] == nil {
 			if ck, err := req.Cookie(cookieName); err == nil {
-				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
-					r = bucketOf[b]
-					if b < int(atomic.LoadInt32(cut)) {
-						r = ramp
-					}
+				b1 := current[ck.Value]
+				r = bucketOf1[b1]
+				if b1 > 0 && b1 <= int(atomic.LoadInt32(cut)) {
+					r = ramp
 				}
 			}
 		}
@@ -511,7 +504,10 @@ func pathL(c *canary) http.HandlerFunc {
 				tat = start
 			}
 			tat += interval
-			if q = (start + span0 - tat) / interval; q > 0 {
+			q = start + span0
+			q -= tat
+			q /= interval
+			if q > 0 {
 				b.tat = tat
 				<-sem
 				if headers {
@@ -592,7 +588,10 @@ func pathLB(c *canary) http.HandlerFunc {
 				tat = start
 			}
 			tat += interval
-			if q = (start + span0 - tat) / interval; q > 0 {
+			q = start + span0
+			q -= tat
+			q /= interval
+			if q > 0 {
 				b.tat = tat
 			}
 		}
@@ -735,7 +734,10 @@ func pathLS(c *canary) http.HandlerFunc {
 				tat = start
 			}
 			tat += interval
-			if q = (start + span0 - tat) / interval; q > 0 {
+			q = start + span0
+			q -= tat
+			q /= interval
+			if q > 0 {
 				b.tat = tat
 			}
 		}
@@ -862,7 +864,10 @@ func pathLBS(c *canary) http.HandlerFunc {
 				tat = start
 			}
 			tat += interval
-			if q = (start + span0 - tat) / interval; q > 0 {
+			q = start + span0
+			q -= tat
+			q /= interval
+			if q > 0 {
 				b.tat = tat
 			}
 		}
@@ -1014,10 +1019,13 @@ func pathLP(c *canary) http.HandlerFunc {
 	if peers == nil {
 		return rest
 	}
-	lookup, cookieName := c.signed.lookup, c.cookieName
-	handlerOf := make([]http.Handler, numBuckets)
+	current, cookieName := c.signed.current, c.cookieName
+	handlerOf := make([]http.Handler, 1+numBuckets)
+	handlerOf[0] = http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
+		choose(c, rw, req).handler.ServeHTTP(rw, req)
+	})
 	for b, r := range c.bucketOf {
-		handlerOf[b] = r.handler
+		handlerOf[b+1] = r.handler
 	}
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
@@ -1030,7 +1038,10 @@ func pathLP(c *canary) http.HandlerFunc {
 				tat = start
 			}
 			tat += interval
-			if q = (start + span0 - tat) / interval; q > 0 {
+			q = start + span0
+			q -= tat
+			q /= interval
+			if q > 0 {
 				b.tat = tat
 				<-sem
 				if headers {
@@ -1040,10 +1051,8 @@ func pathLP(c *canary) http.HandlerFunc {
 				}
 				if req.Header[oh] == nil {
 					if ck, err := req.Cookie(cookieName); err == nil {
-						if b, ok := lookup[ck.Value]; ok && b < numBuckets {
-							handlerOf[b].ServeHTTP(rw, req)
-							return
-						}
+						handlerOf[current[ck.Value]].ServeHTTP(rw, req)
+						return
 					}
 				}
 				choose(c, rw, req).handler.ServeHTTP(rw, req)
@@ -1067,10 +1076,13 @@ func pathLPD(c *canary) http.HandlerFunc {
 	if peers == nil {
 		return rest
 	}
-	lookup, cookieName := c.signed.lookup, c.cookieName
-	handlerOf := make([]http.Handler, numBuckets)
+	current, cookieName := c.signed.current, c.cookieName
+	handlerOf := make([]http.Handler, 1+numBuckets)
+	handlerOf[0] = http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
+		choose(c, rw, req).handler.ServeHTTP(rw, req)
+	})
 	for b, r := range c.bucketOf {
-		handlerOf[b] = r.handler
+		handlerOf[b+1] = r.handler
 	}
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
@@ -1088,10 +1100,8 @@ func pathLPD(c *canary) http.HandlerFunc {
 				}
 				if req.Header[oh] == nil {
 					if ck, err := req.Cookie(cookieName); err == nil {
-						if b, ok := lookup[ck.Value]; ok && b < numBuckets {
-							handlerOf[b].ServeHTTP(rw, req)
-							return
-						}
+						handlerOf[current[ck.Value]].ServeHTTP(rw, req)
+						return
 					}
 				}
 				choose(c, rw, req).handler.ServeHTTP(rw, req)
@@ -1111,8 +1121,8 @@ func pathLPB(c *canary) http.HandlerFunc {
 	peers, byQ := inlineLimiter(rl)
 	sem, interval, span0 := rl.sem, rl.interval, rl.window+rl.interval
 	headers, policy := rl.headers, rl.policy
-	lookup, cookieName := c.signed.lookup, c.cookieName
-	bucketOf := c.bucketOf
+	current, cookieName := c.signed.current, c.cookieName
+	bucketOf1 := c.bucketOf1
 	okCode := c.okCode
 	slow := c.timed
 	ab := abandoned
@@ -1127,7 +1137,10 @@ func pathLPB(c *canary) http.HandlerFunc {
 				tat = start
 			}
 			tat += interval
-			if q = (start + span0 - tat) / interval; q > 0 {
+			q = start + span0
+			q -= tat
+			q /= interval
+			if q > 0 {
 				b.tat = tat
 			}
 		}
@@ -1144,9 +1157,7 @@ func pathLPB(c *canary) http.HandlerFunc {
 		var r *route
 		if req.Header[oh] == nil {
 			if ck, err := req.Cookie(cookieName); err == nil {
-				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
-					r = bucketOf[b]
-				}
+				r = bucketOf1[current[ck.Value]]
 			}
 		}
 		if r == nil {
@@ -1192,8 +1203,8 @@ func pathLPBD(c *canary) http.HandlerFunc {
 	peers, byQ := inlineLimiter(rl)
 	sem := rl.sem
 	headers, policy := rl.headers, rl.policy
-	lookup, cookieName := c.signed.lookup, c.cookieName
-	bucketOf := c.bucketOf
+	current, cookieName := c.signed.current, c.cookieName
+	bucketOf1 := c.bucketOf1
 	okCode := c.okCode
 	slow := c.timed
 	ab := abandoned
@@ -1220,9 +1231,7 @@ func pathLPBD(c *canary) http.HandlerFunc {
 		var r *route
 		if req.Header[oh] == nil {
 			if ck, err := req.Cookie(cookieName); err == nil {
-				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
-					r = bucketOf[b]
-				}
+				r = bucketOf1[current[ck.Value]]
 			}
 		}
 		if r == nil {
@@ -1268,8 +1277,8 @@ func pathLPS(c *canary) http.HandlerFunc {
 	peers, byQ := inlineLimiter(rl)
 	sem, interval, span0 := rl.sem, rl.interval, rl.window+rl.interval
 	headers, policy := rl.headers, rl.policy
-	lookup, cookieName := c.signed.lookup, c.cookieName
-	bucketOf := c.bucketOf
+	current, cookieName := c.signed.current, c.cookieName
+	bucketOf1 := c.bucketOf1
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
@@ -1282,7 +1291,10 @@ func pathLPS(c *canary) http.HandlerFunc {
 				tat = start
 			}
 			tat += interval
-			if q = (start + span0 - tat) / interval; q > 0 {
+			q = start + span0
+			q -= tat
+			q /= interval
+			if q > 0 {
 				b.tat = tat
 			}
 		}
@@ -1299,9 +1311,7 @@ func pathLPS(c *canary) http.HandlerFunc {
 		var r *route
 		if req.Header[oh] == nil {
 			if ck, err := req.Cookie(cookieName); err == nil {
-				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
-					r = bucketOf[b]
-				}
+				r = bucketOf1[current[ck.Value]]
 			}
 		}
 		if r == nil {
@@ -1337,8 +1347,8 @@ func pathLPSD(c *canary) http.HandlerFunc {
 	peers, byQ := inlineLimiter(rl)
 	sem := rl.sem
 	headers, policy := rl.headers, rl.policy
-	lookup, cookieName := c.signed.lookup, c.cookieName
-	bucketOf := c.bucketOf
+	current, cookieName := c.signed.current, c.cookieName
+	bucketOf1 := c.bucketOf1
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
@@ -1363,9 +1373,7 @@ func pathLPSD(c *canary) http.HandlerFunc {
 		var r *route
 		if req.Header[oh] == nil {
 			if ck, err := req.Cookie(cookieName); err == nil {
-				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
-					r = bucketOf[b]
-				}
+				r = bucketOf1[current[ck.Value]]
 			}
 		}
 		if r == nil {
@@ -1401,8 +1409,8 @@ func pathLPSR(c *canary) http.HandlerFunc {
 	peers, byQ := inlineLimiter(rl)
 	sem, interval, span0 := rl.sem, rl.interval, rl.window+rl.interval
 	headers, policy := rl.headers, rl.policy
-	lookup, cookieName := c.signed.lookup, c.cookieName
-	bucketOf := c.bucketOf
+	current, cookieName := c.signed.current, c.cookieName
+	bucketOf1 := c.bucketOf1
 	ramp, cut := c.ramp, c.cut
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
@@ -1416,7 +1424,10 @@ func pathLPSR(c *canary) http.HandlerFunc {
 				tat = start
 			}
 			tat += interval
-			if q = (start + span0 - tat) / interval; q > 0 {
+			q = start + span0
+			q -= tat
+			q /= interval
+			if q > 0 {
 				b.tat = tat
 			}
 		}
@@ -1433,11 +1444,10 @@ func pathLPSR(c *canary) http.HandlerFunc {
 		var r *route
 		if req.Header[oh] == nil {
 			if ck, err := req.Cookie(cookieName); err == nil {
-				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
-					r = bucketOf[b]
-					if b < int(atomic.LoadInt32(cut)) {
-						r = ramp
-					}
+				b1 := current[ck.Value]
+				r = bucketOf1[b1]
+				if b1 > 0 && b1 <= int(atomic.LoadInt32(cut)) {
+					r = ramp
 				}
 			}
 		}
@@ -1474,8 +1484,8 @@ func pathLPSRD(c *canary) http.HandlerFunc {
 	peers, byQ := inlineLimiter(rl)
 	sem := rl.sem
 	headers, policy := rl.headers, rl.policy
-	lookup, cookieName := c.signed.lookup, c.cookieName
-	bucketOf := c.bucketOf
+	current, cookieName := c.signed.current, c.cookieName
+	bucketOf1 := c.bucketOf1
 	ramp, cut := c.ramp, c.cut
 	ab := abandoned
 	return func(rw http.ResponseWriter, req *http.Request) {
@@ -1501,11 +1511,10 @@ func pathLPSRD(c *canary) http.HandlerFunc {
 		var r *route
 		if req.Header[oh] == nil {
 			if ck, err := req.Cookie(cookieName); err == nil {
-				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
-					r = bucketOf[b]
-					if b < int(atomic.LoadInt32(cut)) {
-						r = ramp
-					}
+				b1 := current[ck.Value]
+				r = bucketOf1[b1]
+				if b1 > 0 && b1 <= int(atomic.LoadInt32(cut)) {
+					r = ramp
 				}
 			}
 		}
@@ -1542,8 +1551,8 @@ func pathLPBS(c *canary) http.HandlerFunc {
 	peers, byQ := inlineLimiter(rl)
 	sem, interval, span0 := rl.sem, rl.interval, rl.window+rl.interval
 	headers, policy := rl.headers, rl.policy
-	lookup, cookieName := c.signed.lookup, c.cookieName
-	bucketOf := c.bucketOf
+	current, cookieName := c.signed.current, c.cookieName
+	bucketOf1 := c.bucketOf1
 	okCode := c.okCode
 	slow := c.timed
 	ab := abandoned
@@ -1558,7 +1567,10 @@ func pathLPBS(c *canary) http.HandlerFunc {
 				tat = start
 			}
 			tat += interval
-			if q = (start + span0 - tat) / interval; q > 0 {
+			q = start + span0
+			q -= tat
+			q /= interval
+			if q > 0 {
 				b.tat = tat
 			}
 		}
@@ -1575,9 +1587,7 @@ func pathLPBS(c *canary) http.HandlerFunc {
 		var r *route
 		if req.Header[oh] == nil {
 			if ck, err := req.Cookie(cookieName); err == nil {
-				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
-					r = bucketOf[b]
-				}
+				r = bucketOf1[current[ck.Value]]
 			}
 		}
 		if r == nil {
@@ -1634,8 +1644,8 @@ func pathLPBSD(c *canary) http.HandlerFunc {
 	peers, byQ := inlineLimiter(rl)
 	sem := rl.sem
 	headers, policy := rl.headers, rl.policy
-	lookup, cookieName := c.signed.lookup, c.cookieName
-	bucketOf := c.bucketOf
+	current, cookieName := c.signed.current, c.cookieName
+	bucketOf1 := c.bucketOf1
 	okCode := c.okCode
 	slow := c.timed
 	ab := abandoned
@@ -1662,9 +1672,7 @@ func pathLPBSD(c *canary) http.HandlerFunc {
 		var r *route
 		if req.Header[oh] == nil {
 			if ck, err := req.Cookie(cookieName); err == nil {
-				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
-					r = bucketOf[b]
-				}
+				r = bucketOf1[current[ck.Value]]
 			}
 		}
 		if r == nil {
@@ -1721,8 +1729,8 @@ func pathLPBSR(c *canary) http.HandlerFunc {
 	peers, byQ := inlineLimiter(rl)
 	sem, interval, span0 := rl.sem, rl.interval, rl.window+rl.interval
 	headers, policy := rl.headers, rl.policy
-	lookup, cookieName := c.signed.lookup, c.cookieName
-	bucketOf := c.bucketOf
+	current, cookieName := c.signed.current, c.cookieName
+	bucketOf1 := c.bucketOf1
 	ramp, cut := c.ramp, c.cut
 	okCode := c.okCode
 	slow := c.timed
@@ -1738,7 +1746,10 @@ func pathLPBSR(c *canary) http.HandlerFunc {
 				tat = start
 			}
 			tat += interval
-			if q = (start + span0 - tat) / interval; q > 0 {
+			q = start + span0
+			q -= tat
+			q /= interval
+			if q > 0 {
 				b.tat = tat
 			}
 		}
@@ -1755,11 +1766,10 @@ func pathLPBSR(c *canary) http.HandlerFunc {
 		var r *route
 		if req.Header[oh] == nil {
 			if ck, err := req.Cookie(cookieName); err == nil {
-				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
-					r = bucketOf[b]
-					if b < int(atomic.LoadInt32(cut)) {
-						r = ramp
-					}
+				b1 := current[ck.Value]
+				r = bucketOf1[b1]
+				if b1 > 0 && b1 <= int(atomic.LoadInt32(cut)) {
+					r = ramp
 				}
 			}
 		}
@@ -1817,8 +1827,8 @@ func pathLPBSRD(c *canary) http.HandlerFunc {
 	peers, byQ := inlineLimiter(rl)
 	sem := rl.sem
 	headers, policy := rl.headers, rl.policy
-	lookup, cookieName := c.signed.lookup, c.cookieName
-	bucketOf := c.bucketOf
+	current, cookieName := c.signed.current, c.cookieName
+	bucketOf1 := c.bucketOf1
 	ramp, cut := c.ramp, c.cut
 	okCode := c.okCode
 	slow := c.timed
@@ -1846,11 +1856,10 @@ func pathLPBSRD(c *canary) http.HandlerFunc {
 		var r *route
 		if req.Header[oh] == nil {
 			if ck, err := req.Cookie(cookieName); err == nil {
-				if b, ok := lookup[ck.Value]; ok && b < numBuckets {
-					r = bucketOf[b]
-					if b < int(atomic.LoadInt32(cut)) {
-						r = ramp
-					}
+				b1 := current[ck.Value]
+				r = bucketOf1[b1]
+				if b1 > 0 && b1 <= int(atomic.LoadInt32(cut)) {
+					r = ramp
 				}
 			}
 		}
@@ -1910,7 +1919,10 @@ func reserve(l *limiter, b *bucket, now int64) int64 {
 		tat = now
 	}
 	tat += l.interval
-	if q = (now + l.span - tat) / l.interval; q > 0 {
+	q = now + l.span
+	q -= tat
+	q /= l.interval
+	if q > 0 {
 		b.tat = tat
 	}
 	return tat - now - l.window
@@ -1935,7 +1947,10 @@ func take(l *limiter, key string, now int64) int64 {
 		tat = now
 	}
 	tat += l.interval
-	if q = (now + l.span - tat) / l.interval; q > 0 {
+	q = now + l.span
+	q -= tat
+	q /= l.interval
+	if q > 0 {
 		b.tat = tat
 	}
 	<-l.sem

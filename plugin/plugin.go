@@ -30,9 +30,10 @@ type canary struct {
 	next http.Handler
 	name string
 
-	routes   []*route          // non-primary versions sorted by name, then the primary
-	byName   map[string]*route // version names plus "always" and "never"
-	bucketOf []*route          // bucket -> the version that owns it
+	routes    []*route          // non-primary versions sorted by name, then the primary
+	byName    map[string]*route // version names plus "always" and "never"
+	bucketOf  []*route          // bucket -> the version that owns it
+	bucketOf1 []*route          // bucket+1 -> the same; entry 0 is nil (see signedBuckets.current). Shares bucketOf's array
 
 	signed     *signedBuckets
 	cookieName string
@@ -232,7 +233,8 @@ func (c *canary) setupVersions(versions map[string]VersionConfig) error {
 // share the rest by weight: the ramp only ever takes the primary's users,
 // and a rollback gives every one of them back to the primary.
 func (c *canary) layout(weights map[string]int, ramp string, reserve int) {
-	c.bucketOf = make([]*route, numBuckets)
+	c.bucketOf1 = make([]*route, 1+numBuckets)
+	c.bucketOf = c.bucketOf1[1:]
 	if ramp == "" {
 		var total, cum int64
 		for _, r := range c.routes {
@@ -480,7 +482,11 @@ func pick(c *canary, rw http.ResponseWriter, req *http.Request) *route {
 		return choose(c, rw, req)
 	}
 	var r *route
-	cookieLookup(req, c.overrideHeader, c.cookieName, c.signed.lookup, func(b int) { r = owner(c, b) })
+	cookieLookup(req, c.overrideHeader, c.cookieName, c.signed.current, func(b1 int) {
+		if b1 > 0 {
+			r = owner(c, b1-1)
+		}
+	})
 	if r == nil {
 		r = choose(c, rw, req)
 	}
@@ -527,15 +533,15 @@ func cookieBucket(c *canary, rw http.ResponseWriter, req *http.Request) (int, bo
 		if ck.Name != c.cookieName {
 			continue
 		}
-		if b, ok := c.signed.lookup[ck.Value]; ok && b < numBuckets {
-			return b, true
+		if b1 := c.signed.current[ck.Value]; b1 > 0 {
+			return b1 - 1, true
 		}
 		values = append(values, ck.Value)
 	}
 	for _, v := range values {
-		if b, ok := c.signed.lookup[v]; ok { // signed with a previous secret: re-sign
-			c.setCookie(rw, b-numBuckets)
-			return b - numBuckets, true
+		if b, ok := c.signed.previous[v]; ok { // signed with a previous secret: re-sign
+			c.setCookie(rw, b)
+			return b, true
 		}
 	}
 	for _, v := range values {

@@ -365,7 +365,10 @@ func gcraStep(b *bucket, now, interval, span int64, charged func()) (tat, q int6
 		tat = now
 	}
 	tat += interval
-	if q = (now + span - tat) / interval; q > 0 {
+	q = now + span // in three statements: under Yaegi each parenthesis and
+	q -= tat       // each intermediate value of an expression costs an
+	q /= interval  // allocation per request, an assignment's operator none
+	if q > 0 {
 		b.tat = tat
 		charged()
 	}

@@ -23,14 +23,20 @@ const numBuckets = 10000
 const sigLen = 22
 
 // signedBuckets holds, for one set of keys, the cookie value of every bucket
-// and the reverse lookup. There are only numBuckets valid cookie values per
+// and the reverse lookups. There are only numBuckets valid cookie values per
 // key, so they are all computed once (compiled HMAC calls) and a request's
-// cookie is verified by one map lookup instead of an interpreted HMAC. A value
-// signed with a previous key maps to bucket+numBuckets: valid, but to be
-// re-signed.
+// cookie is verified by one map lookup instead of an interpreted HMAC.
 type signedBuckets struct {
-	values []string       // bucket -> cookie value under the current key
-	lookup map[string]int // cookie value -> bucket (+numBuckets: previous key)
+	values []string // bucket -> cookie value under the current key
+
+	// current maps a value signed with the current key to its bucket plus
+	// one, so that a miss (0) indexes a nil entry of a 1-based table
+	// (canary.bucketOf1): the request paths then need no "ok" and no range
+	// test, each of which costs an allocation per request under Yaegi.
+	current map[string]int
+	// previous maps a value signed with a previous key to its bucket: valid,
+	// but to be re-signed.
+	previous map[string]int
 }
 
 // signCache shares signedBuckets across New calls (every router, every
@@ -52,15 +58,15 @@ func cookieValue(key []byte, b int) string {
 
 // cookieLookup is the common case of choosing a version: a returning client
 // without an override header whose first cookie of the name is signed with
-// the current secret. hit gets its bucket. Every other case (no cookie, a
-// stale one first, a previous secret, another middleware's cookie) is
-// choose's. The generated request paths inline it (see serve.go).
-func cookieLookup(req *http.Request, oh, cookieName string, lookup map[string]int, hit func(b int)) {
+// the current secret. hit gets its bucket plus one, from current, or 0 when
+// that cookie is not signed with the current secret; a 1-based table then
+// answers both with one index (see signedBuckets.current). Every other case
+// (no cookie, a stale one first, a previous secret, another middleware's
+// cookie) is choose's. The generated request paths inline it (see serve.go).
+func cookieLookup(req *http.Request, oh, cookieName string, current map[string]int, hit func(b1 int)) {
 	if req.Header[oh] == nil {
 		if ck, err := req.Cookie(cookieName); err == nil {
-			if b, ok := lookup[ck.Value]; ok && b < numBuckets {
-				hit(b)
-			}
+			hit(current[ck.Value])
 		}
 	}
 }
@@ -81,20 +87,22 @@ func getSignedBuckets(secret string, previous []string) *signedBuckets {
 		return t
 	}
 	t := &signedBuckets{
-		values: make([]string, numBuckets),
-		lookup: make(map[string]int, numBuckets*(1+len(previous))),
+		values:   make([]string, numBuckets),
+		current:  make(map[string]int, numBuckets),
+		previous: make(map[string]int, numBuckets*len(previous)),
 	}
 	for i := len(previous) - 1; i >= 0; i-- {
 		key := []byte(previous[i])
 		for b := 0; b < numBuckets; b++ {
-			t.lookup[cookieValue(key, b)] = b + numBuckets
+			t.previous[cookieValue(key, b)] = b
 		}
 	}
 	key := []byte(secret)
 	for b := 0; b < numBuckets; b++ {
 		v := cookieValue(key, b)
 		t.values[b] = v
-		t.lookup[v] = b
+		t.current[v] = b + 1
+		delete(t.previous, v) // a secret listed as previous too: current wins
 	}
 	if len(signCache.m) >= maxSignCache {
 		for k := range signCache.m {
@@ -211,7 +219,10 @@ func signedElsewhere(cookieName, middleware, value string, now time.Time) bool {
 				continue
 			}
 		}
-		if _, ok := e.t.lookup[value]; ok {
+		if e.t.current[value] > 0 {
+			return true
+		}
+		if _, ok := e.t.previous[value]; ok {
 			return true
 		}
 	}

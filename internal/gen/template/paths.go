@@ -43,16 +43,21 @@ func pathTemplate(c *canary) http.HandlerFunc {
 		}
 	}
 	if HAS.pick {
-		lookup, cookieName := c.signed.lookup, c.cookieName
+		current, cookieName := c.signed.current, c.cookieName
 		if HAS.observe {
-			bucketOf := c.bucketOf
+			bucketOf1 := c.bucketOf1
 			if HAS.rollout {
 				ramp, cut := c.ramp, c.cut
 			}
 		} else {
-			handlerOf := make([]http.Handler, numBuckets) // bucket -> its version's handler: one index, no selection
+			// bucket+1 -> its version's handler: one index, no selection.
+			// Entry 0, a cookie not signed with the current secret, chooses.
+			handlerOf := make([]http.Handler, 1+numBuckets)
+			handlerOf[0] = http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
+				choose(c, rw, req).handler.ServeHTTP(rw, req)
+			})
 			for b, r := range c.bucketOf {
-				handlerOf[b] = r.handler
+				handlerOf[b+1] = r.handler
 			}
 		}
 	} else {
@@ -115,8 +120,8 @@ func pathTemplate(c *canary) http.HandlerFunc {
 						h["Ratelimit-Policy"] = policy
 						h["Ratelimit"] = byQ[q]
 					}
-					INLINE.cookieLookup(req, oh, cookieName, lookup, func(b int) {
-						handlerOf[b].ServeHTTP(rw, req)
+					INLINE.cookieLookup(req, oh, cookieName, current, func(b1 int) {
+						handlerOf[b1].ServeHTTP(rw, req)
 						return
 					})
 					choose(c, rw, req).handler.ServeHTTP(rw, req)
@@ -148,8 +153,8 @@ func pathTemplate(c *canary) http.HandlerFunc {
 		}
 		if !HAS.observe && !HAS.limit {
 			if HAS.pick {
-				INLINE.cookieLookup(req, oh, cookieName, lookup, func(b int) {
-					handlerOf[b].ServeHTTP(rw, req)
+				INLINE.cookieLookup(req, oh, cookieName, current, func(b1 int) {
+					handlerOf[b1].ServeHTTP(rw, req)
 					return
 				})
 				choose(c, rw, req).handler.ServeHTTP(rw, req)
@@ -164,10 +169,10 @@ func pathTemplate(c *canary) http.HandlerFunc {
 		if HAS.observe {
 			if HAS.pick {
 				var r *route
-				INLINE.cookieLookup(req, oh, cookieName, lookup, func(b int) {
-					r = bucketOf[b]
+				INLINE.cookieLookup(req, oh, cookieName, current, func(b1 int) {
+					r = bucketOf1[b1] // nil when b1 is 0
 					if HAS.rollout {
-						if b < int(atomic.LoadInt32(cut)) { // owner, inline
+						if b1 > 0 && b1 <= int(atomic.LoadInt32(cut)) { // owner, inline: bucket b1-1 is below the cut
 							r = ramp
 						}
 					}

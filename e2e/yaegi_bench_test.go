@@ -398,6 +398,15 @@ func BenchmarkYaegiFloorPick(b *testing.B) {
 	runServe(b, floorHandler(b, "pick"), req)
 }
 
+// BenchmarkYaegiFloorAll: the reference plugin that does what the limit,
+// pick and observe ones do, in one handler (line 5e).
+func BenchmarkYaegiFloorAll(b *testing.B) {
+	req := httptest.NewRequest(http.MethodGet, "http://bench.test/", nil)
+	req.RemoteAddr = "192.0.2.1:1234"
+	req.AddCookie(&http.Cookie{Name: "floor", Value: "stable"})
+	runServe(b, floorHandler(b, "all"), req)
+}
+
 // BenchmarkYaegiRedisLease: the rate limit shared through a real
 // redis-server, one client: the request is admitted from this replica's
 // lease, and a round trip is made in the background once per lease (the

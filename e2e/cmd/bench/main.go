@@ -70,6 +70,7 @@ var routers = []router{
 	{name: "floor-observe", label: "5b. reference Yaegi plugin that reads the status code and times the request (the floor of 3c, 3d and 4)"},
 	{name: "floor-limit", label: "5c. reference Yaegi plugin that reads the clock, takes a lock, stores the instant by peer and writes the two RateLimit fields (the floor of 3b)"},
 	{name: "floor-pick", label: "5d. reference Yaegi plugin that calls the handler its request's cookie names (the floor of 3a)", fixedCookie: "floor=stable"},
+	{name: "floor-all", label: "5e. reference Yaegi plugin that does what 5b, 5c and 5d do, in one handler (the least everything on must do)", fixedCookie: "floor=stable"},
 	{name: "native-redis", label: "6a. Traefik native RateLimit shared through Redis (compiled: one Redis script per request)"},
 	{name: "redis", label: "6b. edgecanary: rate limit shared through Redis (tokens leased to each replica by its clients' rate, refreshed in the background)"},
 	{name: "all-redis", label: "6c. edgecanary: everything on, with the rate limit shared through Redis", cookie: "edgecanary"},

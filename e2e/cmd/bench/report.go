@@ -30,7 +30,7 @@ func dynamicConfig(stable, canary, sidecar, redis string) string {
 			mws = "[native-ratelimit, native-breaker]"
 		case "native-redis":
 			mws = "[native-redis-ratelimit]"
-		case "floor-next", "floor-observe", "floor-limit", "floor-pick":
+		case "floor-next", "floor-observe", "floor-limit", "floor-pick", "floor-all":
 			mws = "[" + r.name + "]"
 		default:
 			mws = "[ec-" + r.name + "]"
@@ -111,6 +111,7 @@ func dynamicConfig(stable, canary, sidecar, redis string) string {
 	fmt.Fprintf(&b, "    floor-observe:\n      plugin:\n        floor:\n          mode: observe\n")
 	fmt.Fprintf(&b, "    floor-limit:\n      plugin:\n        floor:\n          mode: limit\n")
 	fmt.Fprintf(&b, "    floor-pick:\n      plugin:\n        floor:\n          mode: pick\n")
+	fmt.Fprintf(&b, "    floor-all:\n      plugin:\n        floor:\n          mode: all\n")
 	plugin("canary", versions, secret)
 	plugin("ratelimit", only, secret, rateLimit)
 	plugin("breaker", only, secret, breaker)
@@ -237,6 +238,7 @@ var microNotes = map[string]string{
 	"FloorLimit":             "the reference plugin of line 5c: a clock reading, a lock, a store by peer and the two RateLimit fields, nothing else",
 	"RedisLease":             "the rate limit shared through a real redis-server (line 6b's limits): admitted from this replica's lease, a store call in the background once per lease",
 	"FloorPick":              "the reference plugin of line 5d: the handler its cookie names, nothing else",
+	"FloorAll":               "the reference plugin of line 5e: 5b, 5c and 5d in one handler",
 	"RedisPerRequest":        "the same below a burst of 32 (no lease): a store call in every request",
 	"CookieReporting":        "a returning client's cookie pick with reporting (line 7a)",
 	"Rollout":                "the same with a running rollout: the cut test of line 7b",
@@ -258,6 +260,7 @@ var goals = []struct {
 	{"breaker", "floor-observe", "5b", featureGap},
 	{"reporting", "floor-observe", "5b", featureGap},
 	{"all", "floor-observe", "5b", allGap},
+	{"all", "floor-all", "5e", allGap},          // the brief's rule for every line: the reference that does the least this line must do
 	{"redis", "native-redis", "6a", 0},          // at least the compiled peer's throughput
 	{"rollout", "canary-reporting", "7a", 0.02}, // a running rollout costs no more than weighted routing with its counters
 }

@@ -20,8 +20,10 @@ type Config struct {
 	// router's own service can do; or "limit": read the clock, take a lock,
 	// store the instant under the client's address, and write the two
 	// RateLimit fields, which is the least a rate limiter keyed by the peer
-	// does before it decides anything; or "pick": call the handler that
-	// the request's cookie names, the least a sticky canary router does.
+	// does before it decides anything; "pick": call the handler that the
+	// request's cookie names, the least a sticky canary router does; or
+	// "all": what limit, pick and observe do, in one handler, the least a
+	// middleware with all three features does.
 	Mode string `json:"mode,omitempty"`
 }
 
@@ -82,6 +84,35 @@ func New(_ context.Context, next http.Handler, cfg *Config, name string) (http.H
 			h["Ratelimit"] = field
 			next.ServeHTTP(rw, req)
 		}), nil
+	case "all":
+		sem := make(chan struct{}, 1)
+		last := map[string]int64{} // RemoteAddr -> the instant of its last request
+		policy := []string{`"floor";q=100000;w=1`}
+		field := []string{`"floor";r=999;t=1`}
+		byValue := map[string]http.Handler{"stable": next, "canary": next}
+		return http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
+			start := int64(time.Since(epoch))
+			sem <- struct{}{}
+			if len(last) >= 4096 {
+				last = map[string]int64{}
+			}
+			last[req.RemoteAddr] = start
+			<-sem
+			h := rw.Header()
+			h["Ratelimit-Policy"] = policy
+			h["Ratelimit"] = field
+			handler := next
+			if ck, err := req.Cookie("floor"); err == nil {
+				if picked, ok := byValue[ck.Value]; ok {
+					handler = picked
+				}
+			}
+			w := &statusWriter{ResponseWriter: rw, code: 200}
+			handler.ServeHTTP(w, req)
+			if w.code == 0 || int64(time.Since(epoch)) < start {
+				log.Printf("%s: no status or the clock went back", name)
+			}
+		}), nil
 	}
-	return nil, fmt.Errorf("mode: %q: want next, observe, limit or pick", cfg.Mode)
+	return nil, fmt.Errorf("mode: %q: want next, observe, limit, pick or all", cfg.Mode)
 }

@@ -10,7 +10,11 @@ TRAEFIK := $(CACHE)/traefik-$(TRAEFIK_VERSION)
 YAEGI   := $(CACHE)/bin/yaegi-$(YAEGI_VERSION)
 GOLANGCI_VERSION := v2.15.0
 GOLANGCI := $(CACHE)/bin/golangci-lint-$(GOLANGCI_VERSION)
-GOPATH_TREE := $(CACHE)/yaegi-gopath
+# yaegi_test's GOPATH tree and log, one per checkout (keyed by its path), so
+# that two worktrees can run it at once without removing each other's tree.
+CHECKOUT_KEY := $(shell printf %s "$(CURDIR)" | cksum | cut -d' ' -f1)
+GOPATH_TREE := $(CACHE)/yaegi-gopath-$(CHECKOUT_KEY)
+YAEGI_LOG   := $(CACHE)/yaegi-test-$(CHECKOUT_KEY).log
 MODULE  := github.com/edgecanary/edgecanary
 # kube-apiserver for the Kubernetes e2e test, also written once in internal/stage.
 KUBE_VERSION   := $(shell sed -n 's/^const KubeVersion = "\(.*\)"$$/\1/p' internal/stage/stage.go)
@@ -42,8 +46,8 @@ $(YAEGI):
 yaegi_test: $(YAEGI)
 	rm -rf $(GOPATH_TREE) && mkdir -p $(GOPATH_TREE)/src/$(dir $(MODULE))
 	ln -s $(CURDIR) $(GOPATH_TREE)/src/$(MODULE)
-	cd $(GOPATH_TREE) && GOPATH=$(GOPATH_TREE) GO111MODULE=off $(YAEGI) test -short -tags yaegi -v $(MODULE)/plugin 2>&1 | tee $(CACHE)/yaegi-test.log | grep -E '^(--- |PASS|FAIL|ok)' ; \
-	  ! grep -qE '^(--- FAIL|FAIL|panic:)' $(CACHE)/yaegi-test.log && grep -q '^PASS' $(CACHE)/yaegi-test.log
+	cd $(GOPATH_TREE) && GOPATH=$(GOPATH_TREE) GO111MODULE=off $(YAEGI) test -short -tags yaegi -v $(MODULE)/plugin 2>&1 | tee $(YAEGI_LOG) | grep -E '^(--- |PASS|FAIL|ok)' ; \
+	  ! grep -qE '^(--- FAIL|FAIL|panic:)' $(YAEGI_LOG) && grep -q '^PASS' $(YAEGI_LOG)
 
 ## rules: the Prometheus rules, checked and unit-tested by promtool
 rules:

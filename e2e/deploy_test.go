@@ -48,7 +48,11 @@ func newPluginFromRaw(t testing.TB, raw map[string]any, name string) reflect.Val
 	if err != nil {
 		t.Fatalf("%s: decoding the plugin block: %v", name, err)
 	}
-	if _, err := p.handler(context.Background(), http.NotFoundHandler(), cfg, name); err != nil {
+	// Cancelled when the test ends, as Traefik cancels it at the next
+	// reload: the middleware's reporter stops with it.
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if _, err := p.handler(ctx, http.NotFoundHandler(), cfg, name); err != nil {
 		t.Fatalf("%s: New: %v", name, err)
 	}
 	return cfg

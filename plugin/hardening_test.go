@@ -320,15 +320,17 @@ func TestSlowThresholdJudgesTheBackend(t *testing.T) {
 				_, _ = io.WriteString(rw, "a large body")
 			})
 			slowBackend := http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) {
-				time.Sleep(80 * time.Millisecond)
+				time.Sleep(300 * time.Millisecond)
 				rw.WriteHeader(http.StatusOK)
 			})
+			// Margins wide enough for the interpreter on a loaded machine:
+			// the fast headers must stay under the threshold under Yaegi too.
 			slow := func(cfg *Config) {
 				cfg.CircuitBreaker.ConsecutiveFailures = 1
-				cfg.CircuitBreaker.SlowThreshold = "40ms"
+				cfg.CircuitBreaker.SlowThreshold = "150ms"
 			}
 			c := observedCanary(t, i, slowClient, slow)
-			c.ServeHTTP(&slowReader{ResponseWriter: httptest.NewRecorder(), delay: 80 * time.Millisecond}, httptest.NewRequest(http.MethodGet, "http://shop.test/", nil))
+			c.ServeHTTP(&slowReader{ResponseWriter: httptest.NewRecorder(), delay: 300 * time.Millisecond}, httptest.NewRequest(http.MethodGet, "http://shop.test/", nil))
 			if c.primary.br.state != stateClosed {
 				t.Error("a client reading slowly opened the breaker")
 			}

@@ -46,6 +46,10 @@ type options struct {
 	// latencyRounds of one connection each measure the latency a router
 	// adds without queueing (see latencyPass).
 	latencyRounds int
+	// profile, when set, names a router: instead of the rounds, Traefik's
+	// CPU profile (api.debug) is taken while wrk loads that router, and
+	// written to profileOut.
+	profile, profileOut string
 }
 
 // router is one line of the table: a Host on the shared Traefik.
@@ -99,6 +103,8 @@ func run() int {
 	flag.IntVar(&o.memoryKeys, "memory-keys", 1000000, "distinct rate-limit keys in the memory run (0: skip)")
 	flag.StringVar(&o.only, "only", "", "comma-separated router names to run (default: all)")
 	flag.BoolVar(&o.noMicro, "no-micro", false, "skip the Yaegi micro-benchmarks")
+	flag.StringVar(&o.profile, "profile", "", "a router: write Traefik's CPU profile under its load to -profile-out, and measure nothing else")
+	flag.StringVar(&o.profileOut, "profile-out", "traefik.pprof", "where -profile writes the profile (go tool pprof reads it)")
 	flag.IntVar(&o.latencyRounds, "latency-rounds", 4, "interleaved rounds of 2 s with one connection, for the latency without queueing (0: skip)")
 	flag.Parse()
 	if err := bench(o); err != nil {
@@ -225,6 +231,7 @@ func bench(o options) error {
 		Traefik:      fmt.Sprintf("127.0.0.1:%d", apiPort),
 		File:         filepath.Join(dir, "dynamic.yml"),
 		LocalPlugins: map[string]string{"floor": floorModule},
+		APIDebug:     o.profile != "",
 	})
 	if err != nil {
 		return err
@@ -293,6 +300,9 @@ func bench(o options) error {
 		if _, err := runOne(r, o.warmup); err != nil {
 			return err
 		}
+	}
+	if o.profile != "" {
+		return profileUnderLoad(o, selected, api, runOne)
 	}
 	rssStart := rss(cmd.Process.Pid)
 	results := map[string][]result{}
@@ -438,6 +448,50 @@ func redisScriptCalls(addr string) int64 {
 }
 
 var reScriptCalls = regexp.MustCompile(`(?m)^cmdstat_(?:evalsha|eval):calls=(\d+),`)
+
+// profileUnderLoad writes Traefik's CPU profile of 10 s while wrk loads the
+// router o.profile: where the time goes, the interpreter's and Traefik's.
+func profileUnderLoad(o options, selected []router, api string, runOne func(router, time.Duration) (result, error)) error {
+	var target *router
+	for i := range selected {
+		if selected[i].name == o.profile {
+			target = &selected[i]
+		}
+	}
+	if target == nil {
+		return fmt.Errorf("-profile %q: no such router among those selected", o.profile)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := runOne(*target, 12*time.Second)
+		done <- err
+	}()
+	time.Sleep(time.Second)
+	res, err := http.Get(api + "/debug/pprof/profile?seconds=10")
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		return fmt.Errorf("profile: %s", res.Status)
+	}
+	f, err := os.Create(o.profileOut)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, res.Body); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := <-done; err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "wrote %s: go tool pprof %s\n", o.profileOut, o.profileOut)
+	return nil
+}
 
 func contains(rs []router, name string) bool {
 	for _, r := range rs {

@@ -1,26 +1,28 @@
 // Package gen renders the plugin's generated request paths
 // (plugin/paths_gen.go) from one template (template/paths.go) and the step
 // functions the plugin defines once (gcraStep, cookieLookup, enter, leave,
-// passThrough, record), and the benchmark's reference plugin's
-// status wrapper (e2e/cmd/bench/floor/status_gen.go) from the plugin's. It
-// is not part of the plugin: Traefik never loads it.
+// passThrough, record), and the benchmark's reference plugin's status wrapper
+// (e2e/cmd/bench/floor/status_gen.go) from the plugin's. It is not part of the
+// plugin: Traefik never loads it.
 //
 // Inlining is textual and checked: a step's parameters are renamed to the
 // arguments, its named results to the variables the call assigns, and a call
 // of a func parameter is replaced by the body of the func literal passed for
-// it; an argument of that call which the literal reads more than once (once
-// its HAS are decided) and is not a plain name is evaluated once, into the
-// literal's parameter. A step has at most one return, a bare one at its end, or is a single
-// return of an expression. Locals a step declares at its top level must not
-// clash with the template's names, and no argument may name a local the
+// it. The literal's parameters are replaced by the call's arguments when that
+// means the same as the call (see substitutable: an argument that is not a
+// plain name is read at most once, in the literal's first statement, outside
+// loops, and the literal declares and writes no name the arguments read);
+// otherwise they are bound to them in one assignment before the literal's code
+// (see bound). A step has at most one return, a bare one at its end, or is a
+// single return of an expression. Locals a step declares at its top level must
+// not clash with the template's names, and no argument may name a local the
 // step declares inside. A step must not write its parameters, nor use a
-// parameter as a composite literal's key, nor name a package-level
-// identifier the template declares as a local; an argument must not call
-// anything (it would run at every use); a result must not be assigned to a
-// variable an argument reads (see checkAlias); a func parameter must not
-// be called inside a func literal of the step, and one whose literal returns
-// only at the step's end. Generate fails rather than render code that means
-// something else.
+// parameter as a composite literal's key, nor name a package-level identifier
+// the template declares as a local; an argument must not call anything (it
+// would run at every use); a result must not be assigned to a variable an
+// argument reads (see checkAlias); a func parameter must not be called inside
+// a func literal of the step, and one whose literal returns only at the step's
+// end. Generate fails rather than render code that means something else.
 package gen
 
 import (
@@ -616,10 +618,20 @@ func (r *renderer) inline(name string, args, lhs []ast.Expr, tok token.Token) []
 	return append(out, r.fill(list, b)...)
 }
 
-// variables lists the identifiers under n that are not field names.
+// variables lists the identifiers under n that are not field names. An
+// identifier that an earlier inlining renamed to an argument's text (m[j])
+// counts as the names that text reads.
 func variables(n ast.Node) []string {
 	var names []string
-	eachVariable(n, func(id *ast.Ident) { names = append(names, id.Name) })
+	eachVariable(n, func(id *ast.Ident) {
+		if token.IsIdentifier(id.Name) {
+			names = append(names, id.Name)
+			return
+		}
+		if e, err := parser.ParseExpr(id.Name); err == nil {
+			names = append(names, variables(e)...)
+		}
+	})
 	return names
 }
 
@@ -891,15 +903,216 @@ func (r *renderer) holeCall(s *ast.ExprStmt, b *binding) *ast.FuncLit {
 	return nil
 }
 
-// uses counts the reads of the variable name in n.
-func uses(n ast.Node, name string) int {
-	k := 0
-	eachVariable(n, func(id *ast.Ident) {
-		if id.Name == name {
-			k++
+// substitutable reports whether calling lit with args means the same as
+// lit's body with each parameter replaced by its argument's text. It does
+// when, once lit's HAS are decided, each argument that is not a plain name or
+// a literal is read at most once, in lit's first statement and outside any
+// loop or func literal of it (the call evaluated it once, before lit ran),
+// and lit declares and writes none of the names the arguments read.
+func (r *renderer) substitutable(lit *ast.FuncLit, ps []*ast.Ident, args []ast.Expr) bool {
+	argNames := map[string]bool{}
+	for _, a := range args {
+		for _, name := range variables(a) {
+			argNames[name] = true
 		}
+	}
+	clash := false
+	r.liveInspect(lit.Body, func(n ast.Node) bool {
+		for _, id := range boundOrWritten(n) {
+			if argNames[id.Name] {
+				clash = true
+			}
+		}
+		return true
 	})
+	if clash {
+		return false
+	}
+	first := r.firstLive(lit.Body.List)
+	for i, p := range ps {
+		switch args[i].(type) {
+		case *ast.Ident, *ast.BasicLit:
+			continue
+		}
+		n := r.liveUses(lit.Body, p.Name, false)
+		if n == 0 {
+			continue
+		}
+		if n > 1 || first == nil || r.liveUses(first, p.Name, true) != 1 {
+			return false
+		}
+	}
+	return true
+}
+
+// bound renders lit called with args: one assignment binds every parameter
+// it reads to its argument, evaluated before lit's code, as the call
+// evaluated them, then lit's code. Unless the call is the last statement of
+// its block (last), they are a block of their own, so that the parameters'
+// names end with lit (a block costs an allocation per request under Yaegi).
+func (r *renderer) bound(lit *ast.FuncLit, ps []*ast.Ident, args []ast.Expr, last bool) []ast.Stmt {
+	var lhs, rhs []ast.Expr
+	for i, p := range ps {
+		if p.Name != "_" && r.liveUses(lit.Body, p.Name, false) > 0 {
+			lhs = append(lhs, ast.NewIdent(p.Name))
+			rhs = append(rhs, typed(lit, p.Name, args[i]))
+		}
+	}
+	list := lit.Body.List
+	if len(lhs) > 0 {
+		list = append([]ast.Stmt{&ast.AssignStmt{Lhs: lhs, Tok: token.DEFINE, Rhs: rhs}}, list...)
+	}
+	if last {
+		return list
+	}
+	return []ast.Stmt{&ast.BlockStmt{List: list}}
+}
+
+// typed is arg as lit's parameter name receives it: a constant converted
+// to the parameter's type, not left to its default type. (Other arguments
+// keep their own type: an argument of another type than its parameter, an
+// interface, is not rendered faithfully.)
+func typed(lit *ast.FuncLit, name string, arg ast.Expr) ast.Expr {
+	if _, constant := arg.(*ast.BasicLit); !constant {
+		return arg
+	}
+	for _, f := range lit.Type.Params.List {
+		for _, id := range f.Names {
+			if id.Name == name {
+				return &ast.CallExpr{Fun: f.Type, Args: []ast.Expr{arg}}
+			}
+		}
+	}
+	return arg
+}
+
+// liveInspect is ast.Inspect over what stays of n once its HAS are decided:
+// of an if on HAS alone, only the branch that stays is visited.
+func (r *renderer) liveInspect(n ast.Node, f func(ast.Node) bool) {
+	ast.Inspect(n, func(m ast.Node) bool {
+		if s, ok := m.(*ast.IfStmt); ok {
+			if v, pure := r.cond(s.Cond); pure {
+				if v {
+					r.liveInspect(s.Body, f)
+				} else if s.Else != nil {
+					r.liveInspect(s.Else, f)
+				}
+				return false
+			}
+		}
+		return f(m)
+	})
+}
+
+// liveUses counts the reads of the variable name in what stays of n; with
+// once, a read inside a loop or a func literal counts twice (it may run more
+// than once).
+func (r *renderer) liveUses(n ast.Node, name string, once bool) int {
+	k := 0
+	var walk func(n ast.Node, repeated bool)
+	walk = func(n ast.Node, repeated bool) {
+		skip := map[*ast.Ident]bool{}
+		r.liveInspect(n, func(m ast.Node) bool {
+			switch m := m.(type) {
+			case *ast.ForStmt, *ast.RangeStmt, *ast.FuncLit:
+				if once && !repeated {
+					walk(m, true)
+					return false
+				}
+			case *ast.SelectorExpr:
+				skip[m.Sel] = true
+			case *ast.KeyValueExpr:
+				if id, ok := m.Key.(*ast.Ident); ok {
+					skip[id] = true
+				}
+			case *ast.Ident:
+				if !skip[m] && m.Name == name {
+					k++
+					if repeated {
+						k++
+					}
+				}
+			}
+			return true
+		})
+	}
+	walk(n, false)
 	return k
+}
+
+// firstLive is the first statement of list that stays once its HAS are
+// decided, or nil.
+func (r *renderer) firstLive(list []ast.Stmt) ast.Stmt {
+	for _, s := range list {
+		if is, ok := s.(*ast.IfStmt); ok {
+			if v, pure := r.cond(is.Cond); pure {
+				var branch []ast.Stmt
+				switch {
+				case v:
+					branch = is.Body.List
+				case is.Else != nil:
+					branch = []ast.Stmt{is.Else}
+				}
+				if len(branch) == 1 {
+					if b, ok := branch[0].(*ast.BlockStmt); ok {
+						branch = b.List
+					}
+				}
+				if f := r.firstLive(branch); f != nil {
+					return f
+				}
+				continue
+			}
+		}
+		return s
+	}
+	return nil
+}
+
+// boundOrWritten lists the names n declares or assigns: the left of an
+// assignment or ++/--, a var's names, a range's key and value, a func
+// literal's parameters.
+func boundOrWritten(n ast.Node) []*ast.Ident {
+	var ids []*ast.Ident
+	add := func(es ...ast.Expr) {
+		for _, e := range es {
+			for { // m[k] = v and p.f = v write m and p
+				switch x := e.(type) {
+				case *ast.IndexExpr:
+					e = x.X
+					continue
+				case *ast.SelectorExpr:
+					e = x.X
+					continue
+				case *ast.StarExpr:
+					e = x.X
+					continue
+				case *ast.ParenExpr:
+					e = x.X
+					continue
+				}
+				break
+			}
+			if id, ok := e.(*ast.Ident); ok {
+				ids = append(ids, id)
+			}
+		}
+	}
+	switch n := n.(type) {
+	case *ast.AssignStmt:
+		add(n.Lhs...)
+	case *ast.IncDecStmt:
+		add(n.X)
+	case *ast.ValueSpec:
+		ids = append(ids, n.Names...)
+	case *ast.RangeStmt:
+		add(n.Key, n.Value)
+	case *ast.FuncLit:
+		for _, f := range n.Type.Params.List {
+			ids = append(ids, f.Names...)
+		}
+	}
+	return ids
 }
 
 // returns reports whether a literal's body has a return of its own.
@@ -932,7 +1145,8 @@ func (r *renderer) fill(list []ast.Stmt, b *binding) []ast.Stmt {
 	var fillList func(list []ast.Stmt) []ast.Stmt
 	fillList = func(list []ast.Stmt) []ast.Stmt {
 		var out []ast.Stmt
-		for _, s := range list {
+		for i, s := range list {
+			last := i == len(list)-1
 			if es, ok := s.(*ast.ExprStmt); ok {
 				if call, ok := es.X.(*ast.CallExpr); ok {
 					if id, ok := call.Fun.(*ast.Ident); ok {
@@ -946,21 +1160,15 @@ func (r *renderer) fill(list []ast.Stmt, b *binding) []ast.Stmt {
 							for _, f := range lit.Type.Params.List {
 								ps = append(ps, f.Names...)
 							}
-							r.walk(lit.Body) // decide its HAS first: only the uses that stay count
-							var bind []ast.Stmt
-							for i, p := range ps {
-								arg := call.Args[i]
-								if _, plain := arg.(*ast.Ident); !plain && uses(lit.Body, p.Name) > 1 {
-									// An expression the literal reads twice is
-									// evaluated once, into the parameter's name.
-									bind = append(bind, &ast.AssignStmt{Lhs: []ast.Expr{ast.NewIdent(p.Name)}, Tok: token.DEFINE, Rhs: []ast.Expr{arg}})
-									continue
+							if r.substitutable(lit, ps, call.Args) {
+								for i, p := range ps {
+									hb.text[p.Name] = r.text(typed(lit, p.Name, call.Args[i]))
 								}
-								hb.text[p.Name] = r.text(arg)
+								r.rename(lit.Body, hb)
+								out = append(out, lit.Body.List...)
+							} else {
+								out = append(out, r.bound(lit, ps, call.Args, last)...)
 							}
-							r.rename(lit.Body, hb)
-							out = append(out, bind...)
-							out = append(out, lit.Body.List...)
 							continue
 						}
 					}

@@ -4,9 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"sort"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 )
@@ -18,17 +16,8 @@ import (
 // cookie before a valid one), with and without the override header, and the
 // buckets at the rollout's cut. (From the review of the 1-based tables.)
 func TestCookieVariantsMatchReference(t *testing.T) {
-	held := &sync.Map{}
-	canarySrv := httptest.NewServer(pathBackend("canary", held))
-	defer canarySrv.Close()
-	stable := pathBackend("stable", held)
-	keys := make([]string, 0, len(generatedPaths))
-	for k := range generatedPaths {
-		if !strings.Contains(k, "D") {
-			keys = append(keys, k)
-		}
-	}
-	sort.Strings(keys)
+	_, canarySrv, stable := pathBackends(t)
+	keys := pathKeys(false)
 	prevIntn := randIntn
 	defer func() { randIntn = prevIntn }()
 	randIntn = func(int) int { return 4321 }

@@ -121,6 +121,29 @@ func pathConfig(t *testing.T, key, canaryURL string, slow bool) *Config {
 	return cfg
 }
 
+// pathBackends starts the differential tests' canary backend (closed when
+// the test ends) and returns the registry of held requests, the canary's
+// server and the stable handler.
+func pathBackends(t *testing.T) (*sync.Map, *httptest.Server, http.Handler) {
+	held := &sync.Map{}
+	canarySrv := httptest.NewServer(pathBackend("canary", held))
+	t.Cleanup(canarySrv.Close)
+	return held, canarySrv, pathBackend("stable", held)
+}
+
+// pathKeys lists the generated paths' keys, sorted; with shared, also the
+// paths of the limit shared through Redis (D).
+func pathKeys(shared bool) []string {
+	keys := make([]string, 0, len(generatedPaths))
+	for k := range generatedPaths {
+		if shared || !strings.Contains(k, "D") {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	return keys
+}
+
 // TestGeneratedPathsMatchReference drives every generated request path and
 // the reference path, built from the same configuration, with the same
 // random sequence of requests: returning, new and overriding clients, peers
@@ -130,15 +153,8 @@ func pathConfig(t *testing.T, key, canaryURL string, slow bool) *Config {
 // clients that have gone. Every answer (status, body, headers) and, at the
 // end, every breaker, limiter count and reported figure must be the same.
 func TestGeneratedPathsMatchReference(t *testing.T) {
-	held := &sync.Map{}
-	canarySrv := httptest.NewServer(pathBackend("canary", held))
-	defer canarySrv.Close()
-	stable := pathBackend("stable", held)
-	keys := make([]string, 0, len(generatedPaths))
-	for k := range generatedPaths {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
+	held, canarySrv, stable := pathBackends(t)
+	keys := pathKeys(true)
 	seeds := 3
 	if testing.Short() {
 		seeds = 1

@@ -641,13 +641,8 @@ func variables(n ast.Node) []string {
 func eachVariable(n ast.Node, f func(id *ast.Ident)) {
 	skip := map[*ast.Ident]bool{}
 	ast.Inspect(n, func(n ast.Node) bool {
+		markFieldNames(n, skip)
 		switch n := n.(type) {
-		case *ast.SelectorExpr:
-			skip[n.Sel] = true
-		case *ast.KeyValueExpr:
-			if id, ok := n.Key.(*ast.Ident); ok {
-				skip[id] = true
-			}
 		case *ast.Ident:
 			if !skip[n] {
 				f(n)
@@ -655,6 +650,19 @@ func eachVariable(n ast.Node, f func(id *ast.Ident)) {
 		}
 		return true
 	})
+}
+
+// markFieldNames records in skip the identifiers n names as fields, not
+// variables: a selector's field, a composite literal's keys.
+func markFieldNames(n ast.Node, skip map[*ast.Ident]bool) {
+	switch n := n.(type) {
+	case *ast.SelectorExpr:
+		skip[n.Sel] = true
+	case *ast.KeyValueExpr:
+		if id, ok := n.Key.(*ast.Ident); ok {
+			skip[id] = true
+		}
+	}
 }
 
 // claim records a top-level local of an inlined step, which must be new.
@@ -1013,17 +1021,12 @@ func (r *renderer) liveUses(n ast.Node, name string, once bool) int {
 	walk = func(n ast.Node, repeated bool) {
 		skip := map[*ast.Ident]bool{}
 		r.liveInspect(n, func(m ast.Node) bool {
+			markFieldNames(m, skip)
 			switch m := m.(type) {
 			case *ast.ForStmt, *ast.RangeStmt, *ast.FuncLit:
 				if once && !repeated {
 					walk(m, true)
 					return false
-				}
-			case *ast.SelectorExpr:
-				skip[m.Sel] = true
-			case *ast.KeyValueExpr:
-				if id, ok := m.Key.(*ast.Ident); ok {
-					skip[id] = true
 				}
 			case *ast.Ident:
 				if !skip[m] && m.Name == name {

@@ -1072,6 +1072,25 @@ func (r *renderer) firstLive(list []ast.Stmt) ast.Stmt {
 	return nil
 }
 
+// base is the variable an assignment to e writes: m of m[k] = v, p of
+// p.f = v and *p = v.
+func base(e ast.Expr) ast.Expr {
+	for {
+		switch x := e.(type) {
+		case *ast.IndexExpr:
+			e = x.X
+		case *ast.SelectorExpr:
+			e = x.X
+		case *ast.StarExpr:
+			e = x.X
+		case *ast.ParenExpr:
+			e = x.X
+		default:
+			return e
+		}
+	}
+}
+
 // boundOrWritten lists the names n declares or assigns: the left of an
 // assignment or ++/--, a var's names, a range's key and value, a func
 // literal's parameters.
@@ -1079,24 +1098,7 @@ func boundOrWritten(n ast.Node) []*ast.Ident {
 	var ids []*ast.Ident
 	add := func(es ...ast.Expr) {
 		for _, e := range es {
-			for { // m[k] = v and p.f = v write m and p
-				switch x := e.(type) {
-				case *ast.IndexExpr:
-					e = x.X
-					continue
-				case *ast.SelectorExpr:
-					e = x.X
-					continue
-				case *ast.StarExpr:
-					e = x.X
-					continue
-				case *ast.ParenExpr:
-					e = x.X
-					continue
-				}
-				break
-			}
-			if id, ok := e.(*ast.Ident); ok {
+			if id, ok := base(e).(*ast.Ident); ok {
 				ids = append(ids, id)
 			}
 		}

@@ -642,11 +642,8 @@ func eachVariable(n ast.Node, f func(id *ast.Ident)) {
 	skip := map[*ast.Ident]bool{}
 	ast.Inspect(n, func(n ast.Node) bool {
 		markFieldNames(n, skip)
-		switch n := n.(type) {
-		case *ast.Ident:
-			if !skip[n] {
-				f(n)
-			}
+		if id, ok := n.(*ast.Ident); ok && !skip[id] {
+			f(id)
 		}
 		return true
 	})

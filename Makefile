@@ -10,11 +10,13 @@ TRAEFIK := $(CACHE)/traefik-$(TRAEFIK_VERSION)
 YAEGI   := $(CACHE)/bin/yaegi-$(YAEGI_VERSION)
 GOLANGCI_VERSION := v2.15.0
 GOLANGCI := $(CACHE)/bin/golangci-lint-$(GOLANGCI_VERSION)
-# yaegi_test's GOPATH tree and log, one per checkout (keyed by its path), so
-# that two worktrees can run it at once without removing each other's tree.
+# yaegi_test's GOPATH tree and the test logs, one per checkout (keyed by
+# its path), so that two worktrees can run them at once without removing
+# each other's tree or overwriting each other's log.
 CHECKOUT_KEY := $(shell printf %s "$(CURDIR)" | cksum | cut -d' ' -f1)
 GOPATH_TREE := $(CACHE)/yaegi-gopath-$(CHECKOUT_KEY)
 YAEGI_LOG   := $(CACHE)/yaegi-test-$(CHECKOUT_KEY).log
+E2E_LOG     := $(CACHE)/e2e-$(CHECKOUT_KEY).log
 MODULE  := github.com/edgecanary/edgecanary
 # kube-apiserver for the Kubernetes e2e test, also written once in internal/stage.
 KUBE_VERSION   := $(shell sed -n 's/^const KubeVersion = "\(.*\)"$$/\1/p' internal/stage/stage.go)
@@ -111,7 +113,7 @@ $(KUBE_APISERVER):
 
 ## e2e: the Yaegi loader and the tests against the real Traefik (and a real kube-apiserver)
 e2e: $(TRAEFIK) $(KUBE_APISERVER)
-	cd e2e && go test -count=1 -timeout 30m -v ./... 2>&1 | tee $(CACHE)/e2e.log | grep -E '^(\s*--- |PASS|FAIL|ok|\s+\w+_test.go)'; \
+	cd e2e && go test -count=1 -timeout 30m -v ./... 2>&1 | tee $(E2E_LOG) | grep -E '^(\s*--- |PASS|FAIL|ok|\s+\w+_test.go)'; \
 	  test $${PIPESTATUS[0]} -eq 0
 
 e2e-short: $(TRAEFIK)

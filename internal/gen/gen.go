@@ -345,14 +345,11 @@ func (r *renderer) stmts(list []ast.Stmt) []ast.Stmt {
 func (r *renderer) stmt(s ast.Stmt) []ast.Stmt {
 	switch s := s.(type) {
 	case *ast.IfStmt:
-		if v, pure := r.cond(s.Cond); pure {
+		if kept, pure := r.hasBranch(s); pure {
 			if s.Init != nil {
 				r.fail("an if on HAS has an init statement")
 			}
-			if v {
-				return r.stmts(s.Body.List)
-			}
-			switch e := s.Else.(type) {
+			switch e := kept.(type) {
 			case *ast.BlockStmt:
 				return r.stmts(e.List)
 			case *ast.IfStmt:
@@ -372,6 +369,19 @@ func (r *renderer) stmt(s ast.Stmt) []ast.Stmt {
 		}
 	}
 	return []ast.Stmt{s}
+}
+
+// hasBranch is, for an if on HAS alone (pure), the branch that stays: its
+// body, its else (a block or an if), or nil.
+func (r *renderer) hasBranch(s *ast.IfStmt) (kept ast.Stmt, pure bool) {
+	v, pure := r.cond(s.Cond)
+	switch {
+	case !pure:
+		return nil, false
+	case v:
+		return s.Body, true
+	}
+	return s.Else, true
 }
 
 // cond evaluates an expression made only of HAS.x, !, && and ||.
@@ -996,11 +1006,9 @@ func typed(lit *ast.FuncLit, name string, arg ast.Expr) ast.Expr {
 func (r *renderer) liveInspect(n ast.Node, f func(ast.Node) bool) {
 	ast.Inspect(n, func(m ast.Node) bool {
 		if s, ok := m.(*ast.IfStmt); ok {
-			if v, pure := r.cond(s.Cond); pure {
-				if v {
-					r.liveInspect(s.Body, f)
-				} else if s.Else != nil {
-					r.liveInspect(s.Else, f)
+			if kept, pure := r.hasBranch(s); pure {
+				if kept != nil {
+					r.liveInspect(kept, f)
 				}
 				return false
 			}
@@ -1045,18 +1053,13 @@ func (r *renderer) liveUses(n ast.Node, name string, once bool) int {
 func (r *renderer) firstLive(list []ast.Stmt) ast.Stmt {
 	for _, s := range list {
 		if is, ok := s.(*ast.IfStmt); ok {
-			if v, pure := r.cond(is.Cond); pure {
+			if kept, pure := r.hasBranch(is); pure {
 				var branch []ast.Stmt
-				switch {
-				case v:
-					branch = is.Body.List
-				case is.Else != nil:
-					branch = []ast.Stmt{is.Else}
-				}
-				if len(branch) == 1 {
-					if b, ok := branch[0].(*ast.BlockStmt); ok {
-						branch = b.List
-					}
+				switch k := kept.(type) {
+				case *ast.BlockStmt:
+					branch = k.List
+				case *ast.IfStmt:
+					branch = []ast.Stmt{k}
 				}
 				if f := r.firstLive(branch); f != nil {
 					return f

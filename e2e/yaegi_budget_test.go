@@ -1,0 +1,38 @@
+package e2e
+
+import "testing"
+
+// TestYaegiAllocationBudgets: under Yaegi, each request path allocates no
+// more than its figure in BENCHMARKS.md. Yaegi's cost follows allocations
+// per request, so a change that adds one to a path fails here, not only in
+// make bench (issue 14: allocations do not rise on any path). The figures
+// are exact and repeatable; lower one when a change saves allocations.
+func TestYaegiAllocationBudgets(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the Yaegi micro-benchmarks")
+	}
+	for _, tc := range []struct {
+		name  string
+		bench func(*testing.B)
+		max   int64
+	}{
+		{"SingleVersion", BenchmarkYaegiSingleVersion, 18},
+		{"CookieCheck", BenchmarkYaegiCookieCheck, 36},
+		{"RateLimit", BenchmarkYaegiRateLimit, 47},
+		{"Breaker", BenchmarkYaegiBreaker, 122},
+		{"Aggregation", BenchmarkYaegiAggregation, 136},
+		{"Everything", BenchmarkYaegiEverything, 206},
+		{"CookieReporting", BenchmarkYaegiCookieReporting, 163},
+		{"Rollout", BenchmarkYaegiRollout, 176},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := testing.Benchmark(tc.bench)
+			if r.N == 0 {
+				t.Fatal("the benchmark failed")
+			}
+			if got := r.AllocsPerOp(); got > tc.max {
+				t.Errorf("%d allocations per request under Yaegi, budget %d", got, tc.max)
+			}
+		})
+	}
+}

@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"math/rand"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -56,23 +55,14 @@ func traefikBinary(t testing.TB) string {
 	return p
 }
 
-// freePort returns a free TCP port on 127.0.0.1, below the kernel's
-// ephemeral range (net.ipv4.ip_local_port_range, 32768 and up here): a port
-// the kernel hands out for ":0" can be given, between our check and the
-// server's bind, to an outgoing connection of the test's own clients, which
-// then holds it ("address already in use", seen with a busy suite).
+// freePort returns a free TCP port on 127.0.0.1 (see stage.FreePort).
 func freePort(t testing.TB) int {
 	t.Helper()
-	for i := 0; i < 200; i++ {
-		port := 20000 + rand.Intn(12000)
-		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
-		if err == nil {
-			l.Close()
-			return port
-		}
+	port, err := stage.FreePort()
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("no free port between 20000 and 32000 on 127.0.0.1")
-	return 0
+	return port
 }
 
 // traefikProc is a running Traefik with the plugin as a local plugin.

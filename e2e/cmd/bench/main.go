@@ -131,15 +131,6 @@ func startBackend(version string) (string, func(), error) {
 	return "http://" + l.Addr().String(), func() { _ = srv.Close() }, nil
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
 // result is one wrk run.
 type result struct {
 	rps      float64
@@ -217,11 +208,11 @@ func bench(o options) error {
 	if err := stageFloor(filepath.Join(root, "e2e", "cmd", "bench", "floor"), filepath.Join(dir, "plugins-local", "src", floorModule)); err != nil {
 		return err
 	}
-	webPort, err := freePort()
+	webPort, err := stage.FreePort()
 	if err != nil {
 		return err
 	}
-	apiPort, err := freePort()
+	apiPort, err := stage.FreePort()
 	if err != nil {
 		return err
 	}
@@ -389,7 +380,7 @@ func startRedis(dir string) (string, func(), error) {
 	if err != nil {
 		return "", nil, fmt.Errorf("the Redis lines need redis-server (apt-get install --no-install-recommends redis-server): %w", err)
 	}
-	port, err := freePort()
+	port, err := stage.FreePort()
 	if err != nil {
 		return "", nil, err
 	}

@@ -149,11 +149,11 @@ func startSidecar(o options, root, dir string) (string, func(), error) {
 			return "", nil, fmt.Errorf("building the sidecar: %v\n%s", err, out)
 		}
 	}
-	ingest, err := freePort()
+	ingest, err := stage.FreePort()
 	if err != nil {
 		return "", nil, err
 	}
-	metrics, err := freePort()
+	metrics, err := stage.FreePort()
 	if err != nil {
 		return "", nil, err
 	}

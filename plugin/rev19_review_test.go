@@ -1,0 +1,52 @@
+package plugin
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+)
+
+// TestRev19SuperfluousWriteHeaderIsNotTheStatus: a handler that writes a
+// final status and then calls WriteHeader again (a superfluous call, which
+// net/http ignores: the client gets the first status) must be counted with
+// the status the client got. statusWriter.WriteHeader overwrites w.code with
+// every call, 1xx or not, so the second, ignored status is what the stats
+// (and the breaker) see.
+func TestRev19SuperfluousWriteHeaderIsNotTheStatus(t *testing.T) {
+	cfg := CreateConfig()
+	cfg.Versions = map[string]VersionConfig{"stable": {Weight: 1}}
+	cfg.Sidecar.Address = "http://127.0.0.1:1"
+	cfg.Sidecar.Interval = "1h"
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	next := http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
+		rw.Header().Set("Content-Length", "2")
+		rw.WriteHeader(http.StatusOK)
+		rw.WriteHeader(http.StatusServiceUnavailable) // superfluous: ignored by net/http
+		_, _ = rw.Write([]byte("ok"))
+	})
+	c, err := newCanary(ctx, next, cfg, "rev19-superfluous@file")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(c)
+	defer srv.Close()
+	res, err := http.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("client got %d", res.StatusCode)
+	}
+	m := snapshot(c.st)
+	got := map[string]uint64{}
+	for _, r := range m.Versions[0].Requests {
+		got[fmt.Sprintf("%d %s", r.Code, r.Method)] = r.Count
+	}
+	if want := map[string]uint64{"200 GET": 1}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("counted %v, the client got 200: want %v", got, want)
+	}
+}

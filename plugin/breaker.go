@@ -322,7 +322,7 @@ func (b *breaker) logTransition(prev, state int, now int64) {
 // generation to hand to after, and when it refuses, how long until the next
 // probe (0 when the refusal is for too many half-open probes).
 func before(b *breaker, now int64) (ok bool, gen uint64, retryIn int64) {
-	b.sem <- struct{}{}
+	b.sem <- lockTok
 	state := b.state
 	if state != stateClosed || b.expiry < now {
 		state = b.currentState(now) // a method call costs ~1µs in Yaegi: only when time moves the state
@@ -350,7 +350,7 @@ func before(b *breaker, now int64) (ok bool, gen uint64, retryIn int64) {
 // after records the outcome of a request that before let through. Outcomes
 // from an older generation are discarded.
 func after(b *breaker, gen uint64, outcome int, now int64) {
-	b.sem <- struct{}{}
+	b.sem <- lockTok
 	state := b.state
 	if state != stateClosed || b.expiry < now {
 		state = b.currentState(now)
@@ -397,7 +397,7 @@ func after(b *breaker, gen uint64, outcome int, now int64) {
 // path that always serves one version captures: under Yaegi each selection
 // of b.sem costs an allocation.
 func enter(b *breaker, sem chan struct{}, now int64, otherwise func()) (gen uint64) {
-	sem <- struct{}{}
+	sem <- lockTok
 	if b.closedUntil >= now {
 		b.requests++
 		gen = b.generation
@@ -423,7 +423,7 @@ func noop() {}
 // outcome goes to otherwise, which calls leaveSlow. A generation from admit
 // may be half-open's, whose successes count: it goes to leaveSlow directly.
 func leave(b *breaker, sem chan struct{}, gen uint64, code, okCode int, otherwise func()) {
-	sem <- struct{}{}
+	sem <- lockTok
 	if code == okCode && gen == b.generation {
 		b.consecFailures = 0
 		<-sem
@@ -525,7 +525,7 @@ func refuse(c *canary, r *route, rw http.ResponseWriter, req *http.Request, retr
 
 // breakerSnapshot returns the state (as of now) and the transition counts.
 func breakerSnapshot(b *breaker, now int64) (int, [3]uint64) {
-	b.sem <- struct{}{}
+	b.sem <- lockTok
 	state := b.currentState(now)
 	<-b.sem
 	b.transitions.mu.Lock()

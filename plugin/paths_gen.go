@@ -67,7 +67,7 @@ func pathB(c *canary) http.HandlerFunc {
 			return
 		}
 		var gen uint64
-		bsem <- struct{}{}
+		bsem <- lockTok
 		if br.closedUntil >= start {
 			br.requests++
 			gen = br.generation
@@ -81,7 +81,7 @@ func pathB(c *canary) http.HandlerFunc {
 		defer ab(w)
 		handler.ServeHTTP(w, req)
 		w.done = true
-		bsem <- struct{}{}
+		bsem <- lockTok
 		if w.code == okCode && gen == br.generation {
 			br.consecFailures = 0
 			<-bsem
@@ -116,8 +116,9 @@ func pathS(c *canary) http.HandlerFunc {
 		defer ab(w)
 		handler.ServeHTTP(w, req)
 		w.done = true
-		d := int64(since(epoch)) - start
-		vsem <- struct{}{}
+		d := int64(since(epoch))
+		d -= start
+		vsem <- lockTok
 		i := 0
 		for d > vs.bounds[i] {
 			i++
@@ -154,7 +155,7 @@ func pathBS(c *canary) http.HandlerFunc {
 			return
 		}
 		var gen uint64
-		bsem <- struct{}{}
+		bsem <- lockTok
 		if br.closedUntil >= start {
 			br.requests++
 			gen = br.generation
@@ -168,7 +169,7 @@ func pathBS(c *canary) http.HandlerFunc {
 		defer ab(w)
 		handler.ServeHTTP(w, req)
 		w.done = true
-		bsem <- struct{}{}
+		bsem <- lockTok
 		if w.code == okCode && gen == br.generation {
 			br.consecFailures = 0
 			<-bsem
@@ -176,8 +177,9 @@ func pathBS(c *canary) http.HandlerFunc {
 			<-bsem
 			leaveSlow(w, start, 0)
 		}
-		d := int64(since(epoch)) - start
-		vsem <- struct{}{}
+		d := int64(since(epoch))
+		d -= start
+		vsem <- lockTok
 		i := 0
 		for d > vs.bounds[i] {
 			i++
@@ -202,7 +204,7 @@ func pathP(c *canary) http.HandlerFunc {
 	}
 	return func(rw http.ResponseWriter, req *http.Request) {
 		if req.Header[oh] == nil {
-			if ck, err := req.Cookie(cookieName); err == nil {
+			if ck, _ := req.Cookie(cookieName); ck != nil {
 				handlerOf[current[ck.Value]].ServeHTTP(rw, req)
 				return
 			}
@@ -224,7 +226,7 @@ func pathPB(c *canary) http.HandlerFunc {
 		start := int64(since(epoch))
 		var r *route
 		if req.Header[oh] == nil {
-			if ck, err := req.Cookie(cookieName); err == nil {
+			if ck, _ := req.Cookie(cookieName); ck != nil {
 				r = bucketOf1[current[ck.Value]]
 			}
 		}
@@ -238,7 +240,7 @@ func pathPB(c *canary) http.HandlerFunc {
 			return
 		}
 		var gen uint64
-		bsem <- struct{}{}
+		bsem <- lockTok
 		if br.closedUntil >= start {
 			br.requests++
 			gen = br.generation
@@ -252,7 +254,7 @@ func pathPB(c *canary) http.HandlerFunc {
 		defer ab(w)
 		r.handler.ServeHTTP(w, req)
 		w.done = true
-		bsem <- struct{}{}
+		bsem <- lockTok
 		if w.code == okCode && gen == br.generation {
 			br.consecFailures = 0
 			<-bsem
@@ -274,7 +276,7 @@ func pathPS(c *canary) http.HandlerFunc {
 		start := int64(since(epoch))
 		var r *route
 		if req.Header[oh] == nil {
-			if ck, err := req.Cookie(cookieName); err == nil {
+			if ck, _ := req.Cookie(cookieName); ck != nil {
 				r = bucketOf1[current[ck.Value]]
 			}
 		}
@@ -290,8 +292,9 @@ func pathPS(c *canary) http.HandlerFunc {
 		defer ab(w)
 		r.handler.ServeHTTP(w, req)
 		w.done = true
-		d := int64(since(epoch)) - start
-		vs.sem <- struct{}{}
+		d := int64(since(epoch))
+		d -= start
+		vs.sem <- lockTok
 		i := 0
 		for d > vs.bounds[i] {
 			i++
@@ -315,7 +318,7 @@ func pathPSR(c *canary) http.HandlerFunc {
 		start := int64(since(epoch))
 		var r *route
 		if req.Header[oh] == nil {
-			if ck, err := req.Cookie(cookieName); err == nil {
+			if ck, _ := req.Cookie(cookieName); ck != nil {
 				b1 := current[ck.Value]
 				r = bucketOf1[b1]
 				if b1 > 0 && b1 <= int(atomic.LoadInt32(cut)) {
@@ -335,8 +338,9 @@ func pathPSR(c *canary) http.HandlerFunc {
 		defer ab(w)
 		r.handler.ServeHTTP(w, req)
 		w.done = true
-		d := int64(since(epoch)) - start
-		vs.sem <- struct{}{}
+		d := int64(since(epoch))
+		d -= start
+		vs.sem <- lockTok
 		i := 0
 		for d > vs.bounds[i] {
 			i++
@@ -361,7 +365,7 @@ func pathPBS(c *canary) http.HandlerFunc {
 		start := int64(since(epoch))
 		var r *route
 		if req.Header[oh] == nil {
-			if ck, err := req.Cookie(cookieName); err == nil {
+			if ck, _ := req.Cookie(cookieName); ck != nil {
 				r = bucketOf1[current[ck.Value]]
 			}
 		}
@@ -376,7 +380,7 @@ func pathPBS(c *canary) http.HandlerFunc {
 			return
 		}
 		var gen uint64
-		bsem <- struct{}{}
+		bsem <- lockTok
 		if br.closedUntil >= start {
 			br.requests++
 			gen = br.generation
@@ -390,7 +394,7 @@ func pathPBS(c *canary) http.HandlerFunc {
 		defer ab(w)
 		r.handler.ServeHTTP(w, req)
 		w.done = true
-		bsem <- struct{}{}
+		bsem <- lockTok
 		if w.code == okCode && gen == br.generation {
 			br.consecFailures = 0
 			<-bsem
@@ -398,8 +402,9 @@ func pathPBS(c *canary) http.HandlerFunc {
 			<-bsem
 			leaveSlow(w, start, 0)
 		}
-		d := int64(since(epoch)) - start
-		vs.sem <- struct{}{}
+		d := int64(since(epoch))
+		d -= start
+		vs.sem <- lockTok
 		i := 0
 		for d > vs.bounds[i] {
 			i++
@@ -425,7 +430,7 @@ func pathPBSR(c *canary) http.HandlerFunc {
 		start := int64(since(epoch))
 		var r *route
 		if req.Header[oh] == nil {
-			if ck, err := req.Cookie(cookieName); err == nil {
+			if ck, _ := req.Cookie(cookieName); ck != nil {
 				b1 := current[ck.Value]
 				r = bucketOf1[b1]
 				if b1 > 0 && b1 <= int(atomic.LoadInt32(cut)) {
@@ -444,7 +449,7 @@ func pathPBSR(c *canary) http.HandlerFunc {
 			return
 		}
 		var gen uint64
-		bsem <- struct{}{}
+		bsem <- lockTok
 		if br.closedUntil >= start {
 			br.requests++
 			gen = br.generation
@@ -458,7 +463,7 @@ func pathPBSR(c *canary) http.HandlerFunc {
 		defer ab(w)
 		r.handler.ServeHTTP(w, req)
 		w.done = true
-		bsem <- struct{}{}
+		bsem <- lockTok
 		if w.code == okCode && gen == br.generation {
 			br.consecFailures = 0
 			<-bsem
@@ -466,8 +471,9 @@ func pathPBSR(c *canary) http.HandlerFunc {
 			<-bsem
 			leaveSlow(w, start, 0)
 		}
-		d := int64(since(epoch)) - start
-		vs.sem <- struct{}{}
+		d := int64(since(epoch))
+		d -= start
+		vs.sem <- lockTok
 		i := 0
 		for d > vs.bounds[i] {
 			i++
@@ -495,7 +501,7 @@ func pathL(c *canary) http.HandlerFunc {
 	next := primary.handler
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
-		sem <- struct{}{}
+		sem <- lockTok
 		if b := peers[req.RemoteAddr]; b != nil && req.Header[oh] == nil {
 			var tat int64
 			var q int64
@@ -540,7 +546,7 @@ func pathLD(c *canary) http.HandlerFunc {
 	next := primary.handler
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
-		sem <- struct{}{}
+		sem <- lockTok
 		if b := peers[req.RemoteAddr]; b != nil && req.Header[oh] == nil {
 			var q int64
 			if b.leaseLeft > b.quietLeft && start < b.quietUntil {
@@ -580,7 +586,7 @@ func pathLB(c *canary) http.HandlerFunc {
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		q := int64(0)
-		sem <- struct{}{}
+		sem <- lockTok
 		if b := peers[req.RemoteAddr]; b != nil {
 			var tat int64
 			tat = b.tat
@@ -614,7 +620,7 @@ func pathLB(c *canary) http.HandlerFunc {
 			return
 		}
 		var gen uint64
-		bsem <- struct{}{}
+		bsem <- lockTok
 		if br.closedUntil >= start {
 			br.requests++
 			gen = br.generation
@@ -628,7 +634,7 @@ func pathLB(c *canary) http.HandlerFunc {
 		defer ab(w)
 		handler.ServeHTTP(w, req)
 		w.done = true
-		bsem <- struct{}{}
+		bsem <- lockTok
 		if w.code == okCode && gen == br.generation {
 			br.consecFailures = 0
 			<-bsem
@@ -658,7 +664,7 @@ func pathLBD(c *canary) http.HandlerFunc {
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		q := int64(0)
-		sem <- struct{}{}
+		sem <- lockTok
 		if b := peers[req.RemoteAddr]; b != nil {
 			if b.leaseLeft > b.quietLeft && start < b.quietUntil {
 				b.leaseLeft--
@@ -684,7 +690,7 @@ func pathLBD(c *canary) http.HandlerFunc {
 			return
 		}
 		var gen uint64
-		bsem <- struct{}{}
+		bsem <- lockTok
 		if br.closedUntil >= start {
 			br.requests++
 			gen = br.generation
@@ -698,7 +704,7 @@ func pathLBD(c *canary) http.HandlerFunc {
 		defer ab(w)
 		handler.ServeHTTP(w, req)
 		w.done = true
-		bsem <- struct{}{}
+		bsem <- lockTok
 		if w.code == okCode && gen == br.generation {
 			br.consecFailures = 0
 			<-bsem
@@ -726,7 +732,7 @@ func pathLS(c *canary) http.HandlerFunc {
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		q := int64(0)
-		sem <- struct{}{}
+		sem <- lockTok
 		if b := peers[req.RemoteAddr]; b != nil {
 			var tat int64
 			tat = b.tat
@@ -763,8 +769,9 @@ func pathLS(c *canary) http.HandlerFunc {
 		defer ab(w)
 		handler.ServeHTTP(w, req)
 		w.done = true
-		d := int64(since(epoch)) - start
-		vsem <- struct{}{}
+		d := int64(since(epoch))
+		d -= start
+		vsem <- lockTok
 		i := 0
 		for d > vs.bounds[i] {
 			i++
@@ -793,7 +800,7 @@ func pathLSD(c *canary) http.HandlerFunc {
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		q := int64(0)
-		sem <- struct{}{}
+		sem <- lockTok
 		if b := peers[req.RemoteAddr]; b != nil {
 			if b.leaseLeft > b.quietLeft && start < b.quietUntil {
 				b.leaseLeft--
@@ -822,8 +829,9 @@ func pathLSD(c *canary) http.HandlerFunc {
 		defer ab(w)
 		handler.ServeHTTP(w, req)
 		w.done = true
-		d := int64(since(epoch)) - start
-		vsem <- struct{}{}
+		d := int64(since(epoch))
+		d -= start
+		vsem <- lockTok
 		i := 0
 		for d > vs.bounds[i] {
 			i++
@@ -856,7 +864,7 @@ func pathLBS(c *canary) http.HandlerFunc {
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		q := int64(0)
-		sem <- struct{}{}
+		sem <- lockTok
 		if b := peers[req.RemoteAddr]; b != nil {
 			var tat int64
 			tat = b.tat
@@ -890,7 +898,7 @@ func pathLBS(c *canary) http.HandlerFunc {
 			return
 		}
 		var gen uint64
-		bsem <- struct{}{}
+		bsem <- lockTok
 		if br.closedUntil >= start {
 			br.requests++
 			gen = br.generation
@@ -904,7 +912,7 @@ func pathLBS(c *canary) http.HandlerFunc {
 		defer ab(w)
 		handler.ServeHTTP(w, req)
 		w.done = true
-		bsem <- struct{}{}
+		bsem <- lockTok
 		if w.code == okCode && gen == br.generation {
 			br.consecFailures = 0
 			<-bsem
@@ -912,8 +920,9 @@ func pathLBS(c *canary) http.HandlerFunc {
 			<-bsem
 			leaveSlow(w, start, 0)
 		}
-		d := int64(since(epoch)) - start
-		vsem <- struct{}{}
+		d := int64(since(epoch))
+		d -= start
+		vsem <- lockTok
 		i := 0
 		for d > vs.bounds[i] {
 			i++
@@ -946,7 +955,7 @@ func pathLBSD(c *canary) http.HandlerFunc {
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		q := int64(0)
-		sem <- struct{}{}
+		sem <- lockTok
 		if b := peers[req.RemoteAddr]; b != nil {
 			if b.leaseLeft > b.quietLeft && start < b.quietUntil {
 				b.leaseLeft--
@@ -972,7 +981,7 @@ func pathLBSD(c *canary) http.HandlerFunc {
 			return
 		}
 		var gen uint64
-		bsem <- struct{}{}
+		bsem <- lockTok
 		if br.closedUntil >= start {
 			br.requests++
 			gen = br.generation
@@ -986,7 +995,7 @@ func pathLBSD(c *canary) http.HandlerFunc {
 		defer ab(w)
 		handler.ServeHTTP(w, req)
 		w.done = true
-		bsem <- struct{}{}
+		bsem <- lockTok
 		if w.code == okCode && gen == br.generation {
 			br.consecFailures = 0
 			<-bsem
@@ -994,8 +1003,9 @@ func pathLBSD(c *canary) http.HandlerFunc {
 			<-bsem
 			leaveSlow(w, start, 0)
 		}
-		d := int64(since(epoch)) - start
-		vsem <- struct{}{}
+		d := int64(since(epoch))
+		d -= start
+		vsem <- lockTok
 		i := 0
 		for d > vs.bounds[i] {
 			i++
@@ -1029,7 +1039,7 @@ func pathLP(c *canary) http.HandlerFunc {
 	}
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
-		sem <- struct{}{}
+		sem <- lockTok
 		if b := peers[req.RemoteAddr]; b != nil {
 			var tat int64
 			var q int64
@@ -1050,7 +1060,7 @@ func pathLP(c *canary) http.HandlerFunc {
 					h["Ratelimit"] = byQ[q]
 				}
 				if req.Header[oh] == nil {
-					if ck, err := req.Cookie(cookieName); err == nil {
+					if ck, _ := req.Cookie(cookieName); ck != nil {
 						handlerOf[current[ck.Value]].ServeHTTP(rw, req)
 						return
 					}
@@ -1086,7 +1096,7 @@ func pathLPD(c *canary) http.HandlerFunc {
 	}
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
-		sem <- struct{}{}
+		sem <- lockTok
 		if b := peers[req.RemoteAddr]; b != nil {
 			var q int64
 			if b.leaseLeft > b.quietLeft && start < b.quietUntil {
@@ -1099,7 +1109,7 @@ func pathLPD(c *canary) http.HandlerFunc {
 					h["Ratelimit"] = byQ[q]
 				}
 				if req.Header[oh] == nil {
-					if ck, err := req.Cookie(cookieName); err == nil {
+					if ck, _ := req.Cookie(cookieName); ck != nil {
 						handlerOf[current[ck.Value]].ServeHTTP(rw, req)
 						return
 					}
@@ -1129,7 +1139,7 @@ func pathLPB(c *canary) http.HandlerFunc {
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		q := int64(0)
-		sem <- struct{}{}
+		sem <- lockTok
 		if b := peers[req.RemoteAddr]; b != nil {
 			var tat int64
 			tat = b.tat
@@ -1156,7 +1166,7 @@ func pathLPB(c *canary) http.HandlerFunc {
 		}
 		var r *route
 		if req.Header[oh] == nil {
-			if ck, err := req.Cookie(cookieName); err == nil {
+			if ck, _ := req.Cookie(cookieName); ck != nil {
 				r = bucketOf1[current[ck.Value]]
 			}
 		}
@@ -1170,7 +1180,7 @@ func pathLPB(c *canary) http.HandlerFunc {
 			return
 		}
 		var gen uint64
-		bsem <- struct{}{}
+		bsem <- lockTok
 		if br.closedUntil >= start {
 			br.requests++
 			gen = br.generation
@@ -1184,7 +1194,7 @@ func pathLPB(c *canary) http.HandlerFunc {
 		defer ab(w)
 		r.handler.ServeHTTP(w, req)
 		w.done = true
-		bsem <- struct{}{}
+		bsem <- lockTok
 		if w.code == okCode && gen == br.generation {
 			br.consecFailures = 0
 			<-bsem
@@ -1211,7 +1221,7 @@ func pathLPBD(c *canary) http.HandlerFunc {
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		q := int64(0)
-		sem <- struct{}{}
+		sem <- lockTok
 		if b := peers[req.RemoteAddr]; b != nil {
 			if b.leaseLeft > b.quietLeft && start < b.quietUntil {
 				b.leaseLeft--
@@ -1230,7 +1240,7 @@ func pathLPBD(c *canary) http.HandlerFunc {
 		}
 		var r *route
 		if req.Header[oh] == nil {
-			if ck, err := req.Cookie(cookieName); err == nil {
+			if ck, _ := req.Cookie(cookieName); ck != nil {
 				r = bucketOf1[current[ck.Value]]
 			}
 		}
@@ -1244,7 +1254,7 @@ func pathLPBD(c *canary) http.HandlerFunc {
 			return
 		}
 		var gen uint64
-		bsem <- struct{}{}
+		bsem <- lockTok
 		if br.closedUntil >= start {
 			br.requests++
 			gen = br.generation
@@ -1258,7 +1268,7 @@ func pathLPBD(c *canary) http.HandlerFunc {
 		defer ab(w)
 		r.handler.ServeHTTP(w, req)
 		w.done = true
-		bsem <- struct{}{}
+		bsem <- lockTok
 		if w.code == okCode && gen == br.generation {
 			br.consecFailures = 0
 			<-bsem
@@ -1283,7 +1293,7 @@ func pathLPS(c *canary) http.HandlerFunc {
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		q := int64(0)
-		sem <- struct{}{}
+		sem <- lockTok
 		if b := peers[req.RemoteAddr]; b != nil {
 			var tat int64
 			tat = b.tat
@@ -1310,7 +1320,7 @@ func pathLPS(c *canary) http.HandlerFunc {
 		}
 		var r *route
 		if req.Header[oh] == nil {
-			if ck, err := req.Cookie(cookieName); err == nil {
+			if ck, _ := req.Cookie(cookieName); ck != nil {
 				r = bucketOf1[current[ck.Value]]
 			}
 		}
@@ -1326,8 +1336,9 @@ func pathLPS(c *canary) http.HandlerFunc {
 		defer ab(w)
 		r.handler.ServeHTTP(w, req)
 		w.done = true
-		d := int64(since(epoch)) - start
-		vs.sem <- struct{}{}
+		d := int64(since(epoch))
+		d -= start
+		vs.sem <- lockTok
 		i := 0
 		for d > vs.bounds[i] {
 			i++
@@ -1353,7 +1364,7 @@ func pathLPSD(c *canary) http.HandlerFunc {
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		q := int64(0)
-		sem <- struct{}{}
+		sem <- lockTok
 		if b := peers[req.RemoteAddr]; b != nil {
 			if b.leaseLeft > b.quietLeft && start < b.quietUntil {
 				b.leaseLeft--
@@ -1372,7 +1383,7 @@ func pathLPSD(c *canary) http.HandlerFunc {
 		}
 		var r *route
 		if req.Header[oh] == nil {
-			if ck, err := req.Cookie(cookieName); err == nil {
+			if ck, _ := req.Cookie(cookieName); ck != nil {
 				r = bucketOf1[current[ck.Value]]
 			}
 		}
@@ -1388,8 +1399,9 @@ func pathLPSD(c *canary) http.HandlerFunc {
 		defer ab(w)
 		r.handler.ServeHTTP(w, req)
 		w.done = true
-		d := int64(since(epoch)) - start
-		vs.sem <- struct{}{}
+		d := int64(since(epoch))
+		d -= start
+		vs.sem <- lockTok
 		i := 0
 		for d > vs.bounds[i] {
 			i++
@@ -1416,7 +1428,7 @@ func pathLPSR(c *canary) http.HandlerFunc {
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		q := int64(0)
-		sem <- struct{}{}
+		sem <- lockTok
 		if b := peers[req.RemoteAddr]; b != nil {
 			var tat int64
 			tat = b.tat
@@ -1443,7 +1455,7 @@ func pathLPSR(c *canary) http.HandlerFunc {
 		}
 		var r *route
 		if req.Header[oh] == nil {
-			if ck, err := req.Cookie(cookieName); err == nil {
+			if ck, _ := req.Cookie(cookieName); ck != nil {
 				b1 := current[ck.Value]
 				r = bucketOf1[b1]
 				if b1 > 0 && b1 <= int(atomic.LoadInt32(cut)) {
@@ -1463,8 +1475,9 @@ func pathLPSR(c *canary) http.HandlerFunc {
 		defer ab(w)
 		r.handler.ServeHTTP(w, req)
 		w.done = true
-		d := int64(since(epoch)) - start
-		vs.sem <- struct{}{}
+		d := int64(since(epoch))
+		d -= start
+		vs.sem <- lockTok
 		i := 0
 		for d > vs.bounds[i] {
 			i++
@@ -1491,7 +1504,7 @@ func pathLPSRD(c *canary) http.HandlerFunc {
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		q := int64(0)
-		sem <- struct{}{}
+		sem <- lockTok
 		if b := peers[req.RemoteAddr]; b != nil {
 			if b.leaseLeft > b.quietLeft && start < b.quietUntil {
 				b.leaseLeft--
@@ -1510,7 +1523,7 @@ func pathLPSRD(c *canary) http.HandlerFunc {
 		}
 		var r *route
 		if req.Header[oh] == nil {
-			if ck, err := req.Cookie(cookieName); err == nil {
+			if ck, _ := req.Cookie(cookieName); ck != nil {
 				b1 := current[ck.Value]
 				r = bucketOf1[b1]
 				if b1 > 0 && b1 <= int(atomic.LoadInt32(cut)) {
@@ -1530,8 +1543,9 @@ func pathLPSRD(c *canary) http.HandlerFunc {
 		defer ab(w)
 		r.handler.ServeHTTP(w, req)
 		w.done = true
-		d := int64(since(epoch)) - start
-		vs.sem <- struct{}{}
+		d := int64(since(epoch))
+		d -= start
+		vs.sem <- lockTok
 		i := 0
 		for d > vs.bounds[i] {
 			i++
@@ -1559,7 +1573,7 @@ func pathLPBS(c *canary) http.HandlerFunc {
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		q := int64(0)
-		sem <- struct{}{}
+		sem <- lockTok
 		if b := peers[req.RemoteAddr]; b != nil {
 			var tat int64
 			tat = b.tat
@@ -1586,7 +1600,7 @@ func pathLPBS(c *canary) http.HandlerFunc {
 		}
 		var r *route
 		if req.Header[oh] == nil {
-			if ck, err := req.Cookie(cookieName); err == nil {
+			if ck, _ := req.Cookie(cookieName); ck != nil {
 				r = bucketOf1[current[ck.Value]]
 			}
 		}
@@ -1601,7 +1615,7 @@ func pathLPBS(c *canary) http.HandlerFunc {
 			return
 		}
 		var gen uint64
-		bsem <- struct{}{}
+		bsem <- lockTok
 		if br.closedUntil >= start {
 			br.requests++
 			gen = br.generation
@@ -1615,7 +1629,7 @@ func pathLPBS(c *canary) http.HandlerFunc {
 		defer ab(w)
 		r.handler.ServeHTTP(w, req)
 		w.done = true
-		bsem <- struct{}{}
+		bsem <- lockTok
 		if w.code == okCode && gen == br.generation {
 			br.consecFailures = 0
 			<-bsem
@@ -1623,8 +1637,9 @@ func pathLPBS(c *canary) http.HandlerFunc {
 			<-bsem
 			leaveSlow(w, start, 0)
 		}
-		d := int64(since(epoch)) - start
-		vs.sem <- struct{}{}
+		d := int64(since(epoch))
+		d -= start
+		vs.sem <- lockTok
 		i := 0
 		for d > vs.bounds[i] {
 			i++
@@ -1652,7 +1667,7 @@ func pathLPBSD(c *canary) http.HandlerFunc {
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		q := int64(0)
-		sem <- struct{}{}
+		sem <- lockTok
 		if b := peers[req.RemoteAddr]; b != nil {
 			if b.leaseLeft > b.quietLeft && start < b.quietUntil {
 				b.leaseLeft--
@@ -1671,7 +1686,7 @@ func pathLPBSD(c *canary) http.HandlerFunc {
 		}
 		var r *route
 		if req.Header[oh] == nil {
-			if ck, err := req.Cookie(cookieName); err == nil {
+			if ck, _ := req.Cookie(cookieName); ck != nil {
 				r = bucketOf1[current[ck.Value]]
 			}
 		}
@@ -1686,7 +1701,7 @@ func pathLPBSD(c *canary) http.HandlerFunc {
 			return
 		}
 		var gen uint64
-		bsem <- struct{}{}
+		bsem <- lockTok
 		if br.closedUntil >= start {
 			br.requests++
 			gen = br.generation
@@ -1700,7 +1715,7 @@ func pathLPBSD(c *canary) http.HandlerFunc {
 		defer ab(w)
 		r.handler.ServeHTTP(w, req)
 		w.done = true
-		bsem <- struct{}{}
+		bsem <- lockTok
 		if w.code == okCode && gen == br.generation {
 			br.consecFailures = 0
 			<-bsem
@@ -1708,8 +1723,9 @@ func pathLPBSD(c *canary) http.HandlerFunc {
 			<-bsem
 			leaveSlow(w, start, 0)
 		}
-		d := int64(since(epoch)) - start
-		vs.sem <- struct{}{}
+		d := int64(since(epoch))
+		d -= start
+		vs.sem <- lockTok
 		i := 0
 		for d > vs.bounds[i] {
 			i++
@@ -1738,7 +1754,7 @@ func pathLPBSR(c *canary) http.HandlerFunc {
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		q := int64(0)
-		sem <- struct{}{}
+		sem <- lockTok
 		if b := peers[req.RemoteAddr]; b != nil {
 			var tat int64
 			tat = b.tat
@@ -1765,7 +1781,7 @@ func pathLPBSR(c *canary) http.HandlerFunc {
 		}
 		var r *route
 		if req.Header[oh] == nil {
-			if ck, err := req.Cookie(cookieName); err == nil {
+			if ck, _ := req.Cookie(cookieName); ck != nil {
 				b1 := current[ck.Value]
 				r = bucketOf1[b1]
 				if b1 > 0 && b1 <= int(atomic.LoadInt32(cut)) {
@@ -1784,7 +1800,7 @@ func pathLPBSR(c *canary) http.HandlerFunc {
 			return
 		}
 		var gen uint64
-		bsem <- struct{}{}
+		bsem <- lockTok
 		if br.closedUntil >= start {
 			br.requests++
 			gen = br.generation
@@ -1798,7 +1814,7 @@ func pathLPBSR(c *canary) http.HandlerFunc {
 		defer ab(w)
 		r.handler.ServeHTTP(w, req)
 		w.done = true
-		bsem <- struct{}{}
+		bsem <- lockTok
 		if w.code == okCode && gen == br.generation {
 			br.consecFailures = 0
 			<-bsem
@@ -1806,8 +1822,9 @@ func pathLPBSR(c *canary) http.HandlerFunc {
 			<-bsem
 			leaveSlow(w, start, 0)
 		}
-		d := int64(since(epoch)) - start
-		vs.sem <- struct{}{}
+		d := int64(since(epoch))
+		d -= start
+		vs.sem <- lockTok
 		i := 0
 		for d > vs.bounds[i] {
 			i++
@@ -1836,7 +1853,7 @@ func pathLPBSRD(c *canary) http.HandlerFunc {
 	return func(rw http.ResponseWriter, req *http.Request) {
 		start := int64(since(epoch))
 		q := int64(0)
-		sem <- struct{}{}
+		sem <- lockTok
 		if b := peers[req.RemoteAddr]; b != nil {
 			if b.leaseLeft > b.quietLeft && start < b.quietUntil {
 				b.leaseLeft--
@@ -1855,7 +1872,7 @@ func pathLPBSRD(c *canary) http.HandlerFunc {
 		}
 		var r *route
 		if req.Header[oh] == nil {
-			if ck, err := req.Cookie(cookieName); err == nil {
+			if ck, _ := req.Cookie(cookieName); ck != nil {
 				b1 := current[ck.Value]
 				r = bucketOf1[b1]
 				if b1 > 0 && b1 <= int(atomic.LoadInt32(cut)) {
@@ -1874,7 +1891,7 @@ func pathLPBSRD(c *canary) http.HandlerFunc {
 			return
 		}
 		var gen uint64
-		bsem <- struct{}{}
+		bsem <- lockTok
 		if br.closedUntil >= start {
 			br.requests++
 			gen = br.generation
@@ -1888,7 +1905,7 @@ func pathLPBSRD(c *canary) http.HandlerFunc {
 		defer ab(w)
 		r.handler.ServeHTTP(w, req)
 		w.done = true
-		bsem <- struct{}{}
+		bsem <- lockTok
 		if w.code == okCode && gen == br.generation {
 			br.consecFailures = 0
 			<-bsem
@@ -1896,8 +1913,9 @@ func pathLPBSRD(c *canary) http.HandlerFunc {
 			<-bsem
 			leaveSlow(w, start, 0)
 		}
-		d := int64(since(epoch)) - start
-		vs.sem <- struct{}{}
+		d := int64(since(epoch))
+		d -= start
+		vs.sem <- lockTok
 		i := 0
 		for d > vs.bounds[i] {
 			i++
@@ -1935,7 +1953,7 @@ func reserve(l *limiter, b *bucket, now int64) int64 {
 // wait+window after now; when rejected, wait+window-interval after now. (One
 // result, not two: every extra result costs allocations in Yaegi.)
 func take(l *limiter, key string, now int64) int64 {
-	l.sem <- struct{}{}
+	l.sem <- lockTok
 	b := l.buckets[key]
 	if b == nil {
 		b = insertBucket(l, key, now)

@@ -485,7 +485,7 @@ func allow(l *limiter, rw http.ResponseWriter, req *http.Request, now int64) int
 	if l.source != sourcePeer || l.shared != nil {
 		return allowSlow(l, rw, req, now)
 	}
-	l.sem <- struct{}{}
+	l.sem <- lockTok
 	b := l.peers[req.RemoteAddr]
 	if b == nil {
 		b = noBucket
@@ -518,7 +518,7 @@ func allowSlow(l *limiter, rw http.ResponseWriter, req *http.Request, now int64)
 	}
 	var wait int64
 	if l.source == sourcePeer {
-		l.sem <- struct{}{}
+		l.sem <- lockTok
 		b := l.peers[req.RemoteAddr]
 		if b == nil || b.dead {
 			b = peerBucket(l, req.RemoteAddr, now)

@@ -869,7 +869,7 @@ func readVerTotals(vs *verStats) totals {
 	if vs == nil {
 		return t
 	}
-	vs.sem <- struct{}{}
+	vs.sem <- lockTok
 	for k, n := range vs.counts {
 		t.requests += n
 		if code := k >> 4; code >= 500 && code <= 599 {

@@ -324,7 +324,7 @@ func allowShared(l *limiter, rw http.ResponseWriter, req *http.Request, key stri
 	// The common case, admitted from the lease with no refresh due, is this
 	// function; the rest is allowSharedSlow's (under Yaegi every variable
 	// of a function costs on every call).
-	l.sem <- struct{}{}
+	l.sem <- lockTok
 	q := int64(0)
 	if b := l.buckets[key]; b != nil {
 		_, q = leaseStep(b, now, 0, 0, noop)
@@ -346,7 +346,7 @@ func allowShared(l *limiter, rw http.ResponseWriter, req *http.Request, key stri
 // generated paths inline this lookup; the rest goes through
 // allowSharedConn.
 func allowSharedPeer(l *limiter, rw http.ResponseWriter, req *http.Request, now int64) int64 {
-	l.sem <- struct{}{}
+	l.sem <- lockTok
 	q := int64(0)
 	if b := l.peers[req.RemoteAddr]; b != nil {
 		_, q = leaseStep(b, now, 0, 0, noop)
@@ -366,7 +366,7 @@ func allowSharedPeer(l *limiter, rw http.ResponseWriter, req *http.Request, now 
 func allowSharedConn(l *limiter, rw http.ResponseWriter, req *http.Request, now int64) int64 {
 	key := peerKey(l, req.RemoteAddr)
 	at := allowShared(l, rw, req, key, now)
-	l.sem <- struct{}{}
+	l.sem <- lockTok
 	if b := l.buckets[key]; b != nil {
 		rememberPeer(l, req.RemoteAddr, b)
 	}
@@ -408,7 +408,7 @@ func startRefresh(l *limiter, b *bucket, key string, now int64) {
 	if !l.shared.available(now) {
 		return
 	}
-	l.sem <- struct{}{}
+	l.sem <- lockTok
 	if b.fetching != nil {
 		<-l.sem
 		return
@@ -427,7 +427,7 @@ func startRefresh(l *limiter, b *bucket, key string, now int64) {
 // a store call in flight for the key, or makes one.
 func allowSharedSlow(l *limiter, rw http.ResponseWriter, req *http.Request, key string, now int64) int64 {
 	for waited := 0; ; waited++ {
-		l.sem <- struct{}{}
+		l.sem <- lockTok
 		b := l.buckets[key]
 		if b == nil {
 			b = insertBucket(l, key, now)
@@ -507,7 +507,7 @@ func nextLease(s *shared, b *bucket, now int64) (n, back, backUntil int64) {
 func refreshLease(l *limiter, b *bucket, ch chan struct{}, key string, n, back, backUntil, now int64) {
 	s := l.shared
 	r, err := s.client.takeGCRA(s.gcra, s.prefix, key, n, back, backUntil)
-	l.sem <- struct{}{}
+	l.sem <- lockTok
 	b.fetching = nil
 	if err == nil && r.granted > 0 {
 		storeLease(s, b, r.granted, r.granted, r, now)
@@ -532,14 +532,14 @@ func refreshLease(l *limiter, b *bucket, ch chan struct{}, key string, n, back, 
 func fetchLease(l *limiter, rw http.ResponseWriter, req *http.Request, b *bucket, ch chan struct{}, key string, n, back, backUntil, now int64) int64 {
 	s := l.shared
 	if !s.available(now) {
-		l.sem <- struct{}{}
+		l.sem <- lockTok
 		b.fetching = nil
 		<-l.sem
 		close(ch)
 		return storeFailed(l, rw, req, key, now)
 	}
 	r, err := s.client.takeGCRA(s.gcra, s.prefix, key, n, back, backUntil)
-	l.sem <- struct{}{}
+	l.sem <- lockTok
 	b.fetching = nil
 	if err == nil && r.granted > 0 {
 		storeLease(s, b, r.granted, r.granted-1, r, now)

@@ -144,7 +144,7 @@ func getStats(name string, bounds []float64) *mwStats {
 		}
 		st.boundsNs[len(bounds)] = math.MaxInt64
 		for _, vs := range st.versions {
-			vs.sem <- struct{}{}
+			vs.sem <- lockTok
 			vs.hist = make([]uint64, len(bounds)+1)
 			vs.bounds = st.boundsNs
 			vs.sumNs = 0
@@ -186,7 +186,7 @@ func (st *mwStats) version(name string) *verStats {
 // is vs.sem, which a request path that always serves one version captures.
 // Codes outside 0..999 are reported as 0 (see report).
 func record(vs *verStats, sem chan struct{}, code int, method string, d int64) {
-	sem <- struct{}{}
+	sem <- lockTok
 	i := 0
 	for d > vs.bounds[i] {
 		i++
@@ -199,7 +199,7 @@ func record(vs *verStats, sem chan struct{}, code int, method string, d int64) {
 
 // recordRefused counts a request the breaker refused: it has no duration.
 func recordRefused(vs *verStats, code int, method string) {
-	vs.sem <- struct{}{}
+	vs.sem <- lockTok
 	vs.counts[code<<4|methodIndex[method]]++
 	<-vs.sem
 }
@@ -424,7 +424,7 @@ func snapshot(st *mwStats) wire.Middleware {
 	for _, n := range names {
 		vs := st.versions[n]
 		w, configured := st.weights[n]
-		vs.sem <- struct{}{}
+		vs.sem <- lockTok
 		rv := wire.Version{Name: n, Primary: n == st.primary, Weight: w, Configured: configured,
 			Requests: []wire.Request{}, Hist: append([]uint64(nil), vs.hist...), SumSeconds: float64(vs.sumNs) / 1e9}
 		counts := make(map[int]uint64, len(vs.counts))

@@ -93,7 +93,7 @@ func pathTemplate(c *canary) http.HandlerFunc {
 			// A keep-alive peer admitted without delay is served from inside
 			// the step; every other request goes to rest, which decides it
 			// from scratch.
-			sem <- struct{}{}
+			sem <- lockTok
 			if b := peers[req.RemoteAddr]; b != nil && req.Header[oh] == nil {
 				_, q := INLINE.limitStep(b, start, interval, span0, func() {
 					<-sem
@@ -111,7 +111,7 @@ func pathTemplate(c *canary) http.HandlerFunc {
 		}
 		if HAS.limit && !HAS.observe && HAS.pick {
 			// The same, for a returning client with a valid cookie.
-			sem <- struct{}{}
+			sem <- lockTok
 			if b := peers[req.RemoteAddr]; b != nil {
 				_, q := INLINE.limitStep(b, start, interval, span0, func() {
 					<-sem
@@ -136,7 +136,7 @@ func pathTemplate(c *canary) http.HandlerFunc {
 			// goes to serveLimited: allowSlow decides it, and the reference
 			// path serves what it lets through (after a delay, say).
 			q := int64(0)
-			sem <- struct{}{}
+			sem <- lockTok
 			if b := peers[req.RemoteAddr]; b != nil {
 				_, q = INLINE.limitStep(b, start, interval, span0, func() {})
 			}
@@ -222,7 +222,8 @@ func pathTemplate(c *canary) http.HandlerFunc {
 				})
 			}
 			if HAS.stats {
-				d := int64(since(epoch)) - start
+				d := int64(since(epoch))
+				d -= start // a compound assignment to a variable is no temporary under Yaegi; the subtraction is one
 				if HAS.pick {
 					INLINE.record(vs, vs.sem, w.code, req.Method, d)
 				} else {
@@ -247,7 +248,7 @@ func reserve(l *limiter, b *bucket, now int64) int64 {
 // wait+window after now; when rejected, wait+window-interval after now. (One
 // result, not two: every extra result costs allocations in Yaegi.)
 func take(l *limiter, key string, now int64) int64 {
-	l.sem <- struct{}{}
+	l.sem <- lockTok
 	b := l.buckets[key]
 	if b == nil {
 		b = insertBucket(l, key, now)

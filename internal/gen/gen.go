@@ -1214,6 +1214,28 @@ func (r *renderer) fail(msg string) {
 	}
 }
 
+// usedFields returns the fields that the methods floorWrapper keeps
+// (WriteHeader and Write) select on their receiver.
+func usedFields(file *ast.File) map[string]bool {
+	used := map[string]bool{}
+	for _, d := range file.Decls {
+		fd, ok := d.(*ast.FuncDecl)
+		if !ok || fd.Recv == nil || fd.Name.Name != "WriteHeader" && fd.Name.Name != "Write" || len(fd.Recv.List[0].Names) == 0 {
+			continue
+		}
+		recv := fd.Recv.List[0].Names[0].Name
+		ast.Inspect(fd.Body, func(n ast.Node) bool {
+			if sel, ok := n.(*ast.SelectorExpr); ok {
+				if id, ok := sel.X.(*ast.Ident); ok && id.Name == recv {
+					used[sel.Sel.Name] = true
+				}
+			}
+			return true
+		})
+	}
+	return used
+}
+
 // floorWrapper renders the reference plugin's status wrapper from the
 // plugin's: statusWriter with only the fields its methods use, its
 // WriteHeader, and flushWriter.
@@ -1227,7 +1249,7 @@ func floorWrapper(observe string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	keep := map[string]bool{"code": true, "headers": true, "timed": true, "stream": true}
+	keep := usedFields(file)
 	var out bytes.Buffer
 	out.WriteString(header("plugin/observe.go (the plugin's status wrapper)"))
 	out.WriteString("package benchfloor\n\nimport (\n\t\"net/http\"\n\t\"time\"\n)\n")

@@ -28,6 +28,7 @@ type statusWriter struct {
 	headers int64 // when the final status was written, ns since epoch, when timed; 0 until then
 	timed   bool  // read the clock at WriteHeader (slowThreshold is set)
 	stream  bool  // the response has no Content-Length: the embedded writer is a flushWriter
+	final   bool  // the final (not 1xx) status is written: a later WriteHeader is ignored, as net/http does
 	done    bool  // the handler returned: see abandoned
 
 	// What abandoned records, should the handler not return.
@@ -41,10 +42,19 @@ type statusWriter struct {
 // WriteHeader records the status, the time and whether the response
 // streams. After an informational (1xx) status, the final one overwrites the
 // status and the time; a response that sent one (it has no Content-Length)
-// is flushed as a stream, which costs only time.
+// is flushed as a stream, which costs only time. A call after the final
+// status changes nothing: net/http ignores it ("superfluous
+// response.WriteHeader call"), and the client has the first. (A status
+// written after a Write, whose implicit 200 goes to the embedded writer
+// without this method, is still taken: seeing it would need an interpreted
+// Write on every response.)
 func (w *statusWriter) WriteHeader(code int) {
 	w.ResponseWriter.WriteHeader(code)
+	if w.final {
+		return
+	}
 	w.code = code
+	w.final = code > 199 // 101 too would be final, but an upgrade never gets a statusWriter (see passThrough)
 	if !w.stream && w.ResponseWriter.Header()["Content-Length"] == nil {
 		w.stream = true
 		w.ResponseWriter = &flushWriter{ResponseWriter: w.ResponseWriter}

@@ -50,3 +50,45 @@ func TestRev19SuperfluousWriteHeaderIsNotTheStatus(t *testing.T) {
 		t.Errorf("counted %v, the client got 200: want %v", got, want)
 	}
 }
+
+// TestInformationalStatusThenFinalIsCounted: a 103 Early Hints, then the
+// final status: the final one is counted (the client gets both, the final
+// last), and a later superfluous call changes nothing.
+func TestInformationalStatusThenFinalIsCounted(t *testing.T) {
+	cfg := CreateConfig()
+	cfg.Versions = map[string]VersionConfig{"stable": {Weight: 1}}
+	cfg.Sidecar.Address = "http://127.0.0.1:1"
+	cfg.Sidecar.Interval = "1h"
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	next := http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
+		rw.Header().Set("Link", "</style.css>; rel=preload; as=style")
+		rw.WriteHeader(http.StatusEarlyHints)
+		rw.Header().Set("Content-Length", "2")
+		rw.WriteHeader(http.StatusNotFound)
+		rw.WriteHeader(http.StatusOK) // superfluous
+		_, _ = rw.Write([]byte("no"))
+	})
+	c, err := newCanary(ctx, next, cfg, "informational@file")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(c)
+	defer srv.Close()
+	res, err := http.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusNotFound {
+		t.Fatalf("client got %d", res.StatusCode)
+	}
+	m := snapshot(c.st)
+	got := map[string]uint64{}
+	for _, r := range m.Versions[0].Requests {
+		got[fmt.Sprintf("%d %s", r.Code, r.Method)] = r.Count
+	}
+	if want := map[string]uint64{"404 GET": 1}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("counted %v, the client got 404: want %v", got, want)
+	}
+}

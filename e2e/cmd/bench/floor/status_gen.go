@@ -15,11 +15,16 @@ type statusWriter struct {
 	headers int64 // when the final status was written, ns since epoch, when timed; 0 until then
 	timed   bool  // read the clock at WriteHeader (slowThreshold is set)
 	stream  bool  // the response has no Content-Length: the embedded writer is a flushWriter
+	final   bool  // the final (not 1xx) status is written: a later WriteHeader is ignored, as net/http does
 }
 
 func (w *statusWriter) WriteHeader(code int) {
 	w.ResponseWriter.WriteHeader(code)
+	if w.final {
+		return
+	}
 	w.code = code
+	w.final = code > 199
 	if !w.stream && w.ResponseWriter.Header()["Content-Length"] == nil {
 		w.stream = true
 		w.ResponseWriter = &flushWriter{ResponseWriter: w.ResponseWriter}

@@ -241,7 +241,7 @@ func newBreaker(s *breakerSettings, name string) *breaker {
 
 // breakerNow is the breakers' clock, as the request paths read it:
 // nanoseconds since the package's epoch, never 0.
-func breakerNow() int64 { return int64(time.Since(epoch)) + 1 }
+func breakerNow() int64 { return int64(clock(epoch)) + 1 }
 
 // currentState advances time-based transitions. Called with mu held.
 func (b *breaker) currentState(now int64) int {
@@ -441,7 +441,7 @@ func leave(b *breaker, sem chan struct{}, gen uint64, code, okCode int, otherwis
 // client reading the body; without the headers' time, end - sent.
 func leaveSlow(w *statusWriter, sent, end int64) {
 	if end == 0 {
-		end = int64(time.Since(epoch))
+		end = int64(clock(epoch))
 	}
 	d := end - sent
 	if w.headers != 0 {

@@ -3,7 +3,6 @@ package plugin
 import (
 	"net/http"
 	"strings"
-	"time"
 )
 
 // statusWriter is the ResponseWriter an observed request is served with. It
@@ -60,7 +59,7 @@ func (w *statusWriter) WriteHeader(code int) {
 		w.ResponseWriter = &flushWriter{ResponseWriter: w.ResponseWriter}
 	}
 	if w.timed {
-		w.headers = int64(time.Since(epoch))
+		w.headers = int64(clock(epoch))
 	}
 }
 
@@ -96,7 +95,7 @@ func recordAbandoned(w *statusWriter) {
 	if w.req.Context().Err() != nil {
 		w.code = statusClientClosedRequest
 	}
-	end := int64(time.Since(epoch))
+	end := int64(clock(epoch))
 	if w.r.br != nil {
 		after(w.r.br, w.gen, outcomeOf(w.c.bs, w.code, 0), end)
 	}

@@ -6,7 +6,6 @@ package plugin
 import (
 	"net/http"
 	"sync/atomic"
-	"time"
 )
 
 // generatedPaths are the request paths rendered by internal/gen, by their
@@ -47,7 +46,7 @@ var generatedPaths = map[string]func(c *canary) http.HandlerFunc{
 // pathB is the request path with the breaker.
 func pathB(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
-	since := time.Since
+	since := clock
 	primary := c.primary
 	r := primary
 	br := r.br
@@ -95,7 +94,7 @@ func pathB(c *canary) http.HandlerFunc {
 // pathS is the request path with reporting.
 func pathS(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
-	since := time.Since
+	since := clock
 	primary := c.primary
 	r := primary
 	vs := r.vs
@@ -133,7 +132,7 @@ func pathS(c *canary) http.HandlerFunc {
 // pathBS is the request path with the breaker, reporting.
 func pathBS(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
-	since := time.Since
+	since := clock
 	primary := c.primary
 	r := primary
 	br := r.br
@@ -216,7 +215,7 @@ func pathP(c *canary) http.HandlerFunc {
 // pathPB is the request path with the cookie pick, the breaker.
 func pathPB(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
-	since := time.Since
+	since := clock
 	current, cookieName := c.signed.current, c.cookieName
 	bucketOf1 := c.bucketOf1
 	okCode := c.okCode
@@ -268,7 +267,7 @@ func pathPB(c *canary) http.HandlerFunc {
 // pathPS is the request path with the cookie pick, reporting.
 func pathPS(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
-	since := time.Since
+	since := clock
 	current, cookieName := c.signed.current, c.cookieName
 	bucketOf1 := c.bucketOf1
 	ab := abandoned
@@ -309,7 +308,7 @@ func pathPS(c *canary) http.HandlerFunc {
 // pathPSR is the request path with the cookie pick, reporting, a rollout.
 func pathPSR(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
-	since := time.Since
+	since := clock
 	current, cookieName := c.signed.current, c.cookieName
 	bucketOf1 := c.bucketOf1
 	ramp, cut := c.ramp, c.cut
@@ -355,7 +354,7 @@ func pathPSR(c *canary) http.HandlerFunc {
 // pathPBS is the request path with the cookie pick, the breaker, reporting.
 func pathPBS(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
-	since := time.Since
+	since := clock
 	current, cookieName := c.signed.current, c.cookieName
 	bucketOf1 := c.bucketOf1
 	okCode := c.okCode
@@ -419,7 +418,7 @@ func pathPBS(c *canary) http.HandlerFunc {
 // pathPBSR is the request path with the cookie pick, the breaker, reporting, a rollout.
 func pathPBSR(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
-	since := time.Since
+	since := clock
 	current, cookieName := c.signed.current, c.cookieName
 	bucketOf1 := c.bucketOf1
 	ramp, cut := c.ramp, c.cut
@@ -488,7 +487,7 @@ func pathPBSR(c *canary) http.HandlerFunc {
 // pathL is the request path with the limiter.
 func pathL(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
-	since := time.Since
+	since := clock
 	rl := c.rl
 	peers, byQ := inlineLimiter(rl)
 	sem, interval, span0 := rl.sem, rl.interval, rl.window+rl.interval
@@ -533,7 +532,7 @@ func pathL(c *canary) http.HandlerFunc {
 // pathLD is the request path with the limiter shared through Redis.
 func pathLD(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
-	since := time.Since
+	since := clock
 	rl := c.rl
 	peers, byQ := inlineLimiter(rl)
 	sem := rl.sem
@@ -570,7 +569,7 @@ func pathLD(c *canary) http.HandlerFunc {
 // pathLB is the request path with the limiter, the breaker.
 func pathLB(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
-	since := time.Since
+	since := clock
 	rl := c.rl
 	peers, byQ := inlineLimiter(rl)
 	sem, interval, span0 := rl.sem, rl.interval, rl.window+rl.interval
@@ -648,7 +647,7 @@ func pathLB(c *canary) http.HandlerFunc {
 // pathLBD is the request path with the limiter shared through Redis, the breaker.
 func pathLBD(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
-	since := time.Since
+	since := clock
 	rl := c.rl
 	peers, byQ := inlineLimiter(rl)
 	sem := rl.sem
@@ -718,7 +717,7 @@ func pathLBD(c *canary) http.HandlerFunc {
 // pathLS is the request path with the limiter, reporting.
 func pathLS(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
-	since := time.Since
+	since := clock
 	rl := c.rl
 	peers, byQ := inlineLimiter(rl)
 	sem, interval, span0 := rl.sem, rl.interval, rl.window+rl.interval
@@ -786,7 +785,7 @@ func pathLS(c *canary) http.HandlerFunc {
 // pathLSD is the request path with the limiter shared through Redis, reporting.
 func pathLSD(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
-	since := time.Since
+	since := clock
 	rl := c.rl
 	peers, byQ := inlineLimiter(rl)
 	sem := rl.sem
@@ -846,7 +845,7 @@ func pathLSD(c *canary) http.HandlerFunc {
 // pathLBS is the request path with the limiter, the breaker, reporting.
 func pathLBS(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
-	since := time.Since
+	since := clock
 	rl := c.rl
 	peers, byQ := inlineLimiter(rl)
 	sem, interval, span0 := rl.sem, rl.interval, rl.window+rl.interval
@@ -937,7 +936,7 @@ func pathLBS(c *canary) http.HandlerFunc {
 // pathLBSD is the request path with the limiter shared through Redis, the breaker, reporting.
 func pathLBSD(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
-	since := time.Since
+	since := clock
 	rl := c.rl
 	peers, byQ := inlineLimiter(rl)
 	sem := rl.sem
@@ -1020,7 +1019,7 @@ func pathLBSD(c *canary) http.HandlerFunc {
 // pathLP is the request path with the limiter, the cookie pick.
 func pathLP(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
-	since := time.Since
+	since := clock
 	rl := c.rl
 	peers, byQ := inlineLimiter(rl)
 	sem, interval, span0 := rl.sem, rl.interval, rl.window+rl.interval
@@ -1077,7 +1076,7 @@ func pathLP(c *canary) http.HandlerFunc {
 // pathLPD is the request path with the limiter shared through Redis, the cookie pick.
 func pathLPD(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
-	since := time.Since
+	since := clock
 	rl := c.rl
 	peers, byQ := inlineLimiter(rl)
 	sem := rl.sem
@@ -1126,7 +1125,7 @@ func pathLPD(c *canary) http.HandlerFunc {
 // pathLPB is the request path with the limiter, the cookie pick, the breaker.
 func pathLPB(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
-	since := time.Since
+	since := clock
 	rl := c.rl
 	peers, byQ := inlineLimiter(rl)
 	sem, interval, span0 := rl.sem, rl.interval, rl.window+rl.interval
@@ -1208,7 +1207,7 @@ func pathLPB(c *canary) http.HandlerFunc {
 // pathLPBD is the request path with the limiter shared through Redis, the cookie pick, the breaker.
 func pathLPBD(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
-	since := time.Since
+	since := clock
 	rl := c.rl
 	peers, byQ := inlineLimiter(rl)
 	sem := rl.sem
@@ -1282,7 +1281,7 @@ func pathLPBD(c *canary) http.HandlerFunc {
 // pathLPS is the request path with the limiter, the cookie pick, reporting.
 func pathLPS(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
-	since := time.Since
+	since := clock
 	rl := c.rl
 	peers, byQ := inlineLimiter(rl)
 	sem, interval, span0 := rl.sem, rl.interval, rl.window+rl.interval
@@ -1353,7 +1352,7 @@ func pathLPS(c *canary) http.HandlerFunc {
 // pathLPSD is the request path with the limiter shared through Redis, the cookie pick, reporting.
 func pathLPSD(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
-	since := time.Since
+	since := clock
 	rl := c.rl
 	peers, byQ := inlineLimiter(rl)
 	sem := rl.sem
@@ -1416,7 +1415,7 @@ func pathLPSD(c *canary) http.HandlerFunc {
 // pathLPSR is the request path with the limiter, the cookie pick, reporting, a rollout.
 func pathLPSR(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
-	since := time.Since
+	since := clock
 	rl := c.rl
 	peers, byQ := inlineLimiter(rl)
 	sem, interval, span0 := rl.sem, rl.interval, rl.window+rl.interval
@@ -1492,7 +1491,7 @@ func pathLPSR(c *canary) http.HandlerFunc {
 // pathLPSRD is the request path with the limiter shared through Redis, the cookie pick, reporting, a rollout.
 func pathLPSRD(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
-	since := time.Since
+	since := clock
 	rl := c.rl
 	peers, byQ := inlineLimiter(rl)
 	sem := rl.sem
@@ -1560,7 +1559,7 @@ func pathLPSRD(c *canary) http.HandlerFunc {
 // pathLPBS is the request path with the limiter, the cookie pick, the breaker, reporting.
 func pathLPBS(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
-	since := time.Since
+	since := clock
 	rl := c.rl
 	peers, byQ := inlineLimiter(rl)
 	sem, interval, span0 := rl.sem, rl.interval, rl.window+rl.interval
@@ -1654,7 +1653,7 @@ func pathLPBS(c *canary) http.HandlerFunc {
 // pathLPBSD is the request path with the limiter shared through Redis, the cookie pick, the breaker, reporting.
 func pathLPBSD(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
-	since := time.Since
+	since := clock
 	rl := c.rl
 	peers, byQ := inlineLimiter(rl)
 	sem := rl.sem
@@ -1740,7 +1739,7 @@ func pathLPBSD(c *canary) http.HandlerFunc {
 // pathLPBSR is the request path with the limiter, the cookie pick, the breaker, reporting, a rollout.
 func pathLPBSR(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
-	since := time.Since
+	since := clock
 	rl := c.rl
 	peers, byQ := inlineLimiter(rl)
 	sem, interval, span0 := rl.sem, rl.interval, rl.window+rl.interval
@@ -1839,7 +1838,7 @@ func pathLPBSR(c *canary) http.HandlerFunc {
 // pathLPBSRD is the request path with the limiter shared through Redis, the cookie pick, the breaker, reporting, a rollout.
 func pathLPBSRD(c *canary) http.HandlerFunc {
 	oh := c.overrideHeader
-	since := time.Since
+	since := clock
 	rl := c.rl
 	peers, byQ := inlineLimiter(rl)
 	sem := rl.sem

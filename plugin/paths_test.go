@@ -17,9 +17,19 @@ import (
 	"time"
 )
 
+// pathSkew is added to the plugin's clock in the sequences with
+// slowThreshold (see slowClock): a slow answer moves it on, so a response is
+// slow by the test's decision, whatever the machine's load.
+var pathSkew atomic.Int64
+
+// slowClock is the plugin's clock in the sequences with slowThreshold: the
+// real one plus pathSkew.
+func slowClock(t time.Time) time.Duration { return time.Since(t) + time.Duration(pathSkew.Load()) }
+
 // pathBackend answers by the request's path, the same way for both canaries
 // of a comparison: /fail 500 from the canary only, /fail-all 500 from both,
-// /missing 404, /slow after 60ms (past the slowThreshold of 30ms), /cut
+// /missing 404, /slow 3 s late on slowClock (past the slowThreshold of 2 s,
+// which no stall of the machine reaches), /cut
 // writes the headers then breaks the body (the
 // proxy, or the handler itself, panics with http.ErrAbortHandler), and a
 // request whose client has gone is aborted.
@@ -40,7 +50,7 @@ func pathBackend(name string, held *sync.Map) http.Handler {
 				// test's timing: the two canaries' requests are held for
 				// different times, and one may otherwise be judged slow
 				// and the other not.
-				time.Sleep(40 * time.Millisecond)
+				pathSkew.Add(int64(2500 * time.Millisecond))
 			}
 		}
 		switch req.URL.Path {
@@ -53,7 +63,7 @@ func pathBackend(name string, held *sync.Map) http.Handler {
 		case "/missing":
 			rw.WriteHeader(http.StatusNotFound)
 		case "/slow":
-			time.Sleep(60 * time.Millisecond)
+			pathSkew.Add(int64(3 * time.Second))
 		case "/cut":
 			rw.Header().Set("Content-Length", "100")
 			rw.WriteHeader(http.StatusOK)
@@ -104,7 +114,7 @@ func pathConfig(t *testing.T, key, canaryURL string, slow bool) *Config {
 		cfg.CircuitBreaker.OpenDuration = "1h" // the test moves breakers to half-open itself
 		cfg.CircuitBreaker.HalfOpenRequests = 3
 		if slow {
-			cfg.CircuitBreaker.SlowThreshold = "30ms"
+			cfg.CircuitBreaker.SlowThreshold = "2s" // see slowClock
 		}
 	}
 	if strings.Contains(key, "S") {
@@ -165,12 +175,17 @@ func TestGeneratedPathsMatchReference(t *testing.T) {
 	for _, key := range keys {
 		for _, slow := range []bool{false, true} {
 			if slow && (!strings.Contains(key, "B") || raceDetector || interpreted) {
-				continue // slowThreshold's 30 ms margin is timing: the compiled run without -race compares it
+				continue // the compiled run without -race compares the sequences with slowThreshold (see raceDetector)
 			}
 			for seed := int64(1); seed <= int64(seeds); seed++ {
 				name := fmt.Sprintf("%s/slow=%v/seed=%d", key, slow, seed)
 				t.Run(name, func(t *testing.T) {
 					cfg := pathConfig(t, key, canarySrv.URL, slow)
+					if slow {
+						prev := clock
+						clock = slowClock // before the paths, which capture it
+						defer func() { clock = prev }()
+					}
 					gen := pathCanary(t, stable, cfg, "gen-"+strings.ReplaceAll(name, "/", "-")+"@file", true)
 					ref := pathCanary(t, stable, cfg, "ref-"+strings.ReplaceAll(name, "/", "-")+"@file", false)
 					if got := pathKey(gen); got != key {
@@ -404,7 +419,7 @@ func pathAnswer(t *testing.T, c *canary, path, override, peer string, bucket int
 		b := r.br
 		b.sem <- struct{}{}
 		if probe && b.state == stateOpen {
-			b.expiry = int64(time.Since(epoch)) - 1
+			b.expiry = int64(clock(epoch)) - 1
 		}
 		if b.state == stateHalfOpen {
 			states = append(states, r.name+" half-open")

@@ -2,7 +2,6 @@ package plugin
 
 import (
 	"net/http"
-	"time"
 )
 
 // serveReference is the request path that calls each step instead of
@@ -15,7 +14,7 @@ func serveReference(c *canary) http.HandlerFunc {
 	pickEach := c.pickAll
 	if c.observe {
 		return func(rw http.ResponseWriter, req *http.Request) {
-			start := int64(time.Since(epoch))
+			start := int64(clock(epoch))
 			sent := start
 			if rl != nil {
 				if sent = allow(rl, rw, req, start); sent < 0 {
@@ -30,7 +29,7 @@ func serveReference(c *canary) http.HandlerFunc {
 			// Every request is the store's (or its lease's): no inline step to try.
 			if rl.source == sourcePeer {
 				return func(rw http.ResponseWriter, req *http.Request) {
-					if allowSharedPeer(rl, rw, req, int64(time.Since(epoch))) < 0 {
+					if allowSharedPeer(rl, rw, req, int64(clock(epoch))) < 0 {
 						return
 					}
 					if pickEach || req.Header[oh] != nil {
@@ -41,7 +40,7 @@ func serveReference(c *canary) http.HandlerFunc {
 				}
 			}
 			return func(rw http.ResponseWriter, req *http.Request) {
-				if allowShared(rl, rw, req, sourceKey(rl, req), int64(time.Since(epoch))) < 0 {
+				if allowShared(rl, rw, req, sourceKey(rl, req), int64(clock(epoch))) < 0 {
 					return
 				}
 				if pickEach || req.Header[oh] != nil {
@@ -52,7 +51,7 @@ func serveReference(c *canary) http.HandlerFunc {
 			}
 		}
 		return func(rw http.ResponseWriter, req *http.Request) {
-			if allow(rl, rw, req, int64(time.Since(epoch))) < 0 {
+			if allow(rl, rw, req, int64(clock(epoch))) < 0 {
 				return
 			}
 			if pickEach || req.Header[oh] != nil {
@@ -114,7 +113,7 @@ func serveObserved(c *canary, r *route, rw http.ResponseWriter, req *http.Reques
 		}
 	}
 	if c.st != nil {
-		record(r.vs, r.vs.sem, w.code, req.Method, int64(time.Since(epoch))-start)
+		record(r.vs, r.vs.sem, w.code, req.Method, int64(clock(epoch))-start)
 	}
 }
 

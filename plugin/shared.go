@@ -455,7 +455,7 @@ func allowSharedSlow(l *limiter, rw http.ResponseWriter, req *http.Request, key 
 			b.waiters++
 			<-l.sem
 			<-ch // closed by the call in flight, whatever its outcome
-			now = int64(time.Since(epoch))
+			now = int64(clock(epoch))
 			continue
 		}
 		n, back, backUntil := nextLease(l.shared, b, now)
@@ -518,7 +518,7 @@ func refreshLease(l *limiter, b *bucket, ch chan struct{}, key string, n, back, 
 	// The outcome is recorded before the waiters wake: else a waiter could
 	// find the store not yet down and make a second call.
 	if err != nil {
-		s.failed(int64(time.Since(epoch)), err)
+		s.failed(int64(clock(epoch)), err)
 	} else {
 		s.succeeded()
 		atomic.AddUint64(&s.counters.returned, uint64(r.returned)) // a failed call may have run: those are lost, the safe side
@@ -552,7 +552,7 @@ func fetchLease(l *limiter, rw http.ResponseWriter, req *http.Request, b *bucket
 	// readTimeout. The backoff runs from the call's end: a call that timed
 	// out took longer than the first backoff.
 	if err != nil {
-		s.failed(int64(time.Since(epoch)), err)
+		s.failed(int64(clock(epoch)), err)
 	} else {
 		s.succeeded()
 		atomic.AddUint64(&s.counters.returned, uint64(r.returned)) // a failed call may have run: those are lost, the safe side

@@ -72,6 +72,12 @@ func init() {
 // epoch is the process-wide clock origin for request timing.
 var epoch = time.Now()
 
+// clock is what every request step reads the time with, as clock(epoch):
+// nanoseconds since epoch. It is time.Since, a compiled call under Yaegi as
+// before; the differential tests add a skew to it, so that a response is
+// slow by the test's decision, not by the machine's load.
+var clock = time.Since
+
 // mwStats are one middleware's cumulative figures since the process started.
 // They survive reloads (keyed by the middleware's name) and only grow.
 type mwStats struct {

@@ -146,7 +146,7 @@ func Generate(root string) (map[string][]byte, error) {
 		return nil, err
 	}
 	out.WriteString(once)
-	paths, err := format.Source(out.Bytes())
+	paths, err := pruneImports(out.Bytes())
 	if err != nil {
 		return nil, fmt.Errorf("paths_gen.go does not parse: %w\n%s", err, out.Bytes())
 	}
@@ -158,6 +158,44 @@ func Generate(root string) (map[string][]byte, error) {
 		filepath.Join("plugin", "paths_gen.go"):                        paths,
 		filepath.Join("e2e", "cmd", "bench", "floor", "status_gen.go"): floor,
 	}, nil
+}
+
+// pruneImports formats src, a file whose import block lists every package
+// its code may use, without the imports its code does not select from.
+func pruneImports(src []byte) ([]byte, error) {
+	fset := token.NewFileSet()
+	file, err := parser.ParseFile(fset, "", src, parser.ParseComments)
+	if err != nil {
+		return nil, err
+	}
+	used := map[string]bool{}
+	ast.Inspect(file, func(n ast.Node) bool {
+		if sel, ok := n.(*ast.SelectorExpr); ok {
+			if id, ok := sel.X.(*ast.Ident); ok {
+				used[id.Name] = true
+			}
+		}
+		return true
+	})
+	for _, d := range file.Decls {
+		gd, ok := d.(*ast.GenDecl)
+		if !ok || gd.Tok != token.IMPORT {
+			continue
+		}
+		var kept []ast.Spec
+		for _, sp := range gd.Specs {
+			path := strings.Trim(sp.(*ast.ImportSpec).Path.Value, `"`)
+			if used[path[strings.LastIndex(path, "/")+1:]] {
+				kept = append(kept, sp)
+			}
+		}
+		gd.Specs = kept
+	}
+	var out bytes.Buffer
+	if err := format.Node(&out, fset, file); err != nil {
+		return nil, err
+	}
+	return format.Source(out.Bytes())
 }
 
 func header(from string) string {
@@ -1295,5 +1333,5 @@ func floorWrapper(observe string) ([]byte, error) {
 	}
 	// Comments inside bodies are dropped by the re-print without the comment
 	// map; format what is left.
-	return format.Source(bytes.ReplaceAll(out.Bytes(), []byte("\n\n}"), []byte("\n}")))
+	return pruneImports(bytes.ReplaceAll(out.Bytes(), []byte("\n\n}"), []byte("\n}")))
 }

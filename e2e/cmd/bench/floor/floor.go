@@ -36,6 +36,9 @@ func CreateConfig() *Config { return &Config{Mode: "next"} }
 
 var epoch = time.Now()
 
+// clock is the plugin's: status_gen.go's WriteHeader reads the time with it.
+var clock = time.Since
+
 // tok is what the locks are taken with, as the plugin's lockTok: a
 // package-level value is no slot of the handler's frame under Yaegi, the
 // literal struct{}{} is one. The floor locks as cheaply as the plugin.

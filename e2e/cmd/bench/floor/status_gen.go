@@ -5,7 +5,6 @@ package benchfloor
 
 import (
 	"net/http"
-	"time"
 )
 
 // statusWriter is the plugin's, with the fields its methods use.
@@ -30,7 +29,7 @@ func (w *statusWriter) WriteHeader(code int) {
 		w.ResponseWriter = &flushWriter{ResponseWriter: w.ResponseWriter}
 	}
 	if w.timed {
-		w.headers = int64(time.Since(epoch))
+		w.headers = int64(clock(epoch))
 	}
 }
 

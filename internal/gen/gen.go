@@ -1252,13 +1252,19 @@ func (r *renderer) fail(msg string) {
 	}
 }
 
-// usedFields returns the fields that the methods floorWrapper keeps
-// (WriteHeader and Write) select on their receiver.
+// wrapperMethod reports whether fd is one of the methods floorWrapper keeps:
+// WriteHeader and Write.
+func wrapperMethod(fd *ast.FuncDecl) bool {
+	return fd.Recv != nil && (fd.Name.Name == "WriteHeader" || fd.Name.Name == "Write")
+}
+
+// usedFields returns the fields that the methods floorWrapper keeps select
+// on their receiver.
 func usedFields(file *ast.File) map[string]bool {
 	used := map[string]bool{}
 	for _, d := range file.Decls {
 		fd, ok := d.(*ast.FuncDecl)
-		if !ok || fd.Recv == nil || fd.Name.Name != "WriteHeader" && fd.Name.Name != "Write" || len(fd.Recv.List[0].Names) == 0 {
+		if !ok || !wrapperMethod(fd) || len(fd.Recv.List[0].Names) == 0 {
 			continue
 		}
 		recv := fd.Recv.List[0].Names[0].Name
@@ -1316,7 +1322,7 @@ func floorWrapper(observe string) ([]byte, error) {
 			}
 			out.WriteString("\n")
 		case *ast.FuncDecl:
-			if d.Recv == nil || d.Name.Name != "WriteHeader" && d.Name.Name != "Write" {
+			if !wrapperMethod(d) {
 				continue
 			}
 			found++

@@ -6,7 +6,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 )
+
+// countedRuns numbers countedStatuses' middlewares.
+var countedRuns int
 
 // countedStatuses serves one GET through a single-version canary with
 // reporting, next answering it, and returns the status the client got and
@@ -19,7 +23,8 @@ func countedStatuses(t *testing.T, name string, next http.HandlerFunc) (int, map
 	cfg.Sidecar.Interval = "1h"
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	c, err := newCanary(ctx, next, cfg, name)
+	countedRuns++ // the figures are kept by middleware name for the process: a new name for each run (-count)
+	c, err := newCanary(ctx, next, cfg, fmt.Sprintf("%s-%d@file", name, countedRuns))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,9 +35,13 @@ func countedStatuses(t *testing.T, name string, next http.HandlerFunc) (int, map
 		t.Fatal(err)
 	}
 	res.Body.Close()
+	// The client can have the whole response before the handler returns
+	// and the plugin counts it: wait for the count.
 	got := map[string]uint64{}
-	for _, r := range snapshot(c.st).Versions[0].Requests {
-		got[fmt.Sprintf("%d %s", r.Code, r.Method)] = r.Count
+	for deadline := time.Now().Add(5 * time.Second); len(got) == 0 && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		for _, r := range snapshot(c.st).Versions[0].Requests {
+			got[fmt.Sprintf("%d %s", r.Code, r.Method)] = r.Count
+		}
 	}
 	return res.StatusCode, got
 }
@@ -44,7 +53,7 @@ func countedStatuses(t *testing.T, name string, next http.HandlerFunc) (int, map
 // every call, 1xx or not, so the second, ignored status was what the stats
 // (and the breaker) saw.
 func TestRev19SuperfluousWriteHeaderIsNotTheStatus(t *testing.T) {
-	code, got := countedStatuses(t, "rev19-superfluous@file", func(rw http.ResponseWriter, req *http.Request) {
+	code, got := countedStatuses(t, "rev19-superfluous", func(rw http.ResponseWriter, req *http.Request) {
 		rw.Header().Set("Content-Length", "2")
 		rw.WriteHeader(http.StatusOK)
 		rw.WriteHeader(http.StatusServiceUnavailable) // superfluous: ignored by net/http
@@ -62,7 +71,7 @@ func TestRev19SuperfluousWriteHeaderIsNotTheStatus(t *testing.T) {
 // final status: the final one is counted (the client gets both, the final
 // last), and a later superfluous call changes nothing.
 func TestInformationalStatusThenFinalIsCounted(t *testing.T) {
-	code, got := countedStatuses(t, "informational@file", func(rw http.ResponseWriter, req *http.Request) {
+	code, got := countedStatuses(t, "informational", func(rw http.ResponseWriter, req *http.Request) {
 		rw.Header().Set("Link", "</style.css>; rel=preload; as=style")
 		rw.WriteHeader(http.StatusEarlyHints)
 		rw.Header().Set("Content-Length", "2")

@@ -298,7 +298,7 @@ func BenchLeanBreaker(n int) {
 	cfg := defaultCircuitBreakerConfig()
 	cfg.ConsecutiveFailures = 5
 	s, _ := newBreakerSettings(cfg)
-	b := newBreaker(s, "bench/v")
+	b := newBreaker(s, "bench/v", breakerNow())
 	for i := 0; i < n; i++ {
 		now := breakerNow()
 		ok, gen, _ := before(b, now)

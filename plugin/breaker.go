@@ -233,9 +233,13 @@ type transitionCounts struct {
 	n  [3]uint64
 }
 
-func newBreaker(s *breakerSettings, name string) *breaker {
+// newBreaker returns a closed breaker whose first window starts at now, as
+// gobreaker's NewCircuitBreaker starts it at its creation: a breaker made in
+// the middle of an interval must not end its first window early and drop
+// the outcome of the requests then in flight.
+func newBreaker(s *breakerSettings, name string, now int64) *breaker {
 	b := &breaker{sem: make(chan struct{}, 1), s: s, name: name, transitions: &transitionCounts{}}
-	b.newGeneration(0)
+	b.newGeneration(now)
 	return b
 }
 
@@ -543,7 +547,10 @@ var breakers = struct {
 
 const maxBreakers = 16384
 
-func getBreaker(s *breakerSettings, middleware, version string) *breaker {
+// getBreaker returns middleware's breaker for version: the one from before a
+// reload when its settings are the same, else a new one whose first window
+// starts at now, keeping the replaced one's transition counts.
+func getBreaker(s *breakerSettings, middleware, version string, now int64) *breaker {
 	key := middleware + "\x00" + version
 	breakers.Lock()
 	defer breakers.Unlock()
@@ -557,7 +564,7 @@ func getBreaker(s *breakerSettings, middleware, version string) *breaker {
 			break
 		}
 	}
-	b := newBreaker(s, middleware+"/"+version)
+	b := newBreaker(s, middleware+"/"+version, now)
 	if ok {
 		b.transitions = old.transitions
 	}

@@ -23,7 +23,7 @@ func testBreaker(t testing.TB, mutate func(*CircuitBreakerConfig)) *breaker {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return newBreaker(s, "test/v")
+	return newBreaker(s, "test/v", 0)
 }
 
 // do runs one request through b at now with the given outcome.
@@ -93,13 +93,40 @@ func TestBreakerIntervalResetsCounts(t *testing.T) {
 	}
 }
 
+// TestBreakerFirstWindowStartsAtCreation: a breaker made 9s into the
+// package's clock counts for a whole interval from then, as gobreaker's
+// does from NewCircuitBreaker. When its first window ended interval after
+// the epoch, a request let through at 9.5s and failing at 10.5s was dropped
+// as of an old window (failed CI twice, in tests that ran 10s into yaegi
+// test).
+func TestBreakerFirstWindowStartsAtCreation(t *testing.T) {
+	cfg := defaultCircuitBreakerConfig()
+	cfg.ConsecutiveFailures, cfg.Interval = 1, "10s"
+	s, err := newBreakerSettings(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newBreaker(s, "test/v", 9*sec)
+	ok, gen, _ := before(b, 9*sec+sec/2)
+	if !ok {
+		t.Fatal("a new breaker refused a request")
+	}
+	after(b, gen, outcomeFailure, 10*sec+sec/2)
+	if b.state != stateOpen {
+		t.Fatalf("state %s: the failure of a request let through 0.5s after the breaker was made was dropped", stateNames[b.state])
+	}
+	if b := newBreaker(s, "test/v", 9*sec); !do(b, 18*sec, outcomeSuccess) || b.generation != 1 {
+		t.Errorf("generation %d at 18s: the first window, [9s, 19s], ended early", b.generation)
+	}
+}
+
 // TestInlineStepsRespectTheWindow: the request path's inline steps (enter
 // and leave) hand over to before and after at the end of a counting window,
 // so an outcome from the old window is discarded, as gobreaker does.
 func TestInlineStepsRespectTheWindow(t *testing.T) {
 	b := testBreaker(t, func(c *CircuitBreakerConfig) { c.ConsecutiveFailures = 2; c.Interval = "10s" })
 	path := &canary{bs: b.s, okCode: http.StatusOK}
-	do(b, 1*sec, outcomeSuccess) // starts the window [1s, 11s]
+	do(b, 1*sec, outcomeSuccess) // in the first window, [0s, 10s]
 	gen := enter(b, b.sem, 2*sec, noop)
 	if gen == 0 {
 		t.Fatal("enter refused a closed breaker inside its window")
@@ -459,10 +486,7 @@ func TestBreakerSlowThreshold(t *testing.T) {
 		_, _ = io.WriteString(rw, "canary")
 	}))
 	t.Cleanup(slow.Close)
-	c := breakerCanary(t, slow.URL, func(cfg *Config) {
-		cfg.CircuitBreaker.SlowThreshold = "10ms"
-		cfg.CircuitBreaker.Interval = "1h" // no window ends mid-request (see TestSlowThresholdJudgesTheBackend)
-	})
+	c := breakerCanary(t, slow.URL, func(cfg *Config) { cfg.CircuitBreaker.SlowThreshold = "10ms" })
 	for i := 0; i < 2; i++ {
 		serve(c, httptest.NewRequest(http.MethodGet, "http://shop.test/", nil))
 	}

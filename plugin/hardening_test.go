@@ -328,12 +328,6 @@ func TestSlowThresholdJudgesTheBackend(t *testing.T) {
 			slow := func(cfg *Config) {
 				cfg.CircuitBreaker.ConsecutiveFailures = 1
 				cfg.CircuitBreaker.SlowThreshold = "150ms"
-				// A new breaker's first window ends interval after the
-				// package's epoch: with the default 10s, a request in flight
-				// at that instant (10s into a yaegi test run) is of the old
-				// generation, and its outcome is dropped, as gobreaker drops
-				// it. An hour: no window ends during the test.
-				cfg.CircuitBreaker.Interval = "1h"
 			}
 			c := observedCanary(t, i, slowClient, slow)
 			c.ServeHTTP(&slowReader{ResponseWriter: httptest.NewRecorder(), delay: 300 * time.Millisecond}, httptest.NewRequest(http.MethodGet, "http://shop.test/", nil))

@@ -125,7 +125,7 @@ func newCanary(ctx context.Context, next http.Handler, cfg *Config, name string)
 	if bs.enabled() {
 		c.bs = bs
 		for _, r := range c.routes {
-			r.br = getBreaker(bs, name, r.name)
+			r.br = getBreaker(bs, name, r.name, breakerNow())
 		}
 	}
 	ro, err := parseRollout(cfg.Rollout, c)

@@ -460,6 +460,52 @@ func TestSecretOfARemovedMiddlewareIsForgotten(t *testing.T) {
 	}
 }
 
+// TestCookieTablesDropTheOldestFirst: at the bound of middlewares sharing a
+// cookie name, a removed middleware's table goes first, then the one
+// published longest ago; the table published a moment before stays. Tables
+// were dropped at random: in a yaegi test run, where more than 64 tests'
+// middlewares share the default cookie name,
+// TestTwoMiddlewaresShareTheDefaultCookieName lost its first middleware's
+// table when it made the second (failed CI at 8700b26).
+func TestCookieTablesDropTheOldestFirst(t *testing.T) {
+	const name = "cookie-tables-bound"
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	table := func(i int) *signedBuckets {
+		return &signedBuckets{current: map[string]int{fmt.Sprint("value-", i): 1}}
+	}
+	removed, reload := context.WithCancel(context.Background())
+	reload()
+	for i := 0; i < maxCookieTables; i++ {
+		live := context.Background()
+		if i == 40 {
+			live = removed
+		}
+		shareCookieTable(live, name, fmt.Sprint("mw-", i), table(i), now)
+	}
+	known := func(i int) bool { return signedElsewhere(name, "", fmt.Sprint("value-", i), now) }
+	shareCookieTable(context.Background(), name, "mw-new-1", table(100), now)
+	if known(40) {
+		t.Error("a live middleware's table was dropped before the removed one's")
+	}
+	shareCookieTable(context.Background(), name, "mw-new-2", table(101), now)
+	if known(0) || !known(1) {
+		t.Errorf("with every middleware live, the oldest (mw-0) must go first: mw-0 kept %v, mw-1 kept %v", known(0), known(1))
+	}
+	for i := 1; i < maxCookieTables; i++ {
+		if i != 40 && !known(i) {
+			t.Errorf("mw-%d was dropped", i)
+		}
+	}
+	if !known(100) || !known(101) {
+		t.Error("a table published a moment ago was dropped")
+	}
+	cookieTables.Lock()
+	defer cookieTables.Unlock()
+	if n := len(cookieTables.m[name]); n != maxCookieTables {
+		t.Errorf("%d tables share the name, want the bound, %d", n, maxCookieTables)
+	}
+}
+
 // TestReloadKeepsTheOtherMiddlewaresCookie: Traefik cancels the previous
 // configuration's context before it builds the new handlers, and the old
 // ones serve meanwhile; in that window a middleware must not overwrite the

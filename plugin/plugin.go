@@ -140,7 +140,7 @@ func newCanary(ctx context.Context, next http.Handler, cfg *Config, name string)
 			return nil, fmt.Errorf("edgecanary %s: %w", name, err)
 		}
 	}
-	shareCookieTable(ctx, c.cookieName, name, c.signed)
+	shareCookieTable(ctx, c.cookieName, name, c.signed, time.Now())
 	c.observe = c.bs != nil || c.st != nil
 	c.fast = !c.single && !c.slowPath
 	c.pickAll = !c.single || c.slowPath

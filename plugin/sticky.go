@@ -152,13 +152,15 @@ func headerBucket(key []byte, value string) int {
 // the cookie stays, and not chosen by whoever knows the other secret.
 var cookieTables = struct {
 	sync.Mutex
-	m map[string]map[string]cookieTable
+	m   map[string]map[string]cookieTable
+	seq uint64 // counts the publications, to find the oldest
 }{m: map[string]map[string]cookieTable{}}
 
 type cookieTable struct {
 	t         *signedBuckets
 	live      context.Context // the New call's: done once the next reload starts
 	deadSince time.Time       // when a lookup first found live done; zero before
+	seq       uint64          // when it was published, in cookieTables.seq
 }
 
 // reloadGrace is how long a table still vouches for its cookies once its
@@ -170,33 +172,57 @@ const reloadGrace = 10 * time.Second
 
 const maxCookieTables = 64 // cookie names, and middlewares sharing one
 
-// shareCookieTable publishes middleware's table for cookieName.
-func shareCookieTable(live context.Context, cookieName, middleware string, t *signedBuckets) {
+// shareCookieTable publishes middleware's table for cookieName at now.
+// Tables removed more than reloadGrace before now are dropped. When a bound
+// is reached, the table of a removed middleware goes first, then the one
+// published longest ago: never at random, which could drop the table of a
+// middleware published a moment before and serving the same host.
+func shareCookieTable(live context.Context, cookieName, middleware string, t *signedBuckets, now time.Time) {
 	cookieTables.Lock()
 	defer cookieTables.Unlock()
+	cookieTables.seq++
 	byMW := cookieTables.m[cookieName]
 	if byMW == nil {
 		if len(cookieTables.m) >= maxCookieTables {
-			for k := range cookieTables.m {
-				delete(cookieTables.m, k)
-				break
-			}
+			delete(cookieTables.m, oldestCookieName())
 		}
 		byMW = map[string]cookieTable{}
 		cookieTables.m[cookieName] = byMW
 	}
 	for mw, e := range byMW {
-		if e.live.Err() != nil && !e.deadSince.IsZero() && time.Since(e.deadSince) > reloadGrace {
+		if e.live.Err() != nil && !e.deadSince.IsZero() && now.Sub(e.deadSince) > reloadGrace {
 			delete(byMW, mw)
 		}
 	}
 	if _, ok := byMW[middleware]; !ok && len(byMW) >= maxCookieTables {
-		for k := range byMW {
-			delete(byMW, k)
-			break
+		found, victim, removed, seq := false, "", false, uint64(0)
+		for mw, e := range byMW {
+			gone := e.live.Err() != nil
+			if !found || gone && !removed || gone == removed && e.seq < seq {
+				found, victim, removed, seq = true, mw, gone, e.seq
+			}
+		}
+		delete(byMW, victim)
+	}
+	byMW[middleware] = cookieTable{t: t, live: live, seq: cookieTables.seq}
+}
+
+// oldestCookieName is the cookie name whose latest table was published
+// longest ago. Called with cookieTables held.
+func oldestCookieName() string {
+	found, oldest, oldestSeq := false, "", uint64(0)
+	for name, byMW := range cookieTables.m {
+		latest := uint64(0)
+		for _, e := range byMW {
+			if e.seq > latest {
+				latest = e.seq
+			}
+		}
+		if !found || latest < oldestSeq {
+			found, oldest, oldestSeq = true, name, latest
 		}
 	}
-	byMW[middleware] = cookieTable{t: t, live: live}
+	return oldest
 }
 
 // signedElsewhere reports whether value is, at now, a valid cookie of

@@ -318,11 +318,11 @@ func TestR15bLeaseTakesTwiceWhatASteadyClientUses(t *testing.T) {
 		return int64(atomic.LoadUint64(&a.counters.leased)) - int64(atomic.LoadUint64(&a.counters.returned))
 	}
 	before := net()
-	const tick = time.Second / 700 // 70% of the rate
+	wait := pacer(time.Second / 700) // 70% of the rate
 	start := time.Now()
 	admitted := 0
 	for i := 0; i < 1050; i++ { // 1.5 s
-		time.Sleep(time.Until(start.Add(time.Duration(i) * tick)))
+		wait()
 		if code, _ := sharedRequest(a, "carol"); code == http.StatusOK {
 			admitted++
 		}

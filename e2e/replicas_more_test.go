@@ -1064,6 +1064,7 @@ func TestReplicasRedisAuthAndTLS(t *testing.T) {
 //   - Reloads that change them (db) close the old pool: only connections to
 //     the new db remain, at most poolSize.
 //   - Traefik's goroutines return to their baseline after either.
+//   - A reload that removes the middleware closes its pool within 25 s.
 func TestReplicasReloadKeepsRedisConnections(t *testing.T) {
 	rd := startRedisProc(t)
 	// A backend without keep-alive: Traefik's idle connections to it would
@@ -1203,4 +1204,17 @@ func TestReplicasReloadKeepsRedisConnections(t *testing.T) {
 	if g2 > g0+4 {
 		t.Errorf("goroutines %d after 4 reloads changing the settings, baseline %d", g2, g0)
 	}
+
+	// A reload that removes the middleware: its pool closes 10 s (the
+	// plugin's reloadGrace) after the reload. It stayed open for good.
+	marker++
+	tr.writeDynamic(hostsDynamic([]hostRoute{
+		{fmt.Sprintf("mark%d", marker), fmt.Sprintf("mark%d.test", marker), stable.URL, ecPlugin("", "", "")},
+	}))
+	tr.waitRouter(fmt.Sprintf("mark%d", marker))
+	removed := time.Now()
+	waitFor(t, 25*time.Second, "no connection on Redis once the middleware is removed", func() bool {
+		return len(redisClients(t, rd.addr())) == 0
+	})
+	t.Logf("the removed middleware's connections closed %v after the reload", time.Since(removed).Round(100*time.Millisecond))
 }

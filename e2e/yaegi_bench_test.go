@@ -260,6 +260,7 @@ func BenchmarkYaegiRollout(b *testing.B) {
 const oracleHelpers = `package plugin
 
 import (
+	"context"
 	"time"
 
 	"github.com/sony/gobreaker"
@@ -278,7 +279,7 @@ func BenchXTimeRate(n int) {
 func BenchLeanLimiter(n int) {
 	cfg := defaultRateLimitConfig()
 	cfg.Average, cfg.Burst = 1000000000, 1000000
-	l, _ := newLimiter("bench-oracle@file", cfg)
+	l, _ := newLimiter(context.Background(), "bench-oracle@file", cfg)
 	for i := 0; i < n; i++ {
 		take(l, "k", int64(i))
 	}

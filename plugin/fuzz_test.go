@@ -83,7 +83,7 @@ func FuzzForwardedKey(f *testing.F) {
 		} {
 			cfg := rlConfig(1, "1s", 1)
 			cfg.SourceCriterion = sc
-			l, err := newLimiter("fuzz-key@file", cfg)
+			l, err := newLimiter(context.Background(), "fuzz-key@file", cfg)
 			if err != nil {
 				t.Fatal(err)
 			}

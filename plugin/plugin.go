@@ -109,7 +109,7 @@ func newCanary(ctx context.Context, next http.Handler, cfg *Config, name string)
 	if err := c.setupOverride(cfg.Override); err != nil {
 		return nil, fmt.Errorf("edgecanary %s: %w", name, err)
 	}
-	rl, err := newLimiter(name, cfg.RateLimit)
+	rl, err := newLimiter(ctx, name, cfg.RateLimit)
 	if err != nil {
 		return nil, fmt.Errorf("edgecanary %s: %w", name, err)
 	}

@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -186,15 +187,78 @@ func kill(b *bucket) {
 }
 
 // limiters keeps one limiter per middleware name across reloads, replaced
-// when its settings change.
+// when its settings change, and dropped, with its buckets and its hold on a
+// Redis client, when its middleware is removed (watchLimiter).
 var limiters = struct {
 	sync.Mutex
-	m map[string]*limiterEntry
+	m   map[string]*limiterEntry
+	seq uint64 // counts the limiters made, to find the oldest
 }{m: map[string]*limiterEntry{}}
 
 type limiterEntry struct {
 	settings string
 	l        *limiter
+	seq      uint64          // when it was made, in limiters.seq
+	live     context.Context // the context of the latest New that returned l
+	uses     int             // how many News returned l
+	released bool            // l's Redis client was given back
+}
+
+// release gives back e's hold on its Redis client, once. Called with
+// limiters held.
+func (e *limiterEntry) release() {
+	if !e.released {
+		e.released = true
+		releaseShared(e.l.shared)
+	}
+}
+
+// watchLimiter drops the limiter of a removed middleware: grace after the
+// context of the latest New that returned it is done, if no New returned it
+// since, it leaves limiters and gives back its Redis client. Traefik ends a
+// New's context when the next configuration starts; a middleware still
+// configured then gets the same limiter from its next New, and the grace
+// covers the old handlers that serve meanwhile (as reloadGrace does for the
+// cookie tables).
+func watchLimiter(name string, e *limiterEntry, grace time.Duration) {
+	for {
+		limiters.Lock()
+		live, uses, released := e.live, e.uses, e.released
+		limiters.Unlock()
+		if released {
+			return
+		}
+		<-live.Done()
+		time.Sleep(grace)
+		limiters.Lock()
+		if e.uses == uses {
+			if limiters.m[name] == e {
+				delete(limiters.m, name)
+			}
+			e.release()
+			limiters.Unlock()
+			return
+		}
+		limiters.Unlock()
+	}
+}
+
+// evictLimiter makes room in limiters at its bound, in evictsBefore's order.
+// A removed middleware's limiter gives back its Redis client now; a live
+// one's watchLimiter does once its middleware is removed.
+// Called with limiters held.
+func evictLimiter() {
+	found, victim, removed, seq := false, "", false, uint64(0)
+	for name, e := range limiters.m {
+		gone := e.live.Err() != nil
+		if !found || evictsBefore(gone, e.seq, removed, seq) {
+			found, victim, removed, seq = true, name, gone, e.seq
+		}
+	}
+	if removed {
+		limiters.m[victim].release()
+	}
+	delete(limiters.m, victim)
 }
 
 const maxLimiters = 4096
@@ -202,7 +266,10 @@ const maxLimiters = 4096
 // maxMaxSources bounds rateLimit.maxSources: 16,777,216 clients.
 const maxMaxSources = 1 << 24
 
-func newLimiter(name string, cfg RateLimitConfig) (*limiter, error) {
+// newLimiter validates cfg and returns the limiter of middleware name: the
+// one an earlier New made with the same settings, whose buckets it keeps,
+// or a new one. ctx is New's: see watchLimiter.
+func newLimiter(ctx context.Context, name string, cfg RateLimitConfig) (*limiter, error) {
 	if cfg.Average < 0 {
 		return nil, fmt.Errorf("rateLimit.average: must not be negative, got %d", cfg.Average)
 	}
@@ -321,9 +388,11 @@ func newLimiter(name string, cfg RateLimitConfig) (*limiter, error) {
 	defer limiters.Unlock()
 	if e, ok := limiters.m[name]; ok && e.settings == settings {
 		releaseShared(sh) // the kept limiter has its own hold on the client
+		e.live = ctx
+		e.uses++
 		return e.l, nil
 	} else if ok {
-		releaseShared(e.l.shared) // replaced: its Redis client closes with its last user
+		e.release() // replaced: its Redis client closes with its last user
 	}
 	l.sem = make(chan struct{}, 1)
 	l.buckets = make(map[string]*bucket)
@@ -339,14 +408,13 @@ func newLimiter(name string, cfg RateLimitConfig) (*limiter, error) {
 		}
 		l.nR = burst
 	}
-	if len(limiters.m) >= maxLimiters {
-		for k, e := range limiters.m {
-			releaseShared(e.l.shared)
-			delete(limiters.m, k)
-			break
-		}
+	if _, ok := limiters.m[name]; !ok && len(limiters.m) >= maxLimiters {
+		evictLimiter()
 	}
-	limiters.m[name] = &limiterEntry{settings: settings, l: l}
+	limiters.seq++
+	e := &limiterEntry{settings: settings, l: l, seq: limiters.seq, live: ctx, uses: 1}
+	limiters.m[name] = e
+	go watchLimiter(name, e, reloadGrace)
 	return l, nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -28,7 +29,7 @@ var limiterSeq int
 func testLimiter(t testing.TB, cfg RateLimitConfig) *limiter {
 	t.Helper()
 	limiterSeq++
-	l, err := newLimiter(fmt.Sprintf("rl-test-%d@file", limiterSeq), cfg)
+	l, err := newLimiter(context.Background(), fmt.Sprintf("rl-test-%d@file", limiterSeq), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -311,24 +312,142 @@ func TestRateLimitBadConfig(t *testing.T) {
 
 func TestLimiterSurvivesReloadWithSameSettings(t *testing.T) {
 	cfg := rlConfig(1, "1h", 1)
-	a, err := newLimiter("reload@file", cfg)
+	a, err := newLimiter(context.Background(), "reload@file", cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if wait := take(a, "k", int64(time.Since(epoch))); wait > 0 {
 		t.Fatal("first request waited")
 	}
-	b, _ := newLimiter("reload@file", cfg)
+	b, _ := newLimiter(context.Background(), "reload@file", cfg)
 	if b != a {
 		t.Fatal("a reload with the same settings started fresh buckets")
 	}
 	cfg.Burst = 2
-	c, _ := newLimiter("reload@file", cfg)
+	c, _ := newLimiter(context.Background(), "reload@file", cfg)
 	if c == a {
 		t.Fatal("a changed setting kept the old buckets")
 	}
 	if wait := take(c, "k", int64(time.Since(epoch))); wait > 0 {
 		t.Fatal("fresh buckets: first request waited")
+	}
+}
+
+// limiterKept reports whether name's limiter in limiters is l.
+func limiterKept(name string, l *limiter) bool {
+	limiters.Lock()
+	defer limiters.Unlock()
+	e := limiters.m[name]
+	return e != nil && e.l == l
+}
+
+// TestLimiterOfARemovedMiddlewareIsDropped: a limiter that no New returned
+// for the grace after the context of the latest New that did ended (its
+// middleware was removed) leaves limiters and gives back its Redis client.
+// One that the next configuration's New returned stays. Before, a removed
+// middleware's limiter kept its buckets and its Redis pool open until 4096
+// others had been made.
+func TestLimiterOfARemovedMiddlewareIsDropped(t *testing.T) {
+	srv := newTestRedis(t, false)
+	const name = "removed-limiter@file"
+	cfg := sharedConfig(srv.addr(), 10, "1s", 10)
+	first, reload := context.WithCancel(context.Background())
+	l, err := newLimiter(first, name, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := sharedRequest(l, "alice"); code != http.StatusOK {
+		t.Fatalf("first request: %d", code)
+	}
+	limiters.Lock()
+	e := limiters.m[name]
+	limiters.Unlock()
+	watched := make(chan struct{})
+	go func() {
+		watchLimiter(name, e, 50*time.Millisecond)
+		close(watched)
+	}()
+	second, remove := context.WithCancel(context.Background())
+	if again, _ := newLimiter(second, name, cfg); again != l {
+		t.Fatal("the next configuration's New made a new limiter")
+	}
+	reload()
+	time.Sleep(300 * time.Millisecond) // the grace after first ended, and more
+	if !limiterKept(name, l) || atomic.LoadInt32(&l.shared.client.closed) != 0 {
+		t.Fatal("a limiter still configured was dropped when the configuration before ended")
+	}
+	if code, _ := sharedRequest(l, "alice"); code != http.StatusOK {
+		t.Fatalf("second request: %d", code)
+	}
+	remove()
+	select {
+	case <-watched:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the limiter of a removed middleware is still watched 5s after its context ended")
+	}
+	if limiterKept(name, l) {
+		t.Error("the limiter of a removed middleware is still kept")
+	}
+	if atomic.LoadInt32(&l.shared.client.closed) == 0 {
+		t.Error("the limiter of a removed middleware still holds its Redis client open")
+	}
+}
+
+// TestNewDropsTheLimiterOfARemovedMiddleware: New watches the limiter it
+// returns; reloadGrace after its context ends, the limiter is dropped.
+func TestNewDropsTheLimiterOfARemovedMiddleware(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits reloadGrace")
+	}
+	t.Parallel()
+	srv := newTestRedis(t, false)
+	const name = "removed-new@file"
+	cfg := CreateConfig()
+	cfg.Versions = map[string]VersionConfig{"stable": {Weight: 1}}
+	cfg.RateLimit = sharedConfig(srv.addr(), 10, "1s", 10)
+	live, remove := context.WithCancel(context.Background())
+	c, err := newCanary(live, stableNext, cfg, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	remove()
+	deadline := time.Now().Add(reloadGrace + 5*time.Second)
+	for limiterKept(name, c.rl) || atomic.LoadInt32(&c.rl.shared.client.closed) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("reloadGrace + 5s after its middleware was removed, its limiter is kept (%v) or its client open", limiterKept(name, c.rl))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestLimitersBoundKeepsALiveClientOpen: at the bound of limiters, making
+// room drops the oldest live limiter from the registry but must not close
+// its Redis client, which its middleware still uses. It did: the bound took
+// an entry at random and released its client.
+func TestLimitersBoundKeepsALiveClientOpen(t *testing.T) {
+	if testing.Short() {
+		t.Skip("makes 4097 limiters")
+	}
+	srv := newTestRedis(t, false)
+	live, done := context.WithCancel(context.Background())
+	defer done()
+	l, err := newLimiter(live, "bound-live@file", sharedConfig(srv.addr(), 10, "1s", 10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < maxLimiters; i++ {
+		if _, err := newLimiter(live, fmt.Sprintf("bound-filler-%d@file", i), rlConfig(10, "1s", 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if limiterKept("bound-live@file", l) {
+		t.Fatal("the oldest limiter was not dropped at the bound")
+	}
+	if atomic.LoadInt32(&l.shared.client.closed) != 0 {
+		t.Fatal("dropping a live limiter at the bound closed the Redis client its middleware uses")
+	}
+	if code, _ := sharedRequest(l, "alice"); code != http.StatusOK {
+		t.Fatalf("request through the live limiter: %d", code)
 	}
 }
 

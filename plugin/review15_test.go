@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -127,7 +128,7 @@ func TestReview15ClientLeakOnReload(t *testing.T) {
 	for i := 0; i < 64; i++ {
 		cfg := sharedConfig(srv.addr(), 10, "1s", 10)
 		cfg.Redis.PoolSize = 4000 - i
-		if _, err := newLimiter(fmt.Sprintf("filler%d@file", i), cfg); err != nil {
+		if _, err := newLimiter(context.Background(), fmt.Sprintf("filler%d@file", i), cfg); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -139,7 +140,7 @@ func TestReview15ClientLeakOnReload(t *testing.T) {
 	base := count()
 	for i := 0; i < 10; i++ {
 		cfg := sharedConfig(srv.addr(), 10+int64(i), "1s", 10) // a reload that changes the limit
-		l, err := newLimiter("leak15@file", cfg)
+		l, err := newLimiter(context.Background(), "leak15@file", cfg)
 		if err != nil {
 			t.Fatal(err)
 		}

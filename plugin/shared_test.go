@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -19,7 +20,7 @@ func replicas(t *testing.T, n int, name string, cfg RateLimitConfig) []*limiter 
 	t.Helper()
 	var ls []*limiter
 	for i := 0; i < n; i++ {
-		l, err := newLimiter(name, cfg)
+		l, err := newLimiter(context.Background(), name, cfg)
 		if err != nil {
 			t.Fatal(err)
 		}

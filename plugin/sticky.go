@@ -173,10 +173,8 @@ const reloadGrace = 10 * time.Second
 const maxCookieTables = 64 // cookie names, and middlewares sharing one
 
 // shareCookieTable publishes middleware's table for cookieName at now.
-// Tables removed more than reloadGrace before now are dropped. When a bound
-// is reached, the table of a removed middleware goes first, then the one
-// published longest ago: never at random, which could drop the table of a
-// middleware published a moment before and serving the same host.
+// Tables removed more than reloadGrace before now are dropped; at a bound,
+// the first in evictsBefore's order.
 func shareCookieTable(live context.Context, cookieName, middleware string, t *signedBuckets, now time.Time) {
 	cookieTables.Lock()
 	defer cookieTables.Unlock()
@@ -198,13 +196,22 @@ func shareCookieTable(live context.Context, cookieName, middleware string, t *si
 		found, victim, removed, seq := false, "", false, uint64(0)
 		for mw, e := range byMW {
 			gone := e.live.Err() != nil
-			if !found || gone && !removed || gone == removed && e.seq < seq {
+			if !found || evictsBefore(gone, e.seq, removed, seq) {
 				found, victim, removed, seq = true, mw, gone, e.seq
 			}
 		}
 		delete(byMW, victim)
 	}
 	byMW[middleware] = cookieTable{t: t, live: live, seq: cookieTables.seq}
+}
+
+// evictsBefore is the order in which the registries kept across reloads
+// (cookieTables, limiters) make room at their bound: an entry whose
+// middleware was removed (gone) before a live one, then the one published
+// first (the lower seq). Never at random: that could drop the entry of a
+// live middleware published a moment before.
+func evictsBefore(gone bool, seq uint64, thanGone bool, thanSeq uint64) bool {
+	return gone && !thanGone || gone == thanGone && seq < thanSeq
 }
 
 // oldestCookieName is the cookie name whose latest table was published

@@ -159,7 +159,7 @@ var cookieTables = struct {
 type cookieTable struct {
 	t         *signedBuckets
 	live      context.Context // the New call's: done once the next reload starts
-	deadSince time.Time       // when a lookup first found live done; zero before
+	deadSince time.Time       // when a New or a lookup first found live done; zero before
 	seq       uint64          // when it was published, in cookieTables.seq
 }
 
@@ -173,8 +173,9 @@ const reloadGrace = 10 * time.Second
 const maxCookieTables = 64 // cookie names, and middlewares sharing one
 
 // shareCookieTable publishes middleware's table for cookieName at now.
-// Tables removed more than reloadGrace before now are dropped; at a bound,
-// the first in evictsBefore's order.
+// Tables found removed (their context done) by a New or a lookup more than
+// reloadGrace before now are dropped; at a bound, the first in
+// evictsBefore's order.
 func shareCookieTable(live context.Context, cookieName, middleware string, t *signedBuckets, now time.Time) {
 	cookieTables.Lock()
 	defer cookieTables.Unlock()
@@ -188,7 +189,15 @@ func shareCookieTable(live context.Context, cookieName, middleware string, t *si
 		cookieTables.m[cookieName] = byMW
 	}
 	for mw, e := range byMW {
-		if e.live.Err() != nil && !e.deadSince.IsZero() && now.Sub(e.deadSince) > reloadGrace {
+		if e.live.Err() == nil {
+			continue
+		}
+		if e.deadSince.IsZero() {
+			// The first New or lookup that finds it removed starts its
+			// grace: a later lookup must not start it again.
+			e.deadSince = now
+			byMW[mw] = e
+		} else if now.Sub(e.deadSince) > reloadGrace {
 			delete(byMW, mw)
 		}
 	}

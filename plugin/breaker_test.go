@@ -444,7 +444,8 @@ func TestBreakerPrimaryOutage(t *testing.T) {
 	cfg.Versions = map[string]VersionConfig{"stable": {Weight: 1}}
 	cfg.CircuitBreaker.ConsecutiveFailures = 3
 	cfg.CircuitBreaker.ResponseCode = 503
-	h, err := New(context.Background(), failing, cfg, "cb-primary@file")
+	breakerSeq++ // breakers are kept by middleware name for the process: a new name for each run (-count)
+	h, err := New(context.Background(), failing, cfg, fmt.Sprintf("cb-primary-%d@file", breakerSeq))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,16 @@ import (
 	"time"
 )
 
+// telemetryRuns numbers the telemetry tests' middlewares.
+var telemetryRuns int
+
+// telemetryName is a new middleware name for each run (-count): the figures
+// are kept by middleware name for the process.
+func telemetryName(name string) string {
+	telemetryRuns++
+	return fmt.Sprintf("%s-%d@file", name, telemetryRuns)
+}
+
 func reportingCanary(t *testing.T, name string) *canary {
 	t.Helper()
 	cfg := CreateConfig()
@@ -37,7 +47,7 @@ func reportingCanary(t *testing.T, name string) *canary {
 }
 
 func TestRecordCountsByVersionCodeAndMethod(t *testing.T) {
-	c := reportingCanary(t, "telemetry-counts@file")
+	c := reportingCanary(t, telemetryName("telemetry-counts"))
 	for _, r := range []struct {
 		method, path string
 		n            int
@@ -106,7 +116,7 @@ func TestHandlerFromBeforeABucketChangeCountsInTheNewLayout(t *testing.T) {
 // TestOutOfRangeCodesReportAsZero: a status outside 0..999 (a handler that
 // called WriteHeader with nonsense) is one series with code 0 per method.
 func TestOutOfRangeCodesReportAsZero(t *testing.T) {
-	c := reportingCanary(t, "telemetry-codes@file")
+	c := reportingCanary(t, telemetryName("telemetry-codes"))
 	vs := c.primary.vs
 	record(vs, vs.sem, 1000, "GET", 1)
 	record(vs, vs.sem, -7, "GET", 1)
@@ -128,7 +138,7 @@ func TestLabelCardinalityIsBounded(t *testing.T) {
 	if testing.Short() {
 		n = 10000
 	}
-	c := reportingCanary(t, "telemetry-cardinality@file")
+	c := reportingCanary(t, telemetryName("telemetry-cardinality"))
 	rng := rand.New(rand.NewSource(1))
 	for i := 0; i < n; i++ {
 		req := httptest.NewRequest(http.MethodGet, fmt.Sprintf("http://host-%d.test/p/%d", i, rng.Int()), nil)

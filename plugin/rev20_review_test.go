@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 )
@@ -72,6 +73,68 @@ func TestRev20TestsSurviveASecondRun(t *testing.T) {
 	} {
 		for run := 1; run <= 2; run++ {
 			t.Run(test.name, test.f)
+		}
+	}
+}
+
+// TestRev20CookieNamesDropTheOldestFirst: at the bound of cookie names, the
+// name whose latest table was published longest ago goes (oldestCookieName).
+// No other test reaches this bound (the tests use two or three cookie
+// names): oldestCookieName returning any name passed every test.
+func TestRev20CookieNamesDropTheOldestFirst(t *testing.T) {
+	cookieTables.Lock()
+	saved := cookieTables.m
+	cookieTables.m = map[string]map[string]cookieTable{}
+	cookieTables.Unlock()
+	defer func() {
+		cookieTables.Lock()
+		cookieTables.m = saved
+		cookieTables.Unlock()
+	}()
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	for i := 0; i < maxCookieTables; i++ {
+		shareCookieTable(context.Background(), fmt.Sprint("name-", i), "a@file", rev20Table(fmt.Sprint("a-", i)), now)
+	}
+	// Another middleware publishes for name-0: its latest table is now the newest.
+	shareCookieTable(context.Background(), "name-0", "b@file", rev20Table("b-0"), now)
+	shareCookieTable(context.Background(), "name-new", "a@file", rev20Table("a-new"), now)
+	cookieTables.Lock()
+	defer cookieTables.Unlock()
+	if len(cookieTables.m) != maxCookieTables {
+		t.Errorf("%d cookie names, want the bound, %d", len(cookieTables.m), maxCookieTables)
+	}
+	for _, name := range []string{"name-0", "name-new"} {
+		if cookieTables.m[name] == nil {
+			t.Errorf("%s, published a moment ago, was dropped", name)
+		}
+	}
+	if cookieTables.m["name-1"] != nil {
+		t.Error("name-1, whose table was published longest ago, was kept")
+	}
+}
+
+// TestRev20NewStartsTheBreakerWindowAtCreation: New gives a new breaker a
+// first window from its creation. TestBreakerFirstWindowStartsAtCreation
+// calls newBreaker itself: newCanary passing 0 (the epoch) to getBreaker
+// passed every test but a slow one 10 s into the run.
+func TestRev20NewStartsTheBreakerWindowAtCreation(t *testing.T) {
+	breakerSeq++
+	cfg := baseConfig("http://127.0.0.1:1", 50)
+	cfg.CircuitBreaker.ConsecutiveFailures = 1
+	lo := breakerNow()
+	c, err := newCanary(context.Background(), stableNext, cfg, fmt.Sprintf("rev20-window-%d@file", breakerSeq))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hi := breakerNow()
+	for _, r := range c.routes {
+		b := r.br
+		b.sem <- lockTok
+		start := b.expiry - b.s.interval
+		<-b.sem
+		if start < lo || start > hi {
+			t.Errorf("%s: the first window starts at %v, want its creation, between %v and %v", r.name,
+				time.Duration(start), time.Duration(lo), time.Duration(hi))
 		}
 	}
 }

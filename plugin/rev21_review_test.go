@@ -50,3 +50,45 @@ func TestRev21BoundAtAReloadKeepsALiveClientOpen(t *testing.T) {
 		t.Fatalf("a request the configuration still serving sends through its limiter: %d", code)
 	}
 }
+
+// TestRev21RetuneKeepsTheOldPoolUntilTheSwitch: a reload that changes the
+// limiter's Redis tuning (readTimeout here; also poolSize, db, credentials)
+// replaces the limiter, and newLimiter gives back the old one's client at
+// once: being its last user, it closes it. Traefik calls that New after it
+// cancelled the old configuration's context but before it switches to the
+// new one, so the old handlers still serve with the closed client: each
+// request fails its store call ("redis: client closed", logged as a Redis
+// outage and counted in storeErrors), and with onError deny is answered
+// 429. The grace that watchLimiter gives a removed middleware's handlers is
+// not given to a replaced one's.
+func TestRev21RetuneKeepsTheOldPoolUntilTheSwitch(t *testing.T) {
+	srv := newTestRedis(t, false)
+	const name = "rev21-retune@file"
+	cfg := sharedConfig(srv.addr(), 10, "1s", 10)
+	cfg.Redis.OnError = "deny"
+	first, reload := context.WithCancel(context.Background())
+	defer reload()
+	old, err := newLimiter(first, name, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := sharedRequest(old, "alice"); code != http.StatusOK {
+		t.Fatalf("first request: %d", code)
+	}
+	errorsBefore := atomic.LoadUint64(&old.counters.storeErrors)
+	// The next configuration tunes the pool.
+	reload()
+	second, done := context.WithCancel(context.Background())
+	defer done()
+	cfg.Redis.ReadTimeout = "300ms"
+	if l, err := newLimiter(second, name, cfg); err != nil || l == old {
+		t.Fatalf("the retuned limiter: %v, replaced %v", err, l != old)
+	}
+	// Until Traefik switches, the old configuration serves.
+	code, _ := sharedRequest(old, "bob")
+	storeErrors := atomic.LoadUint64(&old.counters.storeErrors) - errorsBefore
+	if code != http.StatusOK || storeErrors != 0 {
+		t.Fatalf("a request the old configuration serves after the next one's New: %d, %d store errors (client closed: %v): the replaced limiter's Redis pool was closed before Traefik switched",
+			code, storeErrors, atomic.LoadInt32(&old.shared.client.closed) != 0)
+	}
+}

@@ -8,6 +8,8 @@ import (
 	"testing"
 )
 
+var rev21Seq int
+
 // TestRev21BoundAtAReloadKeepsALiveClientOpen: Traefik cancels the previous
 // configuration's context, then calls New for each router of the next one
 // (routerfactory.go), so every eviction at the bound of limiters happens
@@ -21,7 +23,8 @@ func TestRev21BoundAtAReloadKeepsALiveClientOpen(t *testing.T) {
 		t.Skip("makes 4097 limiters")
 	}
 	srv := newTestRedis(t, false)
-	const name = "rev21-bound-live@file"
+	rev21Seq++ // limiters are kept by name for the process: new names for each run (-count)
+	name := fmt.Sprintf("rev21-bound-live-%d@file", rev21Seq)
 	first, reload := context.WithCancel(context.Background())
 	defer reload()
 	l, err := newLimiter(first, name, sharedConfig(srv.addr(), 10, "1s", 10))
@@ -29,7 +32,7 @@ func TestRev21BoundAtAReloadKeepsALiveClientOpen(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := 0; i < maxLimiters-1; i++ {
-		if _, err := newLimiter(first, fmt.Sprintf("rev21-bound-filler-%d@file", i), rlConfig(10, "1s", 1)); err != nil {
+		if _, err := newLimiter(first, fmt.Sprintf("rev21-bound-filler-%d-%d@file", rev21Seq, i), rlConfig(10, "1s", 1)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -37,7 +40,7 @@ func TestRev21BoundAtAReloadKeepsALiveClientOpen(t *testing.T) {
 	reload()
 	second, done := context.WithCancel(context.Background())
 	defer done()
-	if _, err := newLimiter(second, "rev21-bound-new@file", rlConfig(10, "1s", 1)); err != nil {
+	if _, err := newLimiter(second, fmt.Sprintf("rev21-bound-new-%d@file", rev21Seq), rlConfig(10, "1s", 1)); err != nil {
 		t.Fatal(err)
 	}
 	if limiterKept(name, l) {

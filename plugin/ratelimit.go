@@ -244,8 +244,12 @@ func watchLimiter(name string, e *limiterEntry, grace time.Duration) {
 }
 
 // evictLimiter makes room in limiters at its bound, in evictsBefore's order.
-// A removed middleware's limiter gives back its Redis client now; a live
-// one's watchLimiter does once its middleware is removed.
+// It never gives back the dropped limiter's Redis client: its watchLimiter
+// does, reloadGrace after the context of the latest New that returned it
+// ends. A context that ended does not say the middleware was removed:
+// Traefik ends the previous configuration's context before it calls New for
+// the next, so during a reload every middleware not yet rebuilt looks
+// removed, and its handlers serve until Traefik switches.
 // Called with limiters held.
 func evictLimiter() {
 	found, victim, removed, seq := false, "", false, uint64(0)
@@ -254,9 +258,6 @@ func evictLimiter() {
 		if !found || evictsBefore(gone, e.seq, removed, seq) {
 			found, victim, removed, seq = true, name, gone, e.seq
 		}
-	}
-	if removed {
-		limiters.m[victim].release()
 	}
 	delete(limiters.m, victim)
 }

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 var rev21Seq int
@@ -93,5 +94,39 @@ func TestRev21RetuneKeepsTheOldPoolUntilTheSwitch(t *testing.T) {
 	if code != http.StatusOK || storeErrors != 0 {
 		t.Fatalf("a request the old configuration serves after the next one's New: %d, %d store errors (client closed: %v): the replaced limiter's Redis pool was closed before Traefik switched",
 			code, storeErrors, atomic.LoadInt32(&old.shared.client.closed) != 0)
+	}
+}
+
+// TestRev21EvictedLimiterGivesBackItsClient: a limiter dropped at the bound
+// keeps its hold on its Redis client only until its watcher's grace after
+// its context ends (evictLimiter leaves the release to watchLimiter).
+func TestRev21EvictedLimiterGivesBackItsClient(t *testing.T) {
+	if testing.Short() {
+		t.Skip("makes 4097 limiters")
+	}
+	srv := newTestRedis(t, false)
+	rev21Seq++
+	name := fmt.Sprintf("rev21-evicted-%d@file", rev21Seq)
+	first, reload := context.WithCancel(context.Background())
+	defer reload()
+	l, err := newLimiter(first, name, sharedConfig(srv.addr(), 10, "1s", 10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	limiters.Lock()
+	e := limiters.m[name]
+	limiters.Unlock()
+	for i := 0; i < maxLimiters; i++ {
+		if _, err := newLimiter(first, fmt.Sprintf("rev21-evicted-filler-%d-%d@file", rev21Seq, i), rlConfig(10, "1s", 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if limiterKept(name, l) {
+		t.Fatal("the oldest limiter was not dropped at the bound")
+	}
+	reload()
+	watchLimiter(name, e, 50*time.Millisecond) // as the watcher New started does, with a shorter grace
+	if atomic.LoadInt32(&l.shared.client.closed) == 0 {
+		t.Error("a limiter dropped at the bound still holds its Redis client open after its grace")
 	}
 }

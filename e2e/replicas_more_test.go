@@ -1061,8 +1061,9 @@ func TestReplicasRedisAuthAndTLS(t *testing.T) {
 //   - Reloads that keep the redis settings (the limit and the routers
 //     change) keep the pool: the connections on the Redis server (CLIENT
 //     LIST) are the same ones, no more.
-//   - Reloads that change them (db) close the old pool: only connections to
-//     the new db remain, at most poolSize.
+//   - Reloads that change them (db) close the old pool once the old
+//     configuration's handlers are done (the plugin's reloadGrace, 10 s):
+//     only connections to the new db remain, at most poolSize.
 //   - Traefik's goroutines return to their baseline after either.
 //   - A reload that removes the middleware closes its pool within 25 s.
 func TestReplicasReloadKeepsRedisConnections(t *testing.T) {
@@ -1185,7 +1186,7 @@ func TestReplicasReloadKeepsRedisConnections(t *testing.T) {
 		tr.waitRouter(fmt.Sprintf("mark%d", marker))
 		traffic(marker)
 		var conns []string
-		waitFor(t, 10*time.Second, fmt.Sprintf("only connections to db %d", db), func() bool {
+		waitFor(t, 25*time.Second, fmt.Sprintf("only connections to db %d", db), func() bool {
 			conns = redisClients(t, rd.addr())
 			for _, cn := range conns {
 				if !strings.HasSuffix(cn, fmt.Sprintf(" db=%d", db)) {

@@ -187,8 +187,9 @@ func kill(b *bucket) {
 }
 
 // limiters keeps one limiter per middleware name across reloads, replaced
-// when its settings change, and dropped, with its buckets and its hold on a
-// Redis client, when its middleware is removed (watchLimiter).
+// when its settings change, and dropped, with its buckets, when its
+// middleware is removed. A replaced or dropped limiter gives back its hold
+// on a Redis client reloadGrace after its configuration ends (watchLimiter).
 var limiters = struct {
 	sync.Mutex
 	m   map[string]*limiterEntry
@@ -392,9 +393,11 @@ func newLimiter(ctx context.Context, name string, cfg RateLimitConfig) (*limiter
 		e.live = ctx
 		e.uses++
 		return e.l, nil
-	} else if ok {
-		e.release() // replaced: its Redis client closes with its last user
 	}
+	// A replaced limiter keeps its hold on its Redis client: the previous
+	// configuration serves with it until Traefik switches, and its
+	// watchLimiter gives it back reloadGrace after that configuration's
+	// context ends (the client closes with its last user).
 	l.sem = make(chan struct{}, 1)
 	l.buckets = make(map[string]*bucket)
 	l.peers = make(map[string]*bucket)

@@ -123,9 +123,9 @@ type shared struct {
 
 // sharedClients are the Redis clients by their options: limiters (and
 // reloads) with the same endpoints and credentials share one pool. A client
-// is closed when the last limiter using it is replaced, or dropped once its
-// middleware is removed (see releaseShared and watchLimiter), so the map
-// holds about one client per live limiter.
+// is closed when the last limiter using it gives it back, reloadGrace after
+// the configuration that replaced or removed it started (see releaseShared
+// and watchLimiter), so the map holds about one client per live limiter.
 var sharedClients = struct {
 	sync.Mutex
 	m map[string]*sharedClient

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -128,5 +129,52 @@ func TestRev21EvictedLimiterGivesBackItsClient(t *testing.T) {
 	watchLimiter(name, e, 50*time.Millisecond) // as the watcher New started does, with a shorter grace
 	if atomic.LoadInt32(&l.shared.client.closed) == 0 {
 		t.Error("a limiter dropped at the bound still holds its Redis client open after its grace")
+	}
+}
+
+// TestRev21DroppedLimiterLeavesTheStats: the README says a removed
+// middleware's buckets are dropped 10 s after the reload that removed it.
+// With reporting on (sidecar.address, or a rollout), the middleware's
+// figures in statsRegistry keep pointing at its limiter (mwStats.limiter),
+// buckets and all (up to maxSources of them), for the life of the process
+// unless 1024 other middlewares report; watchLimiter drops it only from
+// limiters.
+func TestRev21DroppedLimiterLeavesTheStats(t *testing.T) {
+	rev21Seq++
+	name := fmt.Sprintf("rev21-stats-%d@file", rev21Seq)
+	cfg := CreateConfig()
+	cfg.Versions = map[string]VersionConfig{"stable": {Weight: 1}}
+	cfg.RateLimit = rlConfig(10, "1s", 10)
+	cfg.Sidecar.Address, cfg.Sidecar.Interval = "http://127.0.0.1:1", "1h" // nothing listens: reporting fails quietly
+	live, remove := context.WithCancel(context.Background())
+	defer remove()
+	c, err := newCanary(live, stableNext, cfg, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 1000; i++ { // a thousand clients
+		req := httptest.NewRequest(http.MethodGet, "http://shop.test/", nil)
+		req.RemoteAddr = fmt.Sprintf("10.0.%d.%d:1234", i/256, i%256)
+		c.serve(httptest.NewRecorder(), req)
+	}
+	limiters.Lock()
+	e := limiters.m[name]
+	limiters.Unlock()
+	remove()                                   // a reload removes the middleware
+	watchLimiter(name, e, 50*time.Millisecond) // as the watcher New started does, with a shorter grace
+	if limiterKept(name, c.rl) {
+		t.Fatal("the removed middleware's limiter is still in limiters")
+	}
+	c.rl.sem <- lockTok
+	n := len(c.rl.buckets)
+	<-c.rl.sem
+	statsRegistry.Lock()
+	st := statsRegistry.m[name]
+	statsRegistry.Unlock()
+	st.mu.Lock()
+	held := st.limiter == c.rl
+	st.mu.Unlock()
+	if held {
+		t.Errorf("the dropped limiter, with its %d buckets, is still held by the removed middleware's figures (statsRegistry)", n)
 	}
 }

@@ -238,10 +238,29 @@ func watchLimiter(name string, e *limiterEntry, grace time.Duration) {
 			}
 			e.release()
 			limiters.Unlock()
+			forgetStatsLimiter(name, e.l)
 			return
 		}
 		limiters.Unlock()
 	}
+}
+
+// forgetStatsLimiter unhooks the dropped limiter l from the figures of
+// middleware name, if they still show it, so that the figures kept for the
+// process do not hold its buckets. A New since has hooked its own limiter.
+// The report then reads the middleware's counters by name.
+func forgetStatsLimiter(name string, l *limiter) {
+	statsRegistry.Lock()
+	st := statsRegistry.m[name]
+	statsRegistry.Unlock()
+	if st == nil {
+		return
+	}
+	st.mu.Lock()
+	if st.limiter == l {
+		st.limiter = nil
+	}
+	st.mu.Unlock()
 }
 
 // evictLimiter makes room in limiters at its bound, in evictsBefore's order.

@@ -18,8 +18,9 @@ var rev21Seq int
 // while the middlewares not yet rebuilt look removed (their context done).
 // evictLimiter then takes the oldest of them, a middleware still configured
 // whose handlers serve until Traefik switches, and closes its Redis client
-// at once. TestLimitersBoundKeepsALiveClientOpen calls New with the previous
-// context still live, an order Traefik never uses.
+// at once. (The test this one replaced, TestLimitersBoundKeepsALiveClientOpen,
+// called New with the previous context still live, an order Traefik never
+// uses.)
 func TestRev21BoundAtAReloadKeepsALiveClientOpen(t *testing.T) {
 	if testing.Short() {
 		t.Skip("makes 4097 limiters")
@@ -33,11 +34,7 @@ func TestRev21BoundAtAReloadKeepsALiveClientOpen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; i < maxLimiters-1; i++ {
-		if _, err := newLimiter(first, fmt.Sprintf("rev21-bound-filler-%d-%d@file", rev21Seq, i), rlConfig(10, "1s", 1)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	fillLimiters(first, t, fmt.Sprintf("rev21-bound-filler-%d", rev21Seq), maxLimiters-1)
 	// The next configuration: a new middleware's New comes before name's.
 	reload()
 	second, done := context.WithCancel(context.Background())
@@ -117,11 +114,7 @@ func TestRev21EvictedLimiterGivesBackItsClient(t *testing.T) {
 	limiters.Lock()
 	e := limiters.m[name]
 	limiters.Unlock()
-	for i := 0; i < maxLimiters; i++ {
-		if _, err := newLimiter(first, fmt.Sprintf("rev21-evicted-filler-%d-%d@file", rev21Seq, i), rlConfig(10, "1s", 1)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	fillLimiters(first, t, fmt.Sprintf("rev21-evicted-filler-%d", rev21Seq), maxLimiters)
 	if limiterKept(name, l) {
 		t.Fatal("the oldest limiter was not dropped at the bound")
 	}

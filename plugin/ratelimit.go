@@ -407,11 +407,12 @@ func newLimiter(ctx context.Context, name string, cfg RateLimitConfig) (*limiter
 	}
 	limiters.Lock()
 	defer limiters.Unlock()
-	if e, ok := limiters.m[name]; ok && e.settings == settings {
+	old, replaced := limiters.m[name]
+	if replaced && old.settings == settings {
 		releaseShared(sh) // the kept limiter has its own hold on the client
-		e.live = ctx
-		e.uses++
-		return e.l, nil
+		old.live = ctx
+		old.uses++
+		return old.l, nil
 	}
 	// A replaced limiter keeps its hold on its Redis client: the previous
 	// configuration serves with it until Traefik switches, and its
@@ -431,7 +432,7 @@ func newLimiter(ctx context.Context, name string, cfg RateLimitConfig) (*limiter
 		}
 		l.nR = burst
 	}
-	if _, ok := limiters.m[name]; !ok && len(limiters.m) >= maxLimiters {
+	if !replaced && len(limiters.m) >= maxLimiters {
 		evictLimiter()
 	}
 	limiters.seq++
